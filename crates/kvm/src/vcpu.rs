@@ -1,0 +1,245 @@
+//! A KVM vCPU: the run loop, device-access dispatch to [`VmOps`], and register state.
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
+use vmr_hypervisor::{
+    CpuidEntry, FpuState, HypervisorError, LapicState, MsrEntry, Regs, Result, SpecialRegs, Vcpu, VcpuExit,
+    VcpuKicker, VmOps,
+};
+
+use crate::convert;
+use crate::kick::{KickShared, KvmKicker};
+
+/// What one `KVM_RUN` asks of the run loop.
+enum Step {
+    /// Handled (port I/O, MMIO) or harmless: enter the guest again.
+    Continue,
+    /// Return this to the caller.
+    Exit(VcpuExit),
+    /// `KVM_EXIT_INTERNAL_ERROR`: details are in the `kvm_run` page.
+    Internal,
+    /// `EINTR`/`EAGAIN`: a kick or another signal.
+    Interrupted,
+    Failed(kvm_ioctls::Error),
+}
+
+/// One KVM vCPU. Created by [`crate::KvmVm`]; run it on its own thread.
+pub struct KvmVcpu {
+    id: u32,
+    fd: VcpuFd,
+    ops: Arc<dyn VmOps>,
+    kick: Arc<KickShared>,
+}
+
+impl KvmVcpu {
+    pub(crate) fn new(id: u32, mut fd: VcpuFd, ops: Arc<dyn VmOps>) -> Self {
+        let immediate_exit: *mut u8 = &mut fd.get_kvm_run().immediate_exit;
+        KvmVcpu { id, fd, ops, kick: Arc::new(KickShared::new(immediate_exit)) }
+    }
+
+    fn run_once(&mut self) -> Step {
+        self.kick.set_in_kvm_run(true);
+        let exit = self.fd.run();
+        self.kick.set_in_kvm_run(false);
+        match exit {
+            Ok(KvmExit::IoIn(port, data)) => self.ops.pio_read(port, data),
+            Ok(KvmExit::IoOut(port, data)) => self.ops.pio_write(port, data),
+            Ok(KvmExit::MmioRead(addr, data)) => self.ops.mmio_read(addr, data),
+            Ok(KvmExit::MmioWrite(addr, data)) => self.ops.mmio_write(addr, data),
+            Ok(KvmExit::Hlt) => return Step::Exit(VcpuExit::Hlt),
+            Ok(KvmExit::Shutdown) => return Step::Exit(VcpuExit::Shutdown),
+            Ok(KvmExit::SystemEvent(kind, data)) => return Step::Exit(system_event(kind, data)),
+            Ok(KvmExit::InternalError) => return Step::Internal,
+            Ok(KvmExit::FailEntry(reason, cpu)) => {
+                return Step::Exit(VcpuExit::InternalError(format!(
+                    "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY): hardware entry failure reason \
+                     {reason:#x} on host cpu {cpu}"
+                )))
+            }
+            Ok(KvmExit::MemoryFault { flags, gpa, size }) => {
+                return Step::Exit(VcpuExit::InternalError(format!(
+                    "KVM memory fault at guest physical {gpa:#x} (size {size:#x}, flags {flags:#x})"
+                )))
+            }
+            Ok(KvmExit::Intr) => return Step::Interrupted,
+            Ok(KvmExit::IrqWindowOpen) => {}
+            Ok(other) => {
+                return Step::Exit(VcpuExit::InternalError(format!("unexpected KVM exit: {other:?}")))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Step::Interrupted,
+            Err(e) => return Step::Failed(e),
+        }
+        Step::Continue
+    }
+
+    /// Text for `KVM_EXIT_INTERNAL_ERROR`, with suberror and the data words KVM gave.
+    fn internal_error_text(&mut self) -> String {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
+        // union member; the struct is plain integers.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let ndata = (internal.ndata as usize).min(internal.data.len());
+        let data = internal.data.get(..ndata).unwrap_or(&[]);
+        internal_error_message(internal.suberror, data)
+    }
+
+    fn run_loop(&mut self) -> Result<VcpuExit> {
+        loop {
+            match self.run_once() {
+                Step::Continue => {}
+                Step::Exit(exit) => return Ok(exit),
+                Step::Internal => return Ok(VcpuExit::InternalError(self.internal_error_text())),
+                // A signal that was not our kick (a profiler, a debugger): enter the guest again.
+                Step::Interrupted if self.kick.take_kick() => return Ok(VcpuExit::Interrupted),
+                Step::Interrupted => {}
+                Step::Failed(e) => return Err(HypervisorError::os("KVM_RUN", e)),
+            }
+        }
+    }
+}
+
+fn system_event(kind: u32, data: &[u64]) -> VcpuExit {
+    match kind {
+        KVM_SYSTEM_EVENT_RESET => VcpuExit::SystemReset,
+        KVM_SYSTEM_EVENT_SHUTDOWN => VcpuExit::SystemPoweroff,
+        _ => VcpuExit::InternalError(format!("unhandled KVM system event {kind} (data {data:x?})")),
+    }
+}
+
+pub(crate) fn internal_error_message(suberror: u32, data: &[u64]) -> String {
+    let what = match suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "instruction emulation failed",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "exit while delivering an event",
+        kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected hardware exit reason",
+        _ => "unknown suberror",
+    };
+    format!("KVM internal error: {what} (suberror {suberror}, data {data:x?})")
+}
+
+fn os<E: Into<std::io::Error>>(op: &'static str) -> impl FnOnce(E) -> HypervisorError {
+    move |e| HypervisorError::os(op, e)
+}
+
+impl Vcpu for KvmVcpu {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit> {
+        self.kick.enter_run();
+        let result = self.run_loop();
+        self.kick.leave_run();
+        result
+    }
+
+    fn kicker(&self) -> Arc<dyn VcpuKicker> {
+        Arc::new(KvmKicker { shared: self.kick.clone() })
+    }
+
+    fn regs(&self) -> Result<Regs> {
+        Ok(convert::regs_from_kvm(&self.fd.get_regs().map_err(os("KVM_GET_REGS"))?))
+    }
+
+    fn set_regs(&mut self, regs: &Regs) -> Result<()> {
+        self.fd.set_regs(&convert::regs_to_kvm(regs)).map_err(os("KVM_SET_REGS"))
+    }
+
+    fn sregs(&self) -> Result<SpecialRegs> {
+        Ok(convert::sregs_from_kvm(&self.fd.get_sregs().map_err(os("KVM_GET_SREGS"))?))
+    }
+
+    fn set_sregs(&mut self, sregs: &SpecialRegs) -> Result<()> {
+        let base = self.fd.get_sregs().map_err(os("KVM_GET_SREGS"))?;
+        self.fd.set_sregs(&convert::sregs_to_kvm(sregs, &base)).map_err(os("KVM_SET_SREGS"))
+    }
+
+    fn fpu(&self) -> Result<FpuState> {
+        Ok(convert::fpu_from_kvm(&self.fd.get_fpu().map_err(os("KVM_GET_FPU"))?))
+    }
+
+    fn set_fpu(&mut self, fpu: &FpuState) -> Result<()> {
+        self.fd.set_fpu(&convert::fpu_to_kvm(fpu)).map_err(os("KVM_SET_FPU"))
+    }
+
+    fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()> {
+        let kvm_entries: Vec<_> = entries.iter().map(convert::cpuid_to_kvm).collect();
+        let cpuid = CpuId::from_entries(&kvm_entries)
+            .map_err(|e| HypervisorError::Invalid(format!("{} CPUID entries: {e:?}", entries.len())))?;
+        self.fd.set_cpuid2(&cpuid).map_err(os("KVM_SET_CPUID2"))
+    }
+
+    fn msrs(&self, indices: &[u32]) -> Result<Vec<MsrEntry>> {
+        let entries: Vec<_> =
+            indices.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+        let mut msrs = Msrs::from_entries(&entries)
+            .map_err(|e| HypervisorError::Invalid(format!("{} MSRs: {e:?}", indices.len())))?;
+        let read = self.fd.get_msrs(&mut msrs).map_err(os("KVM_GET_MSRS"))?;
+        if let Some(bad) = indices.get(read) {
+            return Err(HypervisorError::Invalid(format!("KVM cannot read MSR {bad:#x}")));
+        }
+        Ok(msrs.as_slice().iter().map(convert::msr_from_kvm).collect())
+    }
+
+    fn set_msrs(&mut self, msrs: &[MsrEntry]) -> Result<()> {
+        let entries: Vec<_> = msrs.iter().map(convert::msr_to_kvm).collect();
+        let kvm_msrs = Msrs::from_entries(&entries)
+            .map_err(|e| HypervisorError::Invalid(format!("{} MSRs: {e:?}", msrs.len())))?;
+        let written = self.fd.set_msrs(&kvm_msrs).map_err(os("KVM_SET_MSRS"))?;
+        if let Some(bad) = msrs.get(written) {
+            return Err(HypervisorError::Invalid(format!(
+                "KVM refused MSR {:#x} = {:#x}",
+                bad.index, bad.data
+            )));
+        }
+        Ok(())
+    }
+
+    fn lapic(&self) -> Result<LapicState> {
+        Ok(convert::lapic_from_kvm(&self.fd.get_lapic().map_err(os("KVM_GET_LAPIC"))?))
+    }
+
+    fn set_lapic(&mut self, lapic: &LapicState) -> Result<()> {
+        let klapic = convert::lapic_to_kvm(lapic).ok_or_else(|| {
+            HypervisorError::Invalid(format!(
+                "LAPIC state is {} bytes, expected {}",
+                lapic.regs.len(),
+                LapicState::SIZE
+            ))
+        })?;
+        self.fd.set_lapic(&klapic).map_err(os("KVM_SET_LAPIC"))
+    }
+}
+
+impl Drop for KvmVcpu {
+    fn drop(&mut self) {
+        // Runs before `fd` (and its kvm_run mapping) is dropped: kickers stop touching it.
+        self.kick.detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_events_map_to_exits() {
+        assert_eq!(system_event(KVM_SYSTEM_EVENT_RESET, &[]), VcpuExit::SystemReset);
+        assert_eq!(system_event(KVM_SYSTEM_EVENT_SHUTDOWN, &[0]), VcpuExit::SystemPoweroff);
+        match system_event(kvm_bindings::KVM_SYSTEM_EVENT_CRASH, &[7]) {
+            VcpuExit::InternalError(text) => assert!(text.contains("system event 3"), "{text}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn internal_error_text_has_details() {
+        let text = internal_error_message(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION, &[0x1, 0xabcd]);
+        assert!(text.contains("emulation failed"), "{text}");
+        assert!(text.contains("suberror 1"), "{text}");
+        assert!(text.contains("abcd"), "{text}");
+        assert!(internal_error_message(99, &[]).contains("unknown suberror"));
+    }
+}
