@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vmr_hypervisor::{
     CpuidEntry, FpuState, HypervisorError, LapicState, MsrEntry, Regs, Result, SpecialRegs, Vcpu, VcpuExit,
@@ -29,14 +29,20 @@ enum Step {
 pub struct KvmVcpu {
     id: u32,
     fd: VcpuFd,
+    /// The `kvm_run` page of `fd`, to read the port I/O access size that kvm-ioctls does not
+    /// pass on. Valid for as long as `fd`.
+    run_page: *const kvm_run,
     ops: Arc<dyn VmOps>,
     kick: Arc<KickShared>,
 }
 
 impl KvmVcpu {
     pub(crate) fn new(id: u32, mut fd: VcpuFd, ops: Arc<dyn VmOps>) -> Self {
-        let immediate_exit: *mut u8 = &mut fd.get_kvm_run().immediate_exit;
-        KvmVcpu { id, fd, ops, kick: Arc::new(KickShared::new(immediate_exit)) }
+        let run_page: *mut kvm_run = fd.get_kvm_run();
+        // SAFETY: `run_page` points to the live kvm_run mapping of `fd`; only the field address
+        // is computed.
+        let immediate_exit = unsafe { std::ptr::addr_of_mut!((*run_page).immediate_exit) };
+        KvmVcpu { id, fd, run_page, ops, kick: Arc::new(KickShared::new(immediate_exit)) }
     }
 
     fn run_once(&mut self) -> Step {
@@ -44,8 +50,16 @@ impl KvmVcpu {
         let exit = self.fd.run();
         self.kick.set_in_kvm_run(false);
         match exit {
-            Ok(KvmExit::IoIn(port, data)) => self.ops.pio_read(port, data),
-            Ok(KvmExit::IoOut(port, data)) => self.ops.pio_write(port, data),
+            Ok(KvmExit::IoIn(port, data)) => {
+                // SAFETY: `run_page` is `fd`'s page and this exit is KVM_EXIT_IO.
+                let width = pio_width(unsafe { pio_access_size(self.run_page) }, data.len());
+                data.chunks_mut(width).for_each(|chunk| self.ops.pio_read(port, chunk));
+            }
+            Ok(KvmExit::IoOut(port, data)) => {
+                // SAFETY: `run_page` is `fd`'s page and this exit is KVM_EXIT_IO.
+                let width = pio_width(unsafe { pio_access_size(self.run_page) }, data.len());
+                data.chunks(width).for_each(|chunk| self.ops.pio_write(port, chunk));
+            }
             Ok(KvmExit::MmioRead(addr, data)) => self.ops.mmio_read(addr, data),
             Ok(KvmExit::MmioWrite(addr, data)) => self.ops.mmio_write(addr, data),
             Ok(KvmExit::Hlt) => return Step::Exit(VcpuExit::Hlt),
@@ -100,6 +114,27 @@ impl KvmVcpu {
     }
 }
 
+/// Width of each access of the current `KVM_EXIT_IO` (string I/O batches `count` of them).
+///
+/// # Safety
+/// `run_page` must point to a live `kvm_run` page whose last exit was `KVM_EXIT_IO`.
+unsafe fn pio_access_size(run_page: *const kvm_run) -> usize {
+    // SAFETY: per the contract `io` is the active union member of a live page. The data slice
+    // kvm-ioctls hands out lies past the kvm_run header, so this read does not overlap it.
+    let size = unsafe { std::ptr::addr_of!((*run_page).__bindgen_anon_1.io.size).read_volatile() };
+    usize::from(size)
+}
+
+/// The width to split a `KVM_EXIT_IO` data block of `len` bytes into: the access size, or the
+/// whole block if KVM reported a size that does not divide it.
+fn pio_width(size: usize, len: usize) -> usize {
+    if len.checked_rem(size) != Some(0) {
+        len.max(1)
+    } else {
+        size
+    }
+}
+
 fn system_event(kind: u32, data: &[u64]) -> VcpuExit {
     match kind {
         KVM_SYSTEM_EVENT_RESET => VcpuExit::SystemReset,
@@ -122,6 +157,10 @@ pub(crate) fn internal_error_message(suberror: u32, data: &[u64]) -> String {
 fn os<E: Into<std::io::Error>>(op: &'static str) -> impl FnOnce(E) -> HypervisorError {
     move |e| HypervisorError::os(op, e)
 }
+
+// SAFETY: `run_page` points into the mapping owned by `fd`, which moves with the vCPU; it is
+// only used by the thread that owns the vCPU.
+unsafe impl Send for KvmVcpu {}
 
 impl Vcpu for KvmVcpu {
     fn id(&self) -> u32 {
@@ -223,6 +262,15 @@ impl Drop for KvmVcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_pio_is_split_by_access_size() {
+        assert_eq!(pio_width(1, 14), 1);
+        assert_eq!(pio_width(2, 8), 2);
+        assert_eq!(pio_width(4, 4), 4);
+        assert_eq!(pio_width(4, 6), 6);
+        assert_eq!(pio_width(0, 0), 1);
+    }
 
     #[test]
     fn system_events_map_to_exits() {

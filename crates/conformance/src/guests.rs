@@ -1,0 +1,120 @@
+//! Tiny guest programs, hand-assembled (Intel syntax in the comments; encodings checked with
+//! GNU as/objdump). Each ends by writing to [`crate::DONE_PORT`] (0xf4) and halting.
+
+/// Where the real-mode and protected-mode guests are loaded.
+pub const CODE_ADDR: u64 = 0x1000;
+/// Where [`SERIAL_HELLO`] expects its message.
+pub const MESSAGE_ADDR: u64 = 0x1100;
+/// The message [`SERIAL_HELLO`] prints.
+pub const MESSAGE: &[u8; 14] = b"Hello from vmr";
+
+/// 16-bit real mode: arithmetic, then port I/O of every width, then a compare.
+/// Expects reads of 0x81 -> 0x5a, 0x510 -> 0xbeef, 0x514 -> 0xdeadbeef.
+pub const REAL_MODE_ARITH_IO: &[u8] = &[
+    0xb8, 0x34, 0x12, //             00 mov ax, 0x1234
+    0xbb, 0x01, 0x01, //             03 mov bx, 0x0101
+    0x01, 0xd8, //                   06 add ax, bx          ; 0x1335
+    0xd1, 0xe0, //                   08 shl ax, 1           ; 0x266a
+    0xe6, 0x80, //                   0a out 0x80, al        ; 6a
+    0xba, 0x10, 0x05, //             0c mov dx, 0x510
+    0xef, //                         0f out dx, ax          ; 6a 26
+    0xe4, 0x81, //                   10 in al, 0x81
+    0x88, 0xc1, //                   12 mov cl, al
+    0xed, //                         14 in ax, dx
+    0x89, 0xc6, //                   15 mov si, ax
+    0x66, 0xb8, 0x44, 0x33, 0x22, 0x11, // 17 mov eax, 0x11223344
+    0xba, 0x14, 0x05, //             1d mov dx, 0x514
+    0x66, 0xef, //                   20 out dx, eax         ; 44 33 22 11
+    0x66, 0xed, //                   22 in eax, dx
+    0x66, 0x89, 0xc7, //             24 mov edi, eax
+    0x81, 0xfe, 0xef, 0xbe, //       27 cmp si, 0xbeef      ; ZF=1 PF=1
+    0xe6, 0xf4, //                   2b out 0xf4, al        ; done
+    0xf4, //                         2d hlt
+];
+
+/// 32-bit protected mode (flat, no paging): MMIO writes and reads of several widths around
+/// 0xd000_0000, where no RAM is. Stores the 32-bit value read at 0xd000_0100 at 0x3000.
+pub const PROTECTED_MMIO: &[u8] = &[
+    0xc7, 0x05, 0x00, 0x00, 0x00, 0xd0, 0x78, 0x56, 0x34, 0x12, // 00 mov dword [0xd0000000], 0x12345678
+    0xc6, 0x05, 0x10, 0x00, 0x00, 0xd0, 0xab, //                   0a mov byte [0xd0000010], 0xab
+    0x66, 0xc7, 0x05, 0x20, 0x00, 0x00, 0xd0, 0xef, 0xbe, //       11 mov word [0xd0000020], 0xbeef
+    0xa1, 0x00, 0x01, 0x00, 0xd0, //                               1a mov eax, [0xd0000100]
+    0x89, 0xc3, //                                                 1f mov ebx, eax
+    0x0f, 0xb7, 0x0d, 0x00, 0x02, 0x00, 0xd0, //                   21 movzx ecx, word [0xd0000200]
+    0x8a, 0x15, 0x00, 0x03, 0x00, 0xd0, //                         28 mov dl, [0xd0000300]
+    0x8b, 0x35, 0x00, 0x04, 0x00, 0xd0, //                         2e mov esi, [0xd0000400] ; unanswered
+    0xa3, 0x00, 0x30, 0x00, 0x00, //                               34 mov [0x3000], eax
+    0xe6, 0xf4, //                                                 39 out 0xf4, al
+    0xf4, //                                                       3b hlt
+];
+
+/// 16-bit real mode: changes registers the test set beforehand.
+pub const REAL_MODE_REGS: &[u8] = &[
+    0x66, 0x01, 0xd8, // 00 add eax, ebx
+    0x66, 0xf7, 0xd7, // 03 not edi
+    0x45, //             06 inc bp
+    0x66, 0x87, 0xd6, // 07 xchg esi, edx
+    0xf9, //             0a stc
+    0xe6, 0xf4, //       0b out 0xf4, al
+    0xf4, //             0d hlt
+];
+
+/// 64-bit long mode: rax = sum over rcx = 1000..1 of (2^32 + rcx), stored at 0x7000, copied
+/// through the stack to r9 and into xmm2; low then high half written to port 0xf0.
+pub const LONG_MODE_SUM: &[u8] = &[
+    0x48, 0xc7, 0xc1, 0xe8, 0x03, 0x00, 0x00, // 00 mov rcx, 1000
+    0x31, 0xc0, //                               07 xor eax, eax
+    0x48, 0xbb, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, // 09 mov rbx, 0x100000000
+    0x48, 0x01, 0xd8, //                         13 add rax, rbx        ; loop:
+    0x48, 0x01, 0xc8, //                         16 add rax, rcx
+    0x48, 0xff, 0xc9, //                         19 dec rcx
+    0x75, 0xf5, //                               1c jnz loop
+    0x48, 0x89, 0x04, 0x25, 0x00, 0x70, 0x00, 0x00, // 1e mov [0x7000], rax
+    0x50, //                                     26 push rax
+    0x41, 0x59, //                               27 pop r9
+    0x66, 0x48, 0x0f, 0x6e, 0xd0, //             29 movq xmm2, rax
+    0x49, 0x89, 0xe2, //                         2e mov r10, rsp
+    0xba, 0xf0, 0x00, 0x00, 0x00, //             31 mov edx, 0xf0
+    0xef, //                                     36 out dx, eax
+    0x49, 0x89, 0xc0, //                         37 mov r8, rax
+    0x49, 0xc1, 0xe8, 0x20, //                   3a shr r8, 32
+    0x44, 0x89, 0xc0, //                         3e mov eax, r8d
+    0xef, //                                     41 out dx, eax
+    0x4c, 0x89, 0xc8, //                         42 mov rax, r9
+    0xe6, 0xf4, //                               45 out 0xf4, al
+    0xf4, //                                     47 hlt
+];
+
+/// The value [`LONG_MODE_SUM`] computes.
+pub const LONG_MODE_SUM_RESULT: u64 = 1000 * (1 << 32) + 1000 * 1001 / 2;
+
+/// 16-bit real mode: prints [`MESSAGE`] (at [`MESSAGE_ADDR`]) to port 0x3f8 twice, first one
+/// `out` per byte, then with `rep outsb`.
+pub const SERIAL_HELLO: &[u8] = &[
+    0xfc, //             00 cld
+    0xba, 0xf8, 0x03, // 01 mov dx, 0x3f8
+    0xbe, 0x00, 0x11, // 04 mov si, 0x1100
+    0xb9, 0x0e, 0x00, // 07 mov cx, 14
+    0xac, //             0a lodsb                ; loop:
+    0xee, //             0b out dx, al
+    0xe2, 0xfc, //       0c loop loop
+    0xbe, 0x00, 0x11, // 0e mov si, 0x1100
+    0xb9, 0x0e, 0x00, // 11 mov cx, 14
+    0xf3, 0x6e, //       14 rep outsb
+    0xb0, 0x00, //       16 mov al, 0
+    0xe6, 0xf4, //       18 out 0xf4, al
+    0xf4, //             1a hlt
+];
+
+/// 16-bit real mode: counts in eax forever. Offset [`SPIN_THEN_HALT_HLT`] is `cli; hlt`
+/// forever instead (with an in-kernel irqchip that HLT never leaves the kernel).
+pub const SPIN_THEN_HALT: &[u8] = &[
+    0x66, 0x40, // 00 inc eax          ; spin:
+    0xeb, 0xfc, // 02 jmp spin
+    0xfa, //       04 cli              ; halt:
+    0xf4, //       05 hlt
+    0xeb, 0xfc, // 06 jmp halt
+];
+
+/// Entry offset of the `cli; hlt` loop in [`SPIN_THEN_HALT`].
+pub const SPIN_THEN_HALT_HLT: u64 = 4;
