@@ -62,7 +62,7 @@ pub const REAL_MODE_REGS: &[u8] = &[
 /// 64-bit long mode: rax = sum over rcx = 1000..1 of (2^32 + rcx), stored at 0x7000, copied
 /// through the stack to r9 and loaded from memory into xmm2 (`movdqu`: the instruction
 /// emulator of a software KVM handles it, unlike `movq xmm, r64`); low then high half written
-/// to port 0xf0. Expects 0x7008..0x7010 to be zero.
+/// to port 0xf0. Stores xmm3 (as the test set it) at 0x7100. Expects 0x7008..0x7010 zero.
 pub const LONG_MODE_SUM: &[u8] = &[
     0x48, 0xc7, 0xc1, 0xe8, 0x03, 0x00, 0x00, // 00 mov rcx, 1000
     0x31, 0xc0, //                               07 xor eax, eax
@@ -75,16 +75,17 @@ pub const LONG_MODE_SUM: &[u8] = &[
     0x50, //                                     26 push rax
     0x41, 0x59, //                               27 pop r9
     0xf3, 0x0f, 0x6f, 0x14, 0x25, 0x00, 0x70, 0x00, 0x00, // 29 movdqu xmm2, [0x7000]
-    0x49, 0x89, 0xe2, //                         32 mov r10, rsp
-    0xba, 0xf0, 0x00, 0x00, 0x00, //             35 mov edx, 0xf0
-    0xef, //                                     3a out dx, eax
-    0x49, 0x89, 0xc0, //                         3b mov r8, rax
-    0x49, 0xc1, 0xe8, 0x20, //                   3e shr r8, 32
-    0x44, 0x89, 0xc0, //                         42 mov eax, r8d
-    0xef, //                                     45 out dx, eax
-    0x4c, 0x89, 0xc8, //                         46 mov rax, r9
-    0xe6, 0xf4, //                               49 out 0xf4, al
-    0xf4, //                                     4b hlt
+    0xf3, 0x0f, 0x7f, 0x1c, 0x25, 0x00, 0x71, 0x00, 0x00, // 32 movdqu [0x7100], xmm3
+    0x49, 0x89, 0xe2, //                         3b mov r10, rsp
+    0xba, 0xf0, 0x00, 0x00, 0x00, //             3e mov edx, 0xf0
+    0xef, //                                     43 out dx, eax
+    0x49, 0x89, 0xc0, //                         44 mov r8, rax
+    0x49, 0xc1, 0xe8, 0x20, //                   47 shr r8, 32
+    0x44, 0x89, 0xc0, //                         4b mov eax, r8d
+    0xef, //                                     4e out dx, eax
+    0x4c, 0x89, 0xc8, //                         4f mov rax, r9
+    0xe6, 0xf4, //                               52 out 0xf4, al
+    0xf4, //                                     54 hlt
 ];
 
 /// The value [`LONG_MODE_SUM`] computes.

@@ -7,6 +7,7 @@ use vmr_conformance::guests::{LONG_MODE_SUM, LONG_MODE_SUM_RESULT};
 use vmr_conformance::{
     for_each_backend, machine, Access, Outcome, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, PML4_ADDR, STACK_TOP,
 };
+use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 
 const CODE: u64 = 0x4000;
 
@@ -16,6 +17,10 @@ fn long_mode_loop_sum() {
         let mut m = machine(hv);
         m.load(CODE, LONG_MODE_SUM).unwrap();
         m.long_mode(CODE).unwrap();
+        // State set from outside must be what the guest sees: xmm3 is stored to 0x7100.
+        let mut fpu = m.vcpu.fpu().unwrap();
+        fpu.xmm[3] = *b"xmm3 from host!!";
+        m.vcpu.set_fpu(&fpu).unwrap();
 
         let sregs = m.vcpu.sregs().unwrap();
         assert!(sregs.cs.l);
@@ -37,13 +42,17 @@ fn long_mode_loop_sum() {
         assert_eq!(regs.rdx, 0xf0);
         assert_eq!(regs.r10, STACK_TOP, "push/pop balanced");
         assert_eq!(regs.rsp, STACK_TOP);
-        assert_eq!(regs.rip, CODE + 0x4b);
+        assert_eq!(regs.rip, CODE + 0x54);
         assert_eq!(m.read_u64(0x7000).unwrap(), expected);
         // The stack slot push used.
         assert_eq!(m.read_u64(STACK_TOP - 8).unwrap(), expected);
         let fpu = m.vcpu.fpu().unwrap();
         assert_eq!(fpu.xmm[2][..8], expected.to_le_bytes());
         assert_eq!(fpu.xmm[2][8..], [0; 8]);
+        assert_eq!(fpu.xmm[3], *b"xmm3 from host!!");
+        let mut stored = [0u8; 16];
+        m.memory.read_slice(&mut stored, GuestAddress(0x7100)).unwrap();
+        assert_eq!(&stored, b"xmm3 from host!!");
 
         assert_eq!(
             m.ops.accesses(),

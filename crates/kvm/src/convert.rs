@@ -2,14 +2,13 @@
 //!
 //! Every conversion is lossless for the fields the neutral structs carry, so state read from
 //! KVM, stored in a snapshot and written back is unchanged. Fields only KVM has (padding,
-//! `interrupt_bitmap`) are taken from a base value the caller read from KVM.
+//! `interrupt_bitmap`) are taken from a base value the caller read from KVM. The x87/SSE state
+//! goes through the XSAVE area instead of `kvm_fpu` (see `xsave.rs`).
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_cpuid_entry2, kvm_dtable, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
 };
-use vmr_hypervisor::{
-    CpuidEntry, DescriptorTable, FpuState, LapicState, MsrEntry, Regs, Segment, SpecialRegs,
-};
+use vmr_hypervisor::{CpuidEntry, DescriptorTable, LapicState, MsrEntry, Regs, Segment, SpecialRegs};
 
 pub fn regs_from_kvm(r: &kvm_regs) -> Regs {
     Regs {
@@ -143,36 +142,6 @@ pub fn sregs_to_kvm(s: &SpecialRegs, base: &kvm_sregs) -> kvm_sregs {
         efer: s.efer,
         apic_base: s.apic_base,
         interrupt_bitmap: base.interrupt_bitmap,
-    }
-}
-
-pub fn fpu_from_kvm(f: &kvm_fpu) -> FpuState {
-    FpuState {
-        fpr: f.fpr,
-        fcw: f.fcw,
-        fsw: f.fsw,
-        ftwx: f.ftwx,
-        last_opcode: f.last_opcode,
-        last_ip: f.last_ip,
-        last_dp: f.last_dp,
-        xmm: f.xmm,
-        mxcsr: f.mxcsr,
-    }
-}
-
-pub fn fpu_to_kvm(f: &FpuState) -> kvm_fpu {
-    kvm_fpu {
-        fpr: f.fpr,
-        fcw: f.fcw,
-        fsw: f.fsw,
-        ftwx: f.ftwx,
-        pad1: 0,
-        last_opcode: f.last_opcode,
-        last_ip: f.last_ip,
-        last_dp: f.last_dp,
-        xmm: f.xmm,
-        mxcsr: f.mxcsr,
-        pad2: 0,
     }
 }
 
@@ -313,20 +282,6 @@ mod tests {
         // KVM may report any non-zero byte as true.
         let k2 = kvm_segment { s: 0xff, ..k };
         assert!(segment_from_kvm(&k2).s);
-    }
-
-    #[test]
-    fn fpu_round_trip() {
-        let mut fpu = FpuState { fcw: 0x27f, fsw: 0x3800, ftwx: 0x80, mxcsr: 0x1fa0, ..Default::default() };
-        fpu.xmm[15] = [0xa5; 16];
-        fpu.xmm[0][0] = 1;
-        fpu.fpr[7][9] = 0x40;
-        fpu.last_ip = 0x1000;
-        fpu.last_dp = 0x2000;
-        fpu.last_opcode = 0x7ff;
-        let k = fpu_to_kvm(&fpu);
-        assert_eq!(k.xmm[15], [0xa5; 16]);
-        assert_eq!(fpu_from_kvm(&k), fpu);
     }
 
     #[test]

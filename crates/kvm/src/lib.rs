@@ -18,6 +18,7 @@ mod host;
 mod kick;
 mod vcpu;
 mod vm;
+mod xsave;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -48,6 +49,7 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
     (Cap::TscDeadlineTimer, "KVM_CAP_TSC_DEADLINE_TIMER"),
     (Cap::MpState, "KVM_CAP_MP_STATE"),
     (Cap::VcpuEvents, "KVM_CAP_VCPU_EVENTS"),
+    (Cap::Xsave, "KVM_CAP_XSAVE"),
 ];
 
 /// An open `/dev/kvm` that offers everything vmr needs.

@@ -11,6 +11,7 @@ use vmr_hypervisor::{
 
 use crate::convert;
 use crate::kick::{KickShared, KvmKicker};
+use crate::xsave::{self, XsaveAccess};
 
 /// What one `KVM_RUN` asks of the run loop.
 enum Step {
@@ -34,15 +35,16 @@ pub struct KvmVcpu {
     run_page: *const kvm_run,
     ops: Arc<dyn VmOps>,
     kick: Arc<KickShared>,
+    xsave: XsaveAccess,
 }
 
 impl KvmVcpu {
-    pub(crate) fn new(id: u32, mut fd: VcpuFd, ops: Arc<dyn VmOps>) -> Self {
+    pub(crate) fn new(id: u32, mut fd: VcpuFd, ops: Arc<dyn VmOps>, xsave: XsaveAccess) -> Self {
         let run_page: *mut kvm_run = fd.get_kvm_run();
         // SAFETY: `run_page` points to the live kvm_run mapping of `fd`; only the field address
         // is computed.
         let immediate_exit = unsafe { std::ptr::addr_of_mut!((*run_page).immediate_exit) };
-        KvmVcpu { id, fd, run_page, ops, kick: Arc::new(KickShared::new(immediate_exit)) }
+        KvmVcpu { id, fd, run_page, ops, kick: Arc::new(KickShared::new(immediate_exit)), xsave }
     }
 
     fn run_once(&mut self) -> Step {
@@ -195,12 +197,14 @@ impl Vcpu for KvmVcpu {
         self.fd.set_sregs(&convert::sregs_to_kvm(sregs, &base)).map_err(os("KVM_SET_SREGS"))
     }
 
+    /// Read from the XSAVE area: KVM_GET_FPU does not report MXCSR.
     fn fpu(&self) -> Result<FpuState> {
-        Ok(convert::fpu_from_kvm(&self.fd.get_fpu().map_err(os("KVM_GET_FPU"))?))
+        xsave::read_fpu(&self.fd, self.xsave)
     }
 
+    /// Written through the XSAVE area: KVM_SET_FPU ignores MXCSR.
     fn set_fpu(&mut self, fpu: &FpuState) -> Result<()> {
-        self.fd.set_fpu(&convert::fpu_to_kvm(fpu)).map_err(os("KVM_SET_FPU"))
+        xsave::write_fpu(&self.fd, self.xsave, fpu)
     }
 
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()> {

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{NoDatamatch, VmFd};
+use kvm_ioctls::{Cap, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmr_hypervisor::vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmr_hypervisor::{
@@ -11,6 +11,7 @@ use vmr_hypervisor::{
 };
 
 use crate::vcpu::KvmVcpu;
+use crate::xsave::XsaveAccess;
 
 /// Guest-physical address of the 3-page TSS KVM needs on Intel (just below the 4 GiB hole top).
 pub const TSS_ADDRESS: u64 = 0xfffb_d000;
@@ -94,7 +95,8 @@ impl Vm for KvmVm {
         }
         crate::kick::install_kick_handler().map_err(os("installing the vCPU kick signal handler"))?;
         let fd = self.fd.create_vcpu(u64::from(id)).map_err(os("KVM_CREATE_VCPU"))?;
-        Ok(Box::new(KvmVcpu::new(id, fd, ops)))
+        let xsave = XsaveAccess::new(self.fd.check_extension_int(Cap::Xsave2));
+        Ok(Box::new(KvmVcpu::new(id, fd, ops, xsave)))
     }
 
     fn irqchip(&self) -> Arc<dyn IrqChip> {
