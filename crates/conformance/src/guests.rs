@@ -121,3 +121,53 @@ pub const SPIN_THEN_HALT: &[u8] = &[
 
 /// Entry offset of the `cli; hlt` loop in [`SPIN_THEN_HALT`].
 pub const SPIN_THEN_HALT_HLT: u64 = 4;
+
+/// 16-bit real mode: installs [`IRQ1_HANDLER`] as vector 0x21, initialises the 8259 PIC
+/// (vector base 0x20, only IRQ1 unmasked), writes port 0x700 to say it is ready, then waits
+/// with `sti; hlt`.
+pub const IRQ1_WAIT: &[u8] = &[
+    0xfa, //                               00 cli
+    0xc7, 0x06, 0x84, 0x00, 0x40, 0x10, // 01 mov word [0x84], 0x1040 ; IVT[0x21].offset
+    0xc7, 0x06, 0x86, 0x00, 0x00, 0x00, // 07 mov word [0x86], 0      ; IVT[0x21].segment
+    0xb0, 0x11, //                         0d mov al, 0x11            ; ICW1: edge, ICW4
+    0xe6, 0x20, //                         0f out 0x20, al
+    0xb0, 0x20, //                         11 mov al, 0x20            ; ICW2: vectors 0x20..
+    0xe6, 0x21, //                         13 out 0x21, al
+    0xb0, 0x04, //                         15 mov al, 0x04            ; ICW3: slave on IRQ2
+    0xe6, 0x21, //                         17 out 0x21, al
+    0xb0, 0x01, //                         19 mov al, 0x01            ; ICW4: 8086 mode
+    0xe6, 0x21, //                         1b out 0x21, al
+    0xb0, 0xfd, //                         1d mov al, 0xfd            ; OCW1: only IRQ1
+    0xe6, 0x21, //                         1f out 0x21, al
+    0xbc, 0x00, 0x80, //                   21 mov sp, 0x8000
+    0xba, 0x00, 0x07, //                   24 mov dx, 0x700
+    0xee, //                               27 out dx, al              ; ready
+    0xfb, //                               28 sti
+    0xf4, //                               29 hlt                     ; wait:
+    0xeb, 0xfd, //                         2a jmp wait
+];
+
+/// Where [`IRQ1_HANDLER`] is loaded (the vector [`IRQ1_WAIT`] installs).
+pub const IRQ1_HANDLER_ADDR: u64 = 0x1040;
+/// Port [`IRQ1_WAIT`] writes when it is ready for the interrupt.
+pub const IRQ1_READY_PORT: u16 = 0x700;
+
+/// The IRQ1 handler: reports 0x42 on the done port.
+pub const IRQ1_HANDLER: &[u8] = &[
+    0xb0, 0x42, // 40 mov al, 0x42
+    0xe6, 0xf4, // 42 out 0xf4, al
+    0xf4, //       44 hlt
+    0xeb, 0xfd, // 45 jmp 44
+];
+
+/// 32-bit protected mode: a write to port 0x600, two 32-bit writes (values 4 then 5) to
+/// 0xd000_1000; the test routes some of them to eventfds.
+pub const IOEVENT_WRITES: &[u8] = &[
+    0x66, 0xba, 0x00, 0x06, //                               00 mov dx, 0x600
+    0xee, //                                                 04 out dx, al
+    0xc7, 0x05, 0x00, 0x10, 0x00, 0xd0, 0x04, 0x00, 0x00, 0x00, // 05 mov dword [0xd0001000], 4
+    0xc7, 0x05, 0x00, 0x10, 0x00, 0xd0, 0x05, 0x00, 0x00, 0x00, // 0f mov dword [0xd0001000], 5
+    0xb0, 0x00, //                                           19 mov al, 0
+    0xe6, 0xf4, //                                           1b out 0xf4, al
+    0xf4, //                                                 1d hlt
+];

@@ -16,7 +16,7 @@ use std::path::Path;
 use vmr_hypervisor::Hypervisor;
 
 pub use machine::*;
-pub use ops::{Access, RecordingOps, DONE_PORT};
+pub use ops::{Access, PioHook, RecordingOps, DONE_PORT};
 
 /// Every backend that can run on this host.
 ///

@@ -26,11 +26,15 @@ struct Inner {
     done: Option<u8>,
 }
 
+/// Called on a guest write to a port, with the bytes written (e.g. to raise an interrupt).
+pub type PioHook = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Records port I/O and MMIO; reads return the configured value (little-endian, truncated to
 /// the access width) or all ones like an open bus.
 #[derive(Default)]
 pub struct RecordingOps {
     inner: Mutex<Inner>,
+    hooks: Mutex<HashMap<u16, PioHook>>,
     kicker: OnceLock<Arc<dyn VcpuKicker>>,
 }
 
@@ -57,6 +61,11 @@ impl RecordingOps {
     /// Reads at guest-physical `addr` return `value`.
     pub fn answer_mmio(&self, addr: u64, value: u64) {
         self.lock().mmio_answers.insert(addr, value);
+    }
+
+    /// Calls `hook` after each guest write to `port` (the write is still recorded).
+    pub fn on_pio_write(&self, port: u16, hook: PioHook) {
+        self.hooks.lock().unwrap_or_else(|e| e.into_inner()).insert(port, hook);
     }
 
     /// Every access so far, in order (except writes to [`DONE_PORT`]).
@@ -108,6 +117,10 @@ impl VmOps for RecordingOps {
             return;
         }
         self.lock().log.push(Access::PioWrite { port, data: data.to_vec() });
+        let hook = self.hooks.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
+        if let Some(hook) = hook {
+            hook(data);
+        }
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
@@ -151,6 +164,24 @@ mod tests {
         ops.mmio_read(0x10, &mut wide);
         assert_eq!(wide[0], 0xab);
         assert!(wide[1..].iter().all(|&b| b == 0));
+        assert_eq!(ops.accesses().len(), 3);
+    }
+
+    #[test]
+    fn hooks_run_on_writes() {
+        let ops = RecordingOps::new();
+        let seen = Arc::new(AtomicU32::new(0));
+        let seen2 = seen.clone();
+        ops.on_pio_write(
+            0x700,
+            Arc::new(move |data| {
+                seen2.fetch_add(u32::from(data[0]), Ordering::SeqCst);
+            }),
+        );
+        ops.pio_write(0x700, &[3]);
+        ops.pio_write(0x701, &[9]);
+        ops.pio_write(0x700, &[4]);
+        assert_eq!(seen.load(Ordering::SeqCst), 7);
         assert_eq!(ops.accesses().len(), 3);
     }
 
