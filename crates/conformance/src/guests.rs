@@ -171,3 +171,12 @@ pub const IOEVENT_WRITES: &[u8] = &[
     0xe6, 0xf4, //                                           1b out 0xf4, al
     0xf4, //                                                 1d hlt
 ];
+
+/// 32-bit protected mode: reports 0x55 on port 0x80, then executes `ud2`; run with an empty
+/// IDT, the #UD cannot be delivered and the CPU shuts down (triple fault).
+pub const TRIPLE_FAULT: &[u8] = &[
+    0xb0, 0x55, // 00 mov al, 0x55
+    0xe6, 0x80, // 02 out 0x80, al
+    0x0f, 0x0b, // 04 ud2
+    0xf4, //       06 hlt
+];

@@ -97,8 +97,9 @@ impl KvmVcpu {
         // union member; the struct is plain integers.
         let internal = unsafe { run.__bindgen_anon_1.internal };
         let ndata = (internal.ndata as usize).min(internal.data.len());
-        let data = internal.data.get(..ndata).unwrap_or(&[]);
-        internal_error_message(internal.suberror, data)
+        let data = internal.data.get(..ndata).unwrap_or(&[]).to_vec();
+        let rip = self.fd.get_regs().map(|r| r.rip).ok();
+        internal_error_message(internal.suberror, &data, rip)
     }
 
     fn run_loop(&mut self) -> Result<VcpuExit> {
@@ -145,7 +146,29 @@ fn system_event(kind: u32, data: &[u64]) -> VcpuExit {
     }
 }
 
-pub(crate) fn internal_error_message(suberror: u32, data: &[u64]) -> String {
+/// The instruction bytes of an emulation failure, when KVM included them: `data[0]` is a
+/// flags word, then a byte count and up to 15 bytes packed little-endian in `data[1..3]`.
+fn emulation_failure_bytes(suberror: u32, data: &[u64]) -> Option<Vec<u8>> {
+    let flags = *data.first()?;
+    if suberror != kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+        || flags & u64::from(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) == 0
+    {
+        return None;
+    }
+    let packed: Vec<u8> = data.get(1..3)?.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let len = usize::from(packed[0]).min(packed.len() - 1);
+    Some(packed[1..=len].to_vec())
+}
+
+pub(crate) fn internal_error_message(suberror: u32, data: &[u64], rip: Option<u64>) -> String {
+    let at = rip.map(|rip| format!(" at rip {rip:#x}")).unwrap_or_default();
+    if let Some(bytes) = emulation_failure_bytes(suberror, data) {
+        let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        return format!(
+            "KVM internal error: instruction emulation failed{at} on bytes [{}] (suberror {suberror})",
+            hex.join(" ")
+        );
+    }
     let what = match suberror {
         kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "instruction emulation failed",
         kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
@@ -153,7 +176,7 @@ pub(crate) fn internal_error_message(suberror: u32, data: &[u64]) -> String {
         kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected hardware exit reason",
         _ => "unknown suberror",
     };
-    format!("KVM internal error: {what} (suberror {suberror}, data {data:x?})")
+    format!("KVM internal error: {what}{at} (suberror {suberror}, data {data:x?})")
 }
 
 fn os<E: Into<std::io::Error>>(op: &'static str) -> impl FnOnce(E) -> HypervisorError {
@@ -288,10 +311,24 @@ mod tests {
 
     #[test]
     fn internal_error_text_has_details() {
-        let text = internal_error_message(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION, &[0x1, 0xabcd]);
+        let text = internal_error_message(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION, &[0, 0xabcd], None);
         assert!(text.contains("emulation failed"), "{text}");
         assert!(text.contains("suberror 1"), "{text}");
         assert!(text.contains("abcd"), "{text}");
-        assert!(internal_error_message(99, &[]).contains("unknown suberror"));
+        let text = internal_error_message(99, &[], Some(0x1000));
+        assert!(text.contains("unknown suberror at rip 0x1000"), "{text}");
+    }
+
+    #[test]
+    fn emulation_failure_shows_instruction_bytes() {
+        // As this host's KVM reported `movq xmm2, rax`: 15 bytes, the first five shown here.
+        let data = [1, 0x8949_d06e_0f48_660f, 0x49ef_0000_00f0_bae2, 0x1000];
+        let text = internal_error_message(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION, &data, Some(0x4029));
+        assert!(text.contains("at rip 0x4029 on bytes [66 48 0f 6e d0 49 89 e2"), "{text}");
+        // A hostile byte count cannot read past the packed bytes.
+        let bytes = emulation_failure_bytes(1, &[1, 0xff, 0]).unwrap();
+        assert_eq!(bytes.len(), 15);
+        assert!(emulation_failure_bytes(1, &[1]).is_none());
+        assert!(emulation_failure_bytes(2, &data).is_none());
     }
 }
