@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::{create, open, DiskImage, ImageFormat, OpenOptions};
+use crate::{create, open, ImageFormat, OpenOptions};
 
 const ENV_PATH: &str = "VMR_DURABILITY_IMAGE";
 const ENV_FORMAT: &str = "VMR_DURABILITY_FORMAT";

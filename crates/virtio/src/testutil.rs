@@ -1,0 +1,176 @@
+//! A test driver: drives an [`MmioTransport`] through its registers as the Linux virtio-mmio
+//! driver does, with rings laid out by virtio-queue's `MockSplitQueue` in real guest memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vmm_sys_util::eventfd::EventFd;
+use vmr_devices::BusDevice;
+use vmr_hypervisor::vm_memory::{Address, Bytes, GuestAddress};
+
+use crate::{features, status, GuestMemory, Interrupt, IrqTrigger, MmioTransport, VirtioDevice};
+
+pub(crate) const MEM_SIZE: usize = 32 << 20;
+/// Where test data buffers live (the rings are at 0).
+pub(crate) const DATA: u64 = 0x10_0000;
+pub(crate) const F_NEXT: u16 = 1;
+pub(crate) const F_WRITE: u16 = 2;
+pub(crate) const F_INDIRECT: u16 = 4;
+
+pub(crate) fn memory() -> &'static GuestMemory {
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    Box::leak(Box::new(mem))
+}
+
+pub(crate) struct Harness {
+    pub mem: &'static GuestMemory,
+    pub transport: MmioTransport,
+    pub queue: MockSplitQueue<'static, GuestMemory>,
+    pub irqfd: EventFd,
+    pub qsize: u16,
+    avail_idx: u16,
+}
+
+impl Harness {
+    pub(crate) fn new(device: Box<dyn VirtioDevice>, qsize: u16) -> Self {
+        let mem = memory();
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(IrqTrigger::EventFd(irqfd.try_clone().unwrap())));
+        let transport = MmioTransport::new(mem.clone(), device, interrupt).unwrap();
+        let queue = MockSplitQueue::new(mem, qsize);
+        Harness { mem, transport, queue, irqfd, qsize, avail_idx: 0 }
+    }
+
+    pub(crate) fn rd(&mut self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.transport.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    pub(crate) fn wr(&mut self, offset: u64, v: u32) {
+        self.transport.write(offset, &v.to_le_bytes());
+    }
+
+    pub(crate) fn device_features(&mut self) -> u64 {
+        self.wr(0x14, 0);
+        let lo = self.rd(0x10);
+        self.wr(0x14, 1);
+        let hi = self.rd(0x10);
+        u64::from(lo) | (u64::from(hi) << 32)
+    }
+
+    /// Negotiates `features` and returns the status read back after FEATURES_OK.
+    pub(crate) fn negotiate(&mut self, features: u64) -> u32 {
+        self.wr(0x70, status::ACKNOWLEDGE);
+        self.wr(0x70, status::ACKNOWLEDGE | status::DRIVER);
+        self.wr(0x24, 0);
+        self.wr(0x20, features as u32);
+        self.wr(0x24, 1);
+        self.wr(0x20, (features >> 32) as u32);
+        self.wr(0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        self.rd(0x70)
+    }
+
+    pub(crate) fn setup_queue(&mut self) {
+        let (d, a, u) = (self.queue.desc_table_addr().0, self.queue.avail_addr().0, self.queue.used_addr().0);
+        self.wr(0x30, 0);
+        self.wr(0x38, u32::from(self.qsize));
+        for (reg, addr) in [(0x80, d), (0x90, a), (0xa0, u)] {
+            self.wr(reg, addr as u32);
+            self.wr(reg + 4, (addr >> 32) as u32);
+        }
+        self.wr(0x44, 1);
+    }
+
+    /// The whole driver init sequence; returns the final status.
+    pub(crate) fn init(&mut self, features: u64) -> u32 {
+        let st = self.negotiate(features);
+        assert_ne!(st & status::FEATURES_OK, 0, "features {features:#x} refused");
+        self.setup_queue();
+        self.wr(0x70, st | status::DRIVER_OK);
+        self.rd(0x70)
+    }
+
+    pub(crate) fn init_default(&mut self) -> u32 {
+        self.init(features::VERSION_1)
+    }
+
+    pub(crate) fn set_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+        self.queue.desc_table().store(index, d).unwrap();
+    }
+
+    /// Writes a chain of (addr, len, flags) at descriptor indexes `first..` and makes it available.
+    pub(crate) fn add_chain(&mut self, first: u16, descs: &[(u64, u32, u16)]) {
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let idx = first + i as u16;
+            let next_flag = if i + 1 < descs.len() { F_NEXT } else { 0 };
+            self.set_desc(idx, addr, len, flags | next_flag, idx + 1);
+        }
+        self.push_avail(first);
+    }
+
+    pub(crate) fn push_avail(&mut self, head: u16) {
+        let slot = self.avail_idx % self.qsize;
+        self.queue.avail().ring().ref_at(slot as usize).unwrap().store(u16::to_le(head));
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.queue.avail().idx().store(u16::to_le(self.avail_idx));
+    }
+
+    /// Sets the available index directly (hostile tests).
+    pub(crate) fn set_avail_idx(&mut self, idx: u16) {
+        self.avail_idx = idx;
+        self.queue.avail().idx().store(u16::to_le(idx));
+    }
+
+    /// QueueNotify through the bus (the no-ioeventfd fallback).
+    pub(crate) fn kick(&mut self) {
+        self.wr(0x50, 0);
+    }
+
+    pub(crate) fn used_idx(&self) -> u16 {
+        self.mem.read_obj::<u16>(self.queue.used_addr().unchecked_add(2)).unwrap()
+    }
+
+    /// (id, len) of used ring entry `i`.
+    pub(crate) fn used(&self, i: u16) -> (u32, u32) {
+        let at = self.queue.used_addr().unchecked_add(4 + 8 * u64::from(i % self.qsize));
+        (self.mem.read_obj(at).unwrap(), self.mem.read_obj(at.unchecked_add(4)).unwrap())
+    }
+
+    /// Waits until the used index reaches `n`; false on timeout.
+    pub(crate) fn wait_used(&self, n: u16) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.used_idx() == n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// Waits until the device reports DEVICE_NEEDS_RESET; false on timeout.
+    pub(crate) fn wait_needs_reset(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.rd(0x70) & status::DEVICE_NEEDS_RESET != 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    pub(crate) fn write_mem(&self, addr: u64, data: &[u8]) {
+        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+    }
+
+    pub(crate) fn read_mem(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+}
