@@ -5,6 +5,13 @@
 
 mod bus;
 
+pub mod acpi;
+pub mod cmos;
+pub mod i8042;
+pub mod serial;
+#[cfg(test)]
+mod test_util;
+
 pub use bus::{Bus, BusDevice, BusError};
 
 use std::sync::Arc;
