@@ -99,7 +99,7 @@ impl Executor {
     fn byte_range(&self, sector: u64, len: u64) -> Option<u64> {
         let offset = sector.checked_mul(SECTOR_SIZE)?;
         let end = offset.checked_add(len)?;
-        (len % SECTOR_SIZE == 0 && end <= self.disk.len()).then_some(offset)
+        (len.is_multiple_of(SECTOR_SIZE) && end <= self.disk.len()).then_some(offset)
     }
 
     fn read(&mut self, sector: u64, writer: &mut Writer<'_>) -> Outcome {
@@ -141,7 +141,7 @@ impl Executor {
             return S_IOERR;
         }
         let len = reader.available_bytes();
-        if len == 0 || len % 16 != 0 || len / 16 > MAX_DISCARD_SEG as usize {
+        if len == 0 || !len.is_multiple_of(16) || len / 16 > MAX_DISCARD_SEG as usize {
             return S_UNSUPP;
         }
         while reader.available_bytes() >= 16 {

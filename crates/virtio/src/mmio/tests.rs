@@ -131,7 +131,7 @@ fn random_register_traffic_never_panics() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let offset = (x >> 8) % 0x140 & !3;
+        let offset = ((x >> 8) % 0x140) & !3;
         let value = (x >> 32) as u32;
         if x & 1 == 0 {
             h.wr(offset, value);
