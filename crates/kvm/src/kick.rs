@@ -10,11 +10,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, unblock_signal, SIGRTMIN};
 use vmr_hypervisor::VcpuKicker;
 
-/// Offset from `SIGRTMIN` of the signal used to kick vCPU threads. The VMM must not block it
-/// on vCPU threads nor use it for anything else.
+/// Offset from `SIGRTMIN` of the signal used to kick vCPU threads. The VMM must not use it for
+/// anything else; `run()` unblocks it on the calling thread.
 pub const KICK_SIGNAL_OFFSET: i32 = 1;
 
 /// The signal sent to a vCPU thread to kick it out of `KVM_RUN`.
@@ -43,6 +43,8 @@ struct KickState {
     thread: Option<libc::pthread_t>,
     /// A kick not yet consumed by a `run()` return.
     pending: bool,
+    /// The last thread on which the kick signal was unblocked.
+    unblocked_on: Option<libc::pthread_t>,
 }
 
 /// Shared between a vCPU and its kickers.
@@ -63,7 +65,7 @@ impl KickShared {
     /// until [`KickShared::detach`] is called.
     pub(crate) fn new(immediate_exit: *mut u8) -> Self {
         KickShared {
-            state: Mutex::new(KickState { immediate_exit, thread: None, pending: false }),
+            state: Mutex::new(KickState { immediate_exit, thread: None, pending: false, unblocked_on: None }),
             in_kvm_run: AtomicBool::new(false),
         }
     }
@@ -84,11 +86,18 @@ impl KickShared {
         byte.store(value, Ordering::SeqCst);
     }
 
-    /// Called by the vCPU thread when `run()` starts.
-    pub(crate) fn enter_run(&self) {
+    /// Called by the vCPU thread when `run()` starts. Makes sure the kick signal is not
+    /// blocked on this thread (once per thread), else a kick could not reach it in the guest.
+    pub(crate) fn enter_run(&self) -> std::io::Result<()> {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        self.lock().thread = Some(me);
+        let mut state = self.lock();
+        if state.unblocked_on != Some(me) {
+            unblock_signal(kick_signal()).map_err(|e| std::io::Error::other(e.to_string()))?;
+            state.unblocked_on = Some(me);
+        }
+        state.thread = Some(me);
+        Ok(())
     }
 
     /// Called by the vCPU thread when `run()` returns.
@@ -176,6 +185,21 @@ mod tests {
         drop(byte);
         kicker.kick();
         assert!(!shared.take_kick());
+    }
+
+    #[test]
+    fn enter_run_unblocks_the_kick_signal() {
+        use vmm_sys_util::signal::{block_signal, get_blocked_signals};
+        std::thread::spawn(|| {
+            block_signal(kick_signal()).unwrap();
+            let mut byte = 0u8;
+            let shared = KickShared::new(&mut byte);
+            shared.enter_run().unwrap();
+            assert!(!get_blocked_signals().unwrap().contains(&kick_signal()));
+            shared.leave_run();
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Vcpu for KvmVcpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit> {
-        self.kick.enter_run();
+        self.kick.enter_run().map_err(os("unblocking the vCPU kick signal"))?;
         let result = self.run_loop();
         self.kick.leave_run();
         result
