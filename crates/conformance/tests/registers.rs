@@ -89,8 +89,9 @@ fn msrs_read_back_equal() {
         let mut m = machine(hv);
         let msrs = [
             MsrEntry { index: 0x174, data: 0x10 }, // IA32_SYSENTER_CS
-            MsrEntry { index: 0x175, data: 0xffff_8880_0000_1000 }, // IA32_SYSENTER_ESP
-            MsrEntry { index: 0x176, data: 0xffff_ffff_8100_2000 }, // IA32_SYSENTER_EIP
+            // 32-bit values: AMD CPUs (and KVM for an AMD guest) keep only the low half.
+            MsrEntry { index: 0x175, data: 0x8000_1000 }, // IA32_SYSENTER_ESP
+            MsrEntry { index: 0x176, data: 0x8100_2000 }, // IA32_SYSENTER_EIP
             MsrEntry { index: 0x277, data: 0x0007_0106_0007_0106 }, // IA32_PAT
             MsrEntry { index: 0xc000_0081, data: 0x0023_0010_0000_0000 }, // STAR
             MsrEntry { index: 0xc000_0082, data: 0xffff_ffff_8100_0000 }, // LSTAR
