@@ -25,8 +25,8 @@ pub use ops::{Access, PioHook, RecordingOps, DONE_PORT};
 pub fn backends() -> Vec<Box<dyn Hypervisor>> {
     let mut list: Vec<Box<dyn Hypervisor>> = Vec::new();
     list.extend(kvm_backend());
-    // The software CPU goes here once vmr-emu implements Hypervisor, e.g.:
-    // list.push(Box::new(vmr_emu::Emu::new()));
+    // The software CPU joins with one line (and `vmr-emu.workspace = true` in Cargo.toml):
+    // list.push(Box::new(vmr_emu::EmuHypervisor::new()));
     list
 }
 
