@@ -1,0 +1,88 @@
+//! The CPUID model: it advertises exactly the features the interpreter implements.
+
+use vmr_hypervisor::CpuidEntry;
+
+use crate::mem::paging::MAX_PHYS_BITS;
+
+/// Leaf 1 EDX bits we implement.
+pub const L1_EDX: u32 = (1 << 3) // pse
+    | (1 << 4) // tsc
+    | (1 << 5) // msr
+    | (1 << 6) // pae
+    | (1 << 8) // cx8
+    | (1 << 13) // pge
+    | (1 << 15) // cmov
+    | (1 << 16) // pat
+    | (1 << 19); // clflush
+/// Leaf 1 ECX bits we implement.
+pub const L1_ECX: u32 = 1 << 13; // cx16
+/// Leaf 0x80000001 EDX bits.
+pub const E1_EDX: u32 = (1 << 11) // syscall
+    | (1 << 20) // nx
+    | (1 << 26) // 1 GiB pages
+    | (1 << 27) // rdtscp
+    | (1 << 29); // lm
+/// Leaf 0x80000001 ECX bits.
+pub const E1_ECX: u32 = 1; // lahf/sahf in 64-bit mode
+
+fn regs_from_str(s: &[u8; 12]) -> (u32, u32, u32) {
+    let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    (w(0), w(4), w(8))
+}
+
+fn leaf(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> CpuidEntry {
+    CpuidEntry { function, index: 0, flags: 0, eax, ebx, ecx, edx }
+}
+
+/// The leaves of the software CPU (APIC id fields are patched per vCPU by [`lookup`]).
+pub fn default_cpuid() -> Vec<CpuidEntry> {
+    let (b, d, c) = regs_from_str(b"GenuineIntel");
+    let brand: &[u8; 48] = b"vmr software x86-64 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+    let mut v = vec![
+        leaf(0, 7, b, c, d),
+        leaf(1, 0x0005_06e3, (1 << 16) | (8 << 8), L1_ECX, L1_EDX),
+        CpuidEntry { function: 7, index: 0, flags: CpuidEntry::FLAG_INDEXED, eax: 0, ebx: 0, ecx: 0, edx: 0 },
+        leaf(0x8000_0000, 0x8000_0008, 0, 0, 0),
+        leaf(0x8000_0001, 0, 0, E1_ECX, E1_EDX),
+    ];
+    for (i, chunk) in brand.chunks(16).enumerate() {
+        let w = |j: usize| u32::from_le_bytes([chunk[j], chunk[j + 1], chunk[j + 2], chunk[j + 3]]);
+        v.push(leaf(0x8000_0002 + i as u32, w(0), w(4), w(8), w(12)));
+    }
+    v.push(leaf(0x8000_0008, (48 << 8) | MAX_PHYS_BITS, 0, 0, 0));
+    v
+}
+
+/// Looks up `function`/`index` in `table`; unknown leaves read as zeros.
+pub fn lookup(table: &[CpuidEntry], function: u32, index: u32, apic_id: u32) -> [u32; 4] {
+    let e = table
+        .iter()
+        .find(|e| e.function == function && (e.flags & CpuidEntry::FLAG_INDEXED == 0 || e.index == index));
+    let Some(e) = e else { return [0; 4] };
+    let mut r = [e.eax, e.ebx, e.ecx, e.edx];
+    if function == 1 {
+        r[1] = (r[1] & 0x00ff_ffff) | (apic_id << 24);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_and_features() {
+        let t = default_cpuid();
+        let r = lookup(&t, 0, 0, 0);
+        let mut s = Vec::new();
+        for w in [r[1], r[3], r[2]] {
+            s.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(&s, b"GenuineIntel");
+        let r = lookup(&t, 1, 0, 3);
+        assert_eq!(r[1] >> 24, 3);
+        assert_ne!(r[3] & (1 << 8), 0);
+        assert_eq!(lookup(&t, 0x4000_0000, 0, 0), [0; 4]);
+        assert_eq!(lookup(&t, 0x8000_0001, 0, 0)[3] & (1 << 29), 1 << 29);
+    }
+}

@@ -1,0 +1,398 @@
+//! Decoding: iced-x86 instructions turned into [`Op`]s (handler + pre-resolved operands),
+//! grouped into blocks cached by (physical address, RIP, code size).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, OpKind, Register};
+
+use crate::cpu::{reg_slot, Cpu, Ex, RegSlot};
+use crate::exec;
+use crate::mem::Access;
+
+/// An instruction handler.
+pub type Handler = fn(&mut Cpu, &Op) -> Ex;
+
+/// A pre-resolved operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opnd {
+    None,
+    Gpr { idx: u8, size: u8 },
+    High(u8),
+    Seg(u8),
+    Imm(u64),
+    /// The instruction's memory operand ([`Op::m`]).
+    Mem,
+    /// Anything else (control/debug registers, branch targets, string operands): the handler
+    /// reads the instruction itself.
+    Other,
+}
+
+/// A pre-resolved memory operand: `seg:(disp + base + index << scale) & amask`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemRef {
+    pub disp: u64,
+    pub amask: u64,
+    /// GPR number, or 16 for none.
+    pub base: u8,
+    pub index: u8,
+    pub scale: u8,
+    pub seg: u8,
+}
+
+/// A decoded instruction ready to execute.
+#[derive(Clone, Debug)]
+pub struct Op {
+    pub exec: Handler,
+    pub o: [Opnd; 3],
+    pub m: MemRef,
+    /// Operand size in bytes (of operand 0, or the instruction's natural size).
+    pub size: u8,
+    /// Size of the memory operand in bytes (0 if none); for LOOP/JrCXZ the counter size.
+    pub msize: u8,
+    /// Condition code nibble for Jcc/SETcc/CMOVcc (0xff if none).
+    pub cc: u8,
+    pub len: u8,
+    pub ins: Instruction,
+}
+
+const NO_REG: u8 = 16;
+
+fn gpr_number(r: Register) -> u8 {
+    match reg_slot(r) {
+        RegSlot::Gpr { idx, .. } => idx,
+        _ => NO_REG,
+    }
+}
+
+fn operand(ins: &Instruction, i: u32) -> Opnd {
+    match ins.op_kind(i) {
+        OpKind::Register => match reg_slot(ins.op_register(i)) {
+            RegSlot::Gpr { idx, size } => Opnd::Gpr { idx, size },
+            RegSlot::High(idx) => Opnd::High(idx),
+            RegSlot::Seg(s) => Opnd::Seg(s),
+            RegSlot::Other => Opnd::Other,
+        },
+        OpKind::Memory => Opnd::Mem,
+        OpKind::Immediate8
+        | OpKind::Immediate8_2nd
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Opnd::Imm(ins.immediate(i)),
+        _ => Opnd::Other,
+    }
+}
+
+fn is_memory_kind(k: OpKind) -> bool {
+    !matches!(
+        k,
+        OpKind::Register
+            | OpKind::NearBranch16
+            | OpKind::NearBranch32
+            | OpKind::NearBranch64
+            | OpKind::FarBranch16
+            | OpKind::FarBranch32
+            | OpKind::Immediate8
+            | OpKind::Immediate8_2nd
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
+}
+
+fn mem_ref(ins: &Instruction, bitness: u32) -> MemRef {
+    let (base, index) = (ins.memory_base(), ins.memory_index());
+    let addr_size = match (base, index) {
+        (Register::RIP, _) => 8,
+        (Register::EIP, _) => 4,
+        (Register::None, Register::None) => match ins.memory_displ_size() {
+            2 | 4 | 8 => ins.memory_displ_size(),
+            _ => bitness / 8,
+        },
+        (Register::None, i) => i.size() as u32,
+        (b, _) => b.size() as u32,
+    };
+    let amask = match addr_size {
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    };
+    let rip_rel = matches!(base, Register::RIP | Register::EIP);
+    MemRef {
+        disp: ins.memory_displacement64(),
+        amask,
+        base: if rip_rel { NO_REG } else { gpr_number(base) },
+        index: gpr_number(index),
+        scale: ins.memory_index_scale().trailing_zeros() as u8,
+        seg: (ins.memory_segment() as u32).wrapping_sub(Register::ES as u32).min(5) as u8,
+    }
+}
+
+/// Natural operand size of `ins` in bytes.
+fn op_size(ins: &Instruction, bitness: u32) -> u8 {
+    let k = ins.op0_kind();
+    let s = if k == OpKind::Register {
+        ins.op0_register().size()
+    } else if ins.op_count() > 0 && is_memory_kind(k) {
+        ins.memory_size().size()
+    } else {
+        let spi = ins.stack_pointer_increment().unsigned_abs() as usize;
+        if matches!(spi, 2 | 4 | 8) {
+            spi
+        } else if bitness == 16 {
+            2
+        } else {
+            4
+        }
+    };
+    s.clamp(1, 8) as u8
+}
+
+/// Builds the executable form of `ins`.
+pub fn make_op(ins: &Instruction, bitness: u32) -> Op {
+    let exec = exec::handler_for(ins);
+    let mut m = mem_ref(ins, bitness);
+    if let Some(a) = string_addr_size(ins) {
+        m.amask = crate::flags::mask(a);
+    }
+    Op {
+        exec,
+        o: [operand(ins, 0), operand(ins, 1), operand(ins, 2)],
+        m,
+        size: op_size(ins, bitness),
+        msize: msize(ins),
+        cc: (ins.condition_code() as u8).wrapping_sub(1),
+        len: ins.len() as u8,
+        ins: *ins,
+    }
+}
+
+/// Address size of a string instruction's implicit operands.
+fn string_addr_size(ins: &Instruction) -> Option<u8> {
+    (0..ins.op_count()).find_map(|i| match ins.op_kind(i) {
+        OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => Some(2),
+        OpKind::MemorySegESI | OpKind::MemorySegEDI | OpKind::MemoryESEDI => Some(4),
+        OpKind::MemorySegRSI | OpKind::MemorySegRDI | OpKind::MemoryESRDI => Some(8),
+        _ => None,
+    })
+}
+
+fn msize(ins: &Instruction) -> u8 {
+    use iced_x86::Mnemonic as M;
+    match ins.mnemonic() {
+        M::Jcxz => 2,
+        M::Jecxz => 4,
+        M::Jrcxz => 8,
+        M::Loop | M::Loope | M::Loopne => {
+            let name = format!("{:?}", ins.code());
+            if name.ends_with("_RCX") {
+                8
+            } else if name.ends_with("_ECX") {
+                4
+            } else {
+                2
+            }
+        }
+        _ => {
+            let has_mem = (0..ins.op_count()).any(|i| is_memory_kind(ins.op_kind(i)));
+            if has_mem {
+                ins.memory_size().size().min(255) as u8
+            } else {
+                0
+            }
+        }
+    }
+}
+
+/// A run of instructions from one page, ending at a control transfer or the page end.
+pub struct Block {
+    pub ops: Vec<Op>,
+}
+
+/// Cache key: a block is valid for one RIP, one physical address and one code size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Key {
+    pub rip: u64,
+    pub phys: u64,
+    pub bits: u32,
+}
+
+/// Multiplicative hasher for keys (no DoS concern: the guest cannot collide us into more than
+/// slow lookups).
+#[derive(Default)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+const JUMP_SLOTS: usize = 4096;
+const MAX_BLOCK_OPS: usize = 64;
+
+/// Decoded blocks of one vCPU.
+pub struct BlockCache {
+    map: FxMap<Key, u32>,
+    slab: Vec<Option<(Key, Block)>>,
+    free: Vec<u32>,
+    by_page: FxMap<u64, Vec<u32>>,
+    jump: Vec<(Key, u32)>,
+    /// Blocks built (for statistics and tests).
+    pub built: u64,
+}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BlockCache {
+    pub fn new() -> Self {
+        BlockCache {
+            map: FxMap::default(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            by_page: FxMap::default(),
+            jump: vec![(Key::default(), u32::MAX); JUMP_SLOTS],
+            built: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn slot(key: &Key) -> usize {
+        ((key.rip ^ (key.rip >> 12) ^ key.phys) as usize) & (JUMP_SLOTS - 1)
+    }
+
+    /// The block for `key`, if cached.
+    #[inline(always)]
+    pub fn get(&mut self, key: &Key) -> Option<&Block> {
+        let s = Self::slot(key);
+        let (k, idx) = self.jump[s];
+        let idx = if k == *key && idx != u32::MAX {
+            idx
+        } else {
+            let idx = *self.map.get(key)?;
+            self.jump[s] = (*key, idx);
+            idx
+        };
+        self.slab.get(idx as usize).and_then(|b| b.as_ref()).map(|(_, b)| b)
+    }
+
+    /// Caches `block` under `key`; returns its index.
+    pub fn insert(&mut self, key: Key, block: Block) {
+        let entry = Some((key, block));
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = entry;
+                i
+            }
+            None => {
+                self.slab.push(entry);
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.map.insert(key, idx);
+        self.by_page.entry(key.phys & !0xfff).or_default().push(idx);
+        self.built += 1;
+    }
+
+    /// Drops every block decoded from physical page `page`.
+    pub fn invalidate_page(&mut self, page: u64) {
+        let Some(list) = self.by_page.remove(&page) else { return };
+        for idx in list {
+            if let Some(Some((key, _))) = self.slab.get(idx as usize) {
+                let key = *key;
+                self.map.remove(&key);
+                let s = Self::slot(&key);
+                if self.jump[s].0 == key {
+                    self.jump[s] = (Key::default(), u32::MAX);
+                }
+                self.slab[idx as usize] = None;
+                self.free.push(idx);
+            }
+        }
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        *self = BlockCache { built: self.built, ..BlockCache::new() };
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Decodes the block at `key` from `bytes` (the rest of its page). Returns None when the first
+/// instruction does not fit in `bytes` (it crosses the page end).
+pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
+    let mut dec = Decoder::with_ip(key.bits, bytes, key.rip, DecoderOptions::NONE);
+    let mut ops = Vec::with_capacity(16);
+    let mut ins = Instruction::default();
+    while dec.can_decode() && ops.len() < MAX_BLOCK_OPS {
+        dec.decode_out(&mut ins);
+        if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
+            break;
+        }
+        let op = make_op(&ins, key.bits);
+        let stop = ins.is_invalid() || ins.flow_control() != FlowControl::Next;
+        ops.push(op);
+        if stop {
+            break;
+        }
+    }
+    (!ops.is_empty()).then_some(Block { ops })
+}
+
+impl Cpu {
+    /// Decodes one instruction at `lin`/`rip` that may cross a page boundary (uncached path).
+    pub fn decode_single(&mut self, lin: u64, rip: u64) -> Ex<Block> {
+        let mut buf = [0u8; 15];
+        let first = (0x1000 - (lin & 0xfff)) as usize;
+        if first >= 15 {
+            self.read_bytes(lin, &mut buf, Access::EXEC)?;
+        } else {
+            self.read_bytes(lin, &mut buf[..first], Access::EXEC)?;
+            // Fetch the rest only if the decoder needs it: fault on the second page otherwise
+            // would be wrong.
+            let mut probe = Instruction::default();
+            let mut d = Decoder::with_ip(self.bitness, &buf[..first], rip, DecoderOptions::NONE);
+            d.decode_out(&mut probe);
+            if probe.is_invalid() && d.last_error() == DecoderError::NoMoreBytes {
+                let next = self.wrap_lin(lin.wrapping_add(first as u64));
+                self.read_bytes(next, &mut buf[first..], Access::EXEC)?;
+            }
+        }
+        let mut ins = Instruction::default();
+        let mut d = Decoder::with_ip(self.bitness, &buf, rip, DecoderOptions::NONE);
+        d.decode_out(&mut ins);
+        Ok(Block { ops: vec![make_op(&ins, self.bitness)] })
+    }
+}

@@ -1,0 +1,165 @@
+//! The run loop: look up (or decode) the block at RIP, execute it, handle exceptions,
+//! interrupts, kicks and code invalidation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::cpu::{Cpu, CS};
+use crate::decode::{decode_block, Block, BlockCache, Key};
+use crate::mem::Access;
+
+/// Why [`Engine::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// HLT with no interrupt pending.
+    Halt,
+    /// Triple fault.
+    Shutdown,
+    /// The kick flag was set.
+    Kicked,
+    /// The instruction budget ran out.
+    Budget,
+}
+
+/// Source of external interrupts for one vCPU (the interrupt controller model).
+pub trait InterruptSource: Send {
+    /// A pending maskable interrupt vector, if any, without acknowledging it.
+    fn pending(&self) -> bool;
+    /// Acknowledges and returns the highest-priority pending vector.
+    fn acknowledge(&mut self) -> Option<u8>;
+}
+
+/// A CPU with its decoded-block cache.
+pub struct Engine {
+    pub cpu: Cpu,
+    pub cache: BlockCache,
+    pub kick: Arc<AtomicBool>,
+    pub irq: Option<Box<dyn InterruptSource>>,
+}
+
+impl Engine {
+    pub fn new(cpu: Cpu) -> Self {
+        Engine { cpu, cache: BlockCache::new(), kick: Arc::new(AtomicBool::new(false)), irq: None }
+    }
+
+    /// Runs until HLT, shutdown, a kick, or about `budget` more instructions.
+    pub fn run(&mut self, budget: u64) -> StopReason {
+        let limit = self.cpu.icount.saturating_add(budget);
+        loop {
+            if self.kick.swap(false, Ordering::AcqRel) {
+                return StopReason::Kicked;
+            }
+            if self.cpu.shutdown {
+                return StopReason::Shutdown;
+            }
+            self.poll_interrupts();
+            if self.cpu.halted {
+                return StopReason::Halt;
+            }
+            if self.cpu.icount >= limit {
+                return StopReason::Budget;
+            }
+            self.step_block();
+        }
+    }
+
+    fn poll_interrupts(&mut self) {
+        let Some(src) = self.irq.as_mut() else { return };
+        if self.cpu.int_shadow {
+            self.cpu.int_shadow = false;
+            return;
+        }
+        if self.cpu.flags.if_() && src.pending() {
+            if let Some(v) = src.acknowledge() {
+                self.cpu.interrupt(v);
+            }
+        }
+    }
+
+    /// Executes one block (or one uncached instruction).
+    pub fn step_block(&mut self) {
+        let cpu = &mut self.cpu;
+        cpu.block_break = false;
+        let lin = cpu.wrap_lin(cpu.lin(CS, cpu.rip));
+        let e = match cpu.translate(lin, Access::EXEC) {
+            Ok(e) => e,
+            Err(x) => {
+                cpu.raise(x);
+                return;
+            }
+        };
+        let key = Key { rip: cpu.rip, phys: e.gpa | (lin & 0xfff), bits: cpu.bitness };
+        if self.cache.get(&key).is_none() {
+            match build(cpu, e.host, lin, &key) {
+                Ok(Some(block)) => {
+                    cpu.mem.mark_code_page(key.phys);
+                    self.cache.insert(key, block);
+                }
+                Ok(None) => {
+                    // Crossing a page or running from MMIO: decode every time.
+                    match cpu.decode_single(lin, cpu.rip) {
+                        Ok(b) => run_block(cpu, &b),
+                        Err(x) => cpu.raise(x),
+                    }
+                    self.flush_dirty();
+                    return;
+                }
+                Err(x) => {
+                    cpu.raise(x);
+                    return;
+                }
+            }
+        }
+        if let Some(block) = self.cache.get(&key) {
+            run_block(&mut self.cpu, block);
+        }
+        self.flush_dirty();
+    }
+
+    fn flush_dirty(&mut self) {
+        if !self.cpu.mem.dirty_code.is_empty() {
+            for page in std::mem::take(&mut self.cpu.mem.dirty_code) {
+                self.cache.invalidate_page(page);
+            }
+        }
+    }
+}
+
+/// Decodes the block at `key` from its RAM page; None if it must take the uncached path.
+fn build(cpu: &mut Cpu, host: usize, lin: u64, key: &Key) -> crate::cpu::Ex<Option<Block>> {
+    let _ = lin;
+    if host == 0 {
+        return Ok(None);
+    }
+    let off = (key.phys & 0xfff) as usize;
+    let mut buf = [0u8; 4096];
+    let n = 4096 - off;
+    // SAFETY: `host` is the start of a mapped 4 KiB RAM page (from the TLB) and
+    // `off + n == 4096`; the copy reads only that page.
+    unsafe { std::ptr::copy_nonoverlapping((host + off) as *const u8, buf.as_mut_ptr(), n) };
+    let _ = cpu;
+    Ok(decode_block(&buf[..n], key))
+}
+
+/// Runs the ops of `block` until the end, a taken branch, an exception or a block break.
+#[inline]
+fn run_block(cpu: &mut Cpu, block: &Block) {
+    let mut n = 0u64;
+    for op in &block.ops {
+        cpu.next_rip = op.ins.next_ip();
+        match (op.exec)(cpu, op) {
+            Ok(()) => {
+                cpu.rip = cpu.next_rip;
+                n += 1;
+            }
+            Err(x) => {
+                cpu.raise(x);
+                break;
+            }
+        }
+        if cpu.block_break {
+            break;
+        }
+    }
+    cpu.icount += n;
+}

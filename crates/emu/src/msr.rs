@@ -1,0 +1,121 @@
+//! Model-specific registers the CPU model implements.
+
+use std::collections::BTreeMap;
+
+/// MSR numbers.
+pub const IA32_TSC: u32 = 0x10;
+pub const IA32_PLATFORM_ID: u32 = 0x17;
+pub const IA32_APIC_BASE: u32 = 0x1b;
+pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+pub const IA32_TSC_ADJUST: u32 = 0x3b;
+pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
+pub const IA32_MTRRCAP: u32 = 0xfe;
+pub const IA32_SYSENTER_CS: u32 = 0x174;
+pub const IA32_SYSENTER_ESP: u32 = 0x175;
+pub const IA32_SYSENTER_EIP: u32 = 0x176;
+pub const IA32_MCG_CAP: u32 = 0x179;
+pub const IA32_MCG_STATUS: u32 = 0x17a;
+pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+pub const IA32_PAT: u32 = 0x277;
+pub const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
+pub const IA32_EFER: u32 = 0xc000_0080;
+pub const IA32_STAR: u32 = 0xc000_0081;
+pub const IA32_LSTAR: u32 = 0xc000_0082;
+pub const IA32_CSTAR: u32 = 0xc000_0083;
+pub const IA32_FMASK: u32 = 0xc000_0084;
+pub const IA32_FS_BASE: u32 = 0xc000_0100;
+pub const IA32_GS_BASE: u32 = 0xc000_0101;
+pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+pub const IA32_TSC_AUX: u32 = 0xc000_0103;
+
+/// Plain storage for MSRs without side effects. MSRs with side effects (EFER, FS/GS base,
+/// TSC, APIC base) are handled by the CPU itself and only mirrored here for snapshots.
+#[derive(Clone, Debug)]
+pub struct MsrFile {
+    values: BTreeMap<u32, u64>,
+}
+
+/// Whether `index` is an MSR the model stores (with no side effects).
+fn is_plain(index: u32) -> bool {
+    matches!(
+        index,
+        IA32_PLATFORM_ID
+            | IA32_FEATURE_CONTROL
+            | IA32_TSC_ADJUST
+            | IA32_BIOS_SIGN_ID
+            | IA32_MTRRCAP
+            | IA32_SYSENTER_CS
+            | IA32_SYSENTER_ESP
+            | IA32_SYSENTER_EIP
+            | IA32_MCG_CAP
+            | IA32_MCG_STATUS
+            | IA32_MISC_ENABLE
+            | IA32_PAT
+            | IA32_MTRR_DEF_TYPE
+            | IA32_STAR
+            | IA32_LSTAR
+            | IA32_CSTAR
+            | IA32_FMASK
+            | IA32_KERNEL_GS_BASE
+            | IA32_TSC_AUX
+    ) || (0x200..0x210).contains(&index)
+        || matches!(index, 0x250 | 0x258 | 0x259 | 0x268..=0x26f)
+}
+
+impl MsrFile {
+    pub fn new(_apic_id: u32) -> Self {
+        let mut values = BTreeMap::new();
+        values.insert(IA32_PAT, 0x0007_0406_0007_0406);
+        values.insert(IA32_MISC_ENABLE, 1);
+        values.insert(IA32_MTRR_DEF_TYPE, 0);
+        values.insert(IA32_MTRRCAP, 0);
+        MsrFile { values }
+    }
+
+    /// Reads a plain MSR; None if the model does not implement it.
+    pub fn get(&self, index: u32) -> Option<u64> {
+        if is_plain(index) {
+            Some(self.values.get(&index).copied().unwrap_or(0))
+        } else {
+            None
+        }
+    }
+
+    /// Writes a plain MSR; false if the model does not implement it (or it is read-only).
+    pub fn set(&mut self, index: u32, value: u64) -> bool {
+        if !is_plain(index) || matches!(index, IA32_MTRRCAP | IA32_PLATFORM_ID | IA32_MCG_CAP) {
+            return false;
+        }
+        self.values.insert(index, value);
+        true
+    }
+
+    /// Loads a value regardless of writability (state restore).
+    pub fn restore(&mut self, index: u32, value: u64) -> bool {
+        if !is_plain(index) {
+            return false;
+        }
+        self.values.insert(index, value);
+        true
+    }
+
+    #[inline]
+    pub fn raw(&self, index: u32) -> u64 {
+        self.values.get(&index).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_msrs() {
+        let mut m = MsrFile::new(0);
+        assert!(m.set(IA32_LSTAR, 0xffff_8000_0000_1000));
+        assert_eq!(m.get(IA32_LSTAR), Some(0xffff_8000_0000_1000));
+        assert!(!m.set(IA32_MTRRCAP, 1));
+        assert_eq!(m.get(0x1234), None);
+        assert!(!m.set(0x1234, 0));
+    }
+}
