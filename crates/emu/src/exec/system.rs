@@ -350,6 +350,7 @@ fn in_(cpu: &mut Cpu, op: &Op) -> Ex {
     let mut buf = [0u8; 8];
     let s = op.size;
     cpu.mem.pio_read(port, &mut buf[..s as usize]);
+    cpu.block_break = true;
     cpu.wr(op, 0, s, u64::from_le_bytes(buf))
 }
 
@@ -359,6 +360,8 @@ fn out(cpu: &mut Cpu, op: &Op) -> Ex {
     let s = cpu.opnd_size(op, 1);
     let v = cpu.rd(op, 1, s)?;
     cpu.mem.pio_write(port, &v.to_le_bytes()[..s as usize]);
+    // Devices may have kicked the vCPU or raised an interrupt: end the block.
+    cpu.block_break = true;
     Ok(())
 }
 

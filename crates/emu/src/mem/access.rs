@@ -62,6 +62,8 @@ impl Cpu {
                     }
                 });
             }
+            // MMIO: let the run loop look at kicks and interrupts right after this instruction.
+            self.block_break = true;
             return Ok(self.mem.read_phys_u(e.gpa | (lin & 0xfff), size));
         }
         let mut buf = [0u8; 8];
@@ -96,6 +98,9 @@ impl Cpu {
 
     #[cold]
     fn write_phys_slow(&mut self, e: TlbEntry, lin: u64, data: &[u8]) {
+        if e.host == 0 {
+            self.block_break = true;
+        }
         self.mem.write_phys(e.gpa | (lin & 0xfff), data);
         if !self.mem.dirty_code.is_empty() {
             self.block_break = true;

@@ -1,0 +1,358 @@
+//! Tiny guests, run end to end through the block cache: code bytes in memory, run until a
+//! write to the done port, then check registers and port output.
+
+mod common;
+
+use common::*;
+use iced_x86::code_asm::*;
+use vmr_emu::StopReason;
+
+/// `out port, eax` (clobbers edx).
+fn out(a: &mut CodeAssembler, port: u16) {
+    a.mov(edx, port as u32).unwrap();
+    a.out(dx, eax).unwrap();
+}
+
+fn done(a: &mut CodeAssembler) {
+    a.mov(edx, DONE_PORT as u32).unwrap();
+    a.out(dx, al).unwrap();
+}
+
+#[test]
+fn long_mode_loop_sums() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.asm(64, CODE, |a| {
+        let mut top = a.create_label();
+        a.xor(eax, eax).unwrap();
+        a.mov(ecx, 100u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.add(rax, rcx).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        out(a, 0xf0);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf0), vec![5050]);
+    assert!(g.engine.cpu.icount > 300);
+}
+
+#[test]
+fn page_fault_reports_cr2_and_error_code() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let handler = CODE + 0x1000;
+    g.set_gate64(14, handler, 0, 0);
+    g.asm(64, CODE, |a| {
+        a.mov(rbx, 0x8000_0000u64).unwrap();
+        a.mov(qword_ptr(rbx), rax).unwrap();
+        a.hlt().unwrap();
+    });
+    g.asm(64, handler, |a| {
+        a.pop(rax).unwrap(); // error code
+        out(a, 0xf1);
+        a.mov(rax, cr2).unwrap();
+        out(a, 0xf2);
+        a.mov(rax, qword_ptr(rsp)).unwrap(); // faulting RIP
+        out(a, 0xf3);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![0x2]);
+    assert_eq!(g.port_writes(0xf2), vec![0x8000_0000]);
+    assert_eq!(g.port_writes(0xf3), vec![CODE + 10]);
+}
+
+#[test]
+fn nx_page_fault_sets_instruction_fetch_bit() {
+    let mut g = Guest::new();
+    g.long_mode();
+    // Map 0x4000_0000 (second PDPT entry) with a 4 KiB page table, NX on the page.
+    g.write_u64(0x2000 + 8, 0x0020_0000 | 3);
+    g.write_u64(0x0020_0000, 0x0020_1000 | 3);
+    g.write_u64(0x0020_1000, 0x0030_0000 | 3 | (1 << 63));
+    let handler = CODE + 0x1000;
+    g.set_gate64(14, handler, 0, 0);
+    g.asm(64, CODE, |a| {
+        a.mov(rax, 0x4000_0000u64).unwrap();
+        a.mov(dword_ptr(rax), 0xc3u32).unwrap(); // writable: fine
+        a.call(rax).unwrap(); // not executable: #PF
+        a.hlt().unwrap();
+    });
+    g.asm(64, handler, |a| {
+        a.pop(rax).unwrap();
+        out(a, 0xf1);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![0x11]);
+    // The write set accessed and dirty bits in the leaf.
+    assert_eq!(g.read_u64(0x0020_1000) & 0x60, 0x60);
+    assert_eq!(g.mem.read_obj::<u32>(vmr_hypervisor::vm_memory::GuestAddress(0x30_0000)).ok(), Some(0xc3));
+}
+
+#[test]
+fn divide_error_and_breakpoint_handlers() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.set_gate64(0, CODE + 0x1000, 0, 0);
+    g.set_gate64(3, CODE + 0x1100, 0, 0);
+    g.asm(64, CODE, |a| {
+        a.int3().unwrap();
+        a.mov(eax, 7u32).unwrap();
+        a.xor(ecx, ecx).unwrap();
+        a.div(ecx).unwrap();
+        a.hlt().unwrap();
+    });
+    g.asm(64, CODE + 0x1000, |a| {
+        a.mov(rax, qword_ptr(rsp)).unwrap(); // RIP of the DIV
+        out(a, 0xf1);
+        done(a);
+    });
+    g.asm(64, CODE + 0x1100, |a| {
+        a.mov(rax, qword_ptr(rsp)).unwrap(); // RIP after INT3
+        out(a, 0xf2);
+        a.iretq().unwrap();
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf2), vec![CODE + 1]);
+    assert_eq!(g.port_writes(0xf1), vec![CODE + 1 + 5 + 2]);
+}
+
+#[test]
+fn missing_idt_triple_faults() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.cpu().idtr.limit = 0;
+    g.asm(64, CODE, |a| {
+        a.ud2().unwrap();
+    });
+    assert_eq!(g.run(), StopReason::Shutdown);
+}
+
+#[test]
+fn syscall_sysret_and_user_mode() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let user = CODE + 0x2000;
+    let entry = CODE + 0x3000;
+    {
+        let c = g.cpu();
+        c.msr.set(vmr_emu::msr::IA32_STAR, ((0x18u64 | 3) << 48) | ((KERNEL_CS as u64) << 32));
+        c.msr.set(vmr_emu::msr::IA32_LSTAR, entry);
+        c.msr.set(vmr_emu::msr::IA32_FMASK, 0x200);
+    }
+    // User pages: the first 2 MiB page becomes user-accessible.
+    g.write_u64(PML4, 0x2000 | 7);
+    g.write_u64(0x2000, 0x3000 | 7);
+    g.write_u64(0x3000, 0x87);
+    // #GP handler for the privileged instruction in user mode.
+    g.set_gate64(13, CODE + 0x1000, 0, 0);
+    g.asm(64, CODE, |a| {
+        a.mov(rcx, user).unwrap();
+        a.mov(r11, 0x202u64).unwrap();
+        a.sysretq().unwrap();
+    });
+    g.asm(64, user, |a| {
+        a.mov(eax, 42u32).unwrap();
+        a.syscall().unwrap();
+        a.cli().unwrap(); // CPL 3 > IOPL 0: #GP
+    });
+    g.asm(64, entry, |a| {
+        // CPL 0 again: report CS, the saved RIP and RFLAGS, then return to user.
+        a.mov(eax, cs).unwrap();
+        out(a, 0xf1);
+        a.mov(rax, rcx).unwrap();
+        out(a, 0xf2);
+        a.mov(rax, r11).unwrap();
+        out(a, 0xf3);
+        a.sysretq().unwrap();
+    });
+    g.asm(64, CODE + 0x1000, |a| {
+        a.pop(rax).unwrap();
+        out(a, 0xf7);
+        a.mov(rax, qword_ptr(rsp + 8)).unwrap(); // CS of the faulting code
+        out(a, 0xf5);
+        a.mov(rax, rsp).unwrap();
+        out(a, 0xf6);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![KERNEL_CS as u64]);
+    assert_eq!(g.port_writes(0xf2), vec![user + 7]);
+    assert_eq!(g.port_writes(0xf3), vec![0x202]);
+    assert_eq!(g.port_writes(0xf7), vec![0]);
+    assert_eq!(g.port_writes(0xf5), vec![0x2b]);
+    // Privilege change: the handler ran on RSP0 from the TSS (0x7000), 16-byte aligned,
+    // after popping the error code: 0x7000 - 6*8 + 8.
+    assert_eq!(g.port_writes(0xf6), vec![0x7000 - 48 + 8]);
+}
+
+#[test]
+fn ist_stack_is_used() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.set_gate64(6, CODE + 0x1000, 1, 0);
+    g.asm(64, CODE, |a| {
+        a.ud2().unwrap();
+    });
+    g.asm(64, CODE + 0x1000, |a| {
+        a.mov(rax, rsp).unwrap();
+        out(a, 0xf1);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![0x6000 - 40]);
+}
+
+#[test]
+fn self_modifying_code_is_seen() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let target = CODE + 0x100;
+    g.asm(64, target, |a| {
+        a.mov(eax, 1u32).unwrap();
+        a.ret().unwrap();
+    });
+    g.asm(64, CODE, |a| {
+        a.mov(rbx, target).unwrap();
+        a.call(rbx).unwrap();
+        out(a, 0xf1);
+        // Patch the immediate of `mov eax, 1` to 2 and call again.
+        a.mov(byte_ptr(rbx + 1), 2u32).unwrap();
+        a.call(rbx).unwrap();
+        out(a, 0xf1);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![1, 2]);
+}
+
+#[test]
+fn rep_string_ops() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let src = 0x20_0000u64;
+    let dst = 0x30_0000u64;
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    g.write(src, &bytes);
+    g.asm(64, CODE, |a| {
+        a.mov(rsi, src).unwrap();
+        a.mov(rdi, dst).unwrap();
+        a.mov(ecx, 100_000u32).unwrap();
+        a.rep().movsb().unwrap();
+        // Compare: repe cmpsb over the copies must run to the end.
+        a.mov(rsi, src).unwrap();
+        a.mov(rdi, dst).unwrap();
+        a.mov(ecx, 100_000u32).unwrap();
+        a.repe().cmpsb().unwrap();
+        a.mov(eax, ecx).unwrap();
+        out(a, 0xf1);
+        // Scan for the byte value 250 from the start.
+        a.mov(rdi, dst).unwrap();
+        a.mov(ecx, 1000u32).unwrap();
+        a.mov(al, 250u32).unwrap();
+        a.repne().scasb().unwrap();
+        a.mov(rax, rdi).unwrap();
+        out(a, 0xf2);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    let mut copy = vec![0u8; 100_000];
+    g.mem.read_slice(&mut copy, vmr_hypervisor::vm_memory::GuestAddress(dst)).unwrap();
+    let bad = copy.iter().zip(&bytes).position(|(a, b)| a != b);
+    let nbad = copy.iter().zip(&bytes).filter(|(a, b)| a != b).count();
+    assert_eq!(bad, None, "first mismatch ({nbad} in all) {:?} vs {:?}", &copy[210..230], &bytes[210..230]);
+    assert_eq!(g.port_writes(0xf1), vec![0]);
+    let first = bytes.iter().position(|&b| b == 250).unwrap() as u64;
+    assert_eq!(g.port_writes(0xf2), vec![dst + first + 1]);
+}
+
+use vmr_hypervisor::vm_memory::Bytes;
+
+#[test]
+fn real_mode_ivt_and_segments() {
+    let mut g = Guest::new();
+    // IVT entry 0x10 -> 0x2000:0x0000.
+    g.write(0x40, &[0x00, 0x00, 0x00, 0x20]);
+    g.asm(16, 0x20000, |a| {
+        a.mov(ax, 0xbeefu32).unwrap();
+        a.iret().unwrap();
+    });
+    g.asm(16, 0x10000, |a| {
+        a.mov(ax, 0x3000u32).unwrap();
+        a.mov(ds, ax).unwrap();
+        a.mov(word_ptr(0x10), 0x1234u32).unwrap(); // linear 0x30010
+        a.int(0x10).unwrap();
+        a.mov(dx, 0xf1u32).unwrap();
+        a.out(dx, ax).unwrap();
+        a.mov(ax, word_ptr(0x10)).unwrap();
+        a.out(dx, ax).unwrap();
+        a.mov(dx, DONE_PORT as u32).unwrap();
+        a.out(dx, al).unwrap();
+    });
+    g.real_mode(0x1000, 0);
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![0xbeef, 0x1234]);
+    assert_eq!(g.read_u64(0x30010) & 0xffff, 0x1234);
+}
+
+#[test]
+fn real_to_protected_to_long_mode() {
+    let mut g = Guest::new();
+    g.long_mode(); // builds GDT and page tables; the CPU is reset below
+    g.engine.cpu = vmr_emu::cpu::Cpu::new(vmr_emu::mem::Memory::new(&g.mem, Some(g.ops.clone())).unwrap(), 0);
+    // GDTR image at 0x600: limit, base.
+    g.write(0x600, &[0x3f, 0x00]);
+    g.write(0x602, &(GDT as u32).to_le_bytes());
+    let pm32 = 0x11000u64;
+    let lm64 = 0x12000u64;
+    g.asm(16, 0x10000, |a| {
+        a.cli().unwrap();
+        a.lgdt(dword_ptr(0x600)).unwrap();
+        a.mov(eax, cr0).unwrap();
+        a.or(eax, 1u32).unwrap();
+        a.mov(cr0, eax).unwrap();
+        a.db(&[0x66, 0xea]).unwrap(); // jmp far dword 0x18:pm32
+        a.dd(&[pm32 as u32]).unwrap();
+        a.dw(&[CODE32]).unwrap();
+    });
+    g.asm(32, pm32, |a| {
+        a.mov(eax, KERNEL_DS as u32).unwrap();
+        a.mov(ds, ax).unwrap();
+        a.mov(ss, ax).unwrap();
+        a.mov(esp, 0x9000u32).unwrap();
+        a.mov(eax, cr4).unwrap();
+        a.or(eax, 0x20u32).unwrap(); // PAE
+        a.mov(cr4, eax).unwrap();
+        a.mov(eax, PML4 as u32).unwrap();
+        a.mov(cr3, eax).unwrap();
+        a.mov(ecx, 0xc000_0080u32).unwrap();
+        a.rdmsr().unwrap();
+        a.or(eax, 0x100u32).unwrap(); // LME
+        a.wrmsr().unwrap();
+        a.mov(eax, cr0).unwrap();
+        a.or(eax, 0x8000_0000u32).unwrap();
+        a.mov(cr0, eax).unwrap();
+        a.db(&[0xea]).unwrap(); // jmp far 0x08:lm64
+        a.dd(&[lm64 as u32]).unwrap();
+        a.dw(&[KERNEL_CS]).unwrap();
+    });
+    g.asm(64, lm64, |a| {
+        a.mov(rax, 0x1234_5678_9abc_def0u64).unwrap();
+        a.mov(ecx, 0xc000_0080u32).unwrap();
+        a.rdmsr().unwrap();
+        out(a, 0xf1);
+        a.mov(rax, 0x1234_5678_9abc_def0u64).unwrap();
+        a.mov(edx, 0xf2u32).unwrap();
+        a.shr(rax, 32).unwrap();
+        a.out(dx, eax).unwrap();
+        done(a);
+    });
+    g.real_mode(0x1000, 0);
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![0x500]); // LME | LMA
+    assert_eq!(g.port_writes(0xf2), vec![0x1234_5678]);
+    assert_eq!(g.engine.cpu.bitness, 64);
+}
