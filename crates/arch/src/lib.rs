@@ -65,6 +65,19 @@ pub struct BootInfo {
     pub bsp_state: VcpuState,
 }
 
+/// The first `count` virtio-mmio slots of the layout (address, 4 KiB window, IRQ), ready for
+/// [`MachineConfig::virtio_mmio`]. Describe devices either here (DSDT, `LNRO0005`) or with
+/// `virtio_mmio.device=` on the command line, not both.
+pub fn virtio_mmio_slots(count: usize) -> Result<Vec<MmioDeviceInfo>> {
+    (0..count)
+        .map(|i| {
+            let (addr, irq) = layout::virtio_mmio_device(i)
+                .ok_or(ArchError::TooManyVirtioDevices { count, max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
+            Ok(MmioDeviceInfo { addr, len: layout::VIRTIO_MMIO_SIZE, irq })
+        })
+        .collect()
+}
+
 /// Total bytes of RAM in `mem`.
 pub fn memory_size(mem: &GuestMemory) -> u64 {
     mem.iter().map(|r| r.len()).sum()

@@ -136,6 +136,22 @@ fn pvh_elf_boots_through_start_info() {
 }
 
 #[test]
+fn virtio_slots_reach_the_dsdt() {
+    let slots = virtio_mmio_slots(3).unwrap();
+    assert_eq!(slots[2], MmioDeviceInfo { addr: GuestAddress(0xd000_2000), len: 0x1000, irq: 7 });
+    assert!(virtio_mmio_slots(layout::VIRTIO_MMIO_MAX_DEVICES + 1).is_err());
+    let kernel = TempFile::new(&tiny_elf(true));
+    let mem = create_guest_memory(64 * MIB).unwrap();
+    let mut cfg = config(&kernel.0, None, 1);
+    cfg.virtio_mmio = virtio_mmio_slots(layout::VIRTIO_MMIO_MAX_DEVICES).unwrap();
+    configure_system(&mem, &cfg).unwrap();
+    let mut acpi = vec![0u8; (layout::ACPI_END - layout::RSDP_START) as usize];
+    mem.read_slice(&mut acpi, GuestAddress(layout::RSDP_START)).unwrap();
+    let count = acpi.windows(8).filter(|w| w == b"LNRO0005").count();
+    assert_eq!(count, layout::VIRTIO_MMIO_MAX_DEVICES);
+}
+
+#[test]
 fn elf_without_pvh_note_uses_the_64bit_entry() {
     let kernel = TempFile::new(&tiny_elf(false));
     let mem = create_guest_memory(64 * MIB).unwrap();
