@@ -138,8 +138,15 @@ fn mem_ref(ins: &Instruction, bitness: u32) -> MemRef {
 
 /// Natural operand size of `ins` in bytes.
 fn op_size(ins: &Instruction, bitness: u32) -> u8 {
+    use iced_x86::Mnemonic as M;
+    match ins.mnemonic() {
+        M::Cbw | M::Cwd => return 2,
+        M::Cwde | M::Cdq => return 4,
+        M::Cdqe | M::Cqo => return 8,
+        _ => {}
+    }
     let k = ins.op0_kind();
-    let s = if k == OpKind::Register {
+    let s = if ins.op_count() > 0 && k == OpKind::Register {
         ins.op0_register().size()
     } else if ins.op_count() > 0 && is_memory_kind(k) {
         ins.memory_size().size()

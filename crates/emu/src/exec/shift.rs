@@ -55,7 +55,8 @@ fn shl(cpu: &mut Cpu, op: &Op) -> Ex {
     let a = cpu.rd_rmw(op, 0, s)?;
     let c = count(cpu, op, 1)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let bits = s as u32 * 8;
     let r = if c >= 64 { 0 } else { a << c } & mask(s);
@@ -74,7 +75,8 @@ fn shr(cpu: &mut Cpu, op: &Op) -> Ex {
     let a = cpu.rd_rmw(op, 0, s)?;
     let c = count(cpu, op, 1)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let r = if c >= 64 { 0 } else { a >> c };
     let cf = bit(a, c - 1);
@@ -92,7 +94,8 @@ fn sar(cpu: &mut Cpu, op: &Op) -> Ex {
     let a = cpu.rd_rmw(op, 0, s)?;
     let c = count(cpu, op, 1)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let sh = 64 - s as u32 * 8;
     let sa = ((a << sh) as i64) >> sh;
@@ -109,7 +112,8 @@ fn rol(cpu: &mut Cpu, op: &Op) -> Ex {
     let a = cpu.rd_rmw(op, 0, s)?;
     let c = count(cpu, op, 1)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let bits = s as u32 * 8;
     let n = c % bits;
@@ -126,7 +130,8 @@ fn ror(cpu: &mut Cpu, op: &Op) -> Ex {
     let a = cpu.rd_rmw(op, 0, s)?;
     let c = count(cpu, op, 1)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let bits = s as u32 * 8;
     let n = c % bits;
@@ -153,7 +158,8 @@ fn rcl(cpu: &mut Cpu, op: &Op) -> Ex {
     let a = cpu.rd_rmw(op, 0, s)?;
     let c = count(cpu, op, 1)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let (r, cf) = rcl_value(a, cpu.flags.cf(), s as u32 * 8, c);
     cpu.wr(op, 0, s, r)?;
@@ -167,7 +173,8 @@ fn rcr(cpu: &mut Cpu, op: &Op) -> Ex {
     let a = cpu.rd_rmw(op, 0, s)?;
     let c = count(cpu, op, 1)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let bits = s as u32 * 8;
     let cf_in = cpu.flags.cf();
@@ -196,7 +203,8 @@ fn shld(cpu: &mut Cpu, op: &Op) -> Ex {
     let b = cpu.rd(op, 1, s)?;
     let c = count(cpu, op, 2)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let bits = s as u32 * 8;
     let (cat, total) = concat_hi(a, b, bits);
@@ -214,7 +222,8 @@ fn shrd(cpu: &mut Cpu, op: &Op) -> Ex {
     let b = cpu.rd(op, 1, s)?;
     let c = count(cpu, op, 2)?;
     if c == 0 {
-        return Ok(());
+        // No flags change, but a 32-bit register destination is still zero-extended.
+        return cpu.wr(op, 0, s, a);
     }
     let bits = s as u32 * 8;
     // b:a (16-bit: a:b:a), shifted right.
