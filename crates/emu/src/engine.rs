@@ -116,6 +116,14 @@ impl Engine {
         self.flush_dirty();
     }
 
+    /// Tells the CPU that something other than itself (a device doing DMA, the VMM loading an
+    /// image) wrote guest physical memory `[gpa, gpa + len)`: cached code there is dropped.
+    pub fn notify_write(&mut self, gpa: u64, len: usize) {
+        if self.cpu.mem.note_write(gpa, len) {
+            self.flush_dirty();
+        }
+    }
+
     fn flush_dirty(&mut self) {
         if !self.cpu.mem.dirty_code.is_empty() {
             for page in std::mem::take(&mut self.cpu.mem.dirty_code) {

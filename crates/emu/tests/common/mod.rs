@@ -136,6 +136,14 @@ impl Guest {
         // TSS: RSP0 and IST1.
         self.write_u64(TSS + 4, 0x7000);
         self.write_u64(TSS + 0x24, 0x6000);
+        self.long_mode_regs();
+    }
+
+    /// The register part of [`Guest::long_mode`] (tables already in memory).
+    pub fn long_mode_regs(&mut self) {
+        let gdt1 = 0x00af_9b00_0000_ffff;
+        let gdt2 = 0x00cf_9300_0000_ffff;
+        let gdt6 = 0x0000_8900_0000_0067 | ((TSS & 0xff_ffff) << 16);
         let c = self.cpu();
         c.cr0 = CR0_PE | CR0_PG | CR0_ET | CR0_WP;
         c.cr4 = CR4_PAE;
@@ -143,10 +151,10 @@ impl Guest {
         c.efer = EFER_LME | EFER_LMA | EFER_SCE | EFER_NXE;
         c.gdtr = DescriptorTable { base: GDT, limit: 8 * 8 - 1 };
         c.idtr = DescriptorTable { base: IDT, limit: 0xfff };
-        let cs = parse_descriptor(gdt[1], KERNEL_CS);
-        let ds = parse_descriptor(gdt[2], KERNEL_DS);
+        let cs = parse_descriptor(gdt1, KERNEL_CS);
+        let ds = parse_descriptor(gdt2, KERNEL_DS);
         c.seg = [ds, cs, ds, ds, ds, ds];
-        let mut tr = parse_descriptor(gdt[6], TSS_SEL);
+        let mut tr = parse_descriptor(gdt6, TSS_SEL);
         tr.type_ = 0xb;
         c.tr = tr;
         c.rip = CODE;
