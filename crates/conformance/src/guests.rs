@@ -5,6 +5,8 @@
 pub const CODE_ADDR: u64 = 0x1000;
 /// Where [`SERIAL_HELLO`] expects its message.
 pub const MESSAGE_ADDR: u64 = 0x1100;
+/// Where [`SERIAL_HELLO`] stores what it reads with `rep insb`.
+pub const STRING_IN_ADDR: u64 = 0x1200;
 /// The message [`SERIAL_HELLO`] prints.
 pub const MESSAGE: &[u8; 14] = b"Hello from vmr";
 
@@ -92,7 +94,8 @@ pub const LONG_MODE_SUM: &[u8] = &[
 pub const LONG_MODE_SUM_RESULT: u64 = 1000 * (1 << 32) + 1000 * 1001 / 2;
 
 /// 16-bit real mode: prints [`MESSAGE`] (at [`MESSAGE_ADDR`]) to port 0x3f8 twice, first one
-/// `out` per byte, then with `rep outsb`.
+/// `out` per byte, then with `rep outsb`; then reads 8 bytes from port 0x2f8 to
+/// [`STRING_IN_ADDR`] with `rep insb`.
 pub const SERIAL_HELLO: &[u8] = &[
     0xfc, //             00 cld
     0xba, 0xf8, 0x03, // 01 mov dx, 0x3f8
@@ -104,9 +107,13 @@ pub const SERIAL_HELLO: &[u8] = &[
     0xbe, 0x00, 0x11, // 0e mov si, 0x1100
     0xb9, 0x0e, 0x00, // 11 mov cx, 14
     0xf3, 0x6e, //       14 rep outsb
-    0xb0, 0x00, //       16 mov al, 0
-    0xe6, 0xf4, //       18 out 0xf4, al
-    0xf4, //             1a hlt
+    0xbf, 0x00, 0x12, // 16 mov di, 0x1200
+    0xb9, 0x08, 0x00, // 19 mov cx, 8
+    0xba, 0xf8, 0x02, // 1c mov dx, 0x2f8
+    0xf3, 0x6c, //       1f rep insb             ; KVM batches these into one exit
+    0xb0, 0x00, //       21 mov al, 0
+    0xe6, 0xf4, //       23 out 0xf4, al
+    0xf4, //             25 hlt
 ];
 
 /// 16-bit real mode: counts in eax forever. Offset [`SPIN_THEN_HALT_HLT`] is `cli; hlt`
