@@ -8,6 +8,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::block::BlockState;
+use crate::net::NetState;
 use crate::rng::RngState;
 use crate::{GuestMemory, Interrupt};
 
@@ -60,5 +61,6 @@ pub trait VirtioDevice: Send {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
     Block(BlockState),
+    Net(NetState),
     Rng(RngState),
 }

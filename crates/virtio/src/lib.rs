@@ -1,5 +1,5 @@
 //! virtio devices for vmr: the virtio-mmio transport (virtio 1.x, register layout version 2),
-//! virtio-blk over raw and qcow2 images ([`vmr_block`]), and virtio-rng.
+//! virtio-blk over raw and qcow2 images ([`vmr_block`]), virtio-net over a tap, and virtio-rng.
 //!
 //! # Shape
 //!
@@ -33,8 +33,11 @@
 
 pub mod block;
 mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 mod interrupt;
 pub mod mmio;
+pub mod net;
 mod queue;
 pub mod rng;
 #[cfg(test)]
@@ -50,6 +53,7 @@ pub use vmr_hypervisor::GuestMemory;
 
 /// Device type ids (virtio 1.2, 5).
 pub mod device_type {
+    pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const RNG: u32 = 4;
 }

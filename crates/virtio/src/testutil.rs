@@ -27,10 +27,12 @@ pub(crate) fn memory() -> &'static GuestMemory {
 pub(crate) struct Harness {
     pub mem: &'static GuestMemory,
     pub transport: MmioTransport,
-    pub queue: MockSplitQueue<'static, GuestMemory>,
+    pub queues: Vec<MockSplitQueue<'static, GuestMemory>>,
     pub irqfd: EventFd,
     pub qsize: u16,
-    avail_idx: u16,
+    avail_idx: Vec<u16>,
+    /// The queue the ring helpers act on.
+    sel: usize,
 }
 
 impl Harness {
@@ -38,9 +40,22 @@ impl Harness {
         let mem = memory();
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let interrupt = Arc::new(Interrupt::new(IrqTrigger::EventFd(irqfd.try_clone().unwrap())));
+        let n = device.queue_max_sizes().len();
         let transport = MmioTransport::new(mem.clone(), device, interrupt).unwrap();
-        let queue = MockSplitQueue::new(mem, qsize);
-        Harness { mem, transport, queue, irqfd, qsize, avail_idx: 0 }
+        // Rings of queue i at i * 64 KiB (data buffers start at 1 MiB).
+        let queues =
+            (0..n).map(|i| MockSplitQueue::create(mem, GuestAddress(i as u64 * 0x1_0000), qsize)).collect();
+        Harness { mem, transport, queues, irqfd, qsize, avail_idx: vec![0; n], sel: 0 }
+    }
+
+    /// The queue the ring helpers act on.
+    pub(crate) fn queue(&self) -> &MockSplitQueue<'static, GuestMemory> {
+        &self.queues[self.sel]
+    }
+
+    /// Makes the ring helpers act on queue `i`.
+    pub(crate) fn select(&mut self, i: usize) {
+        self.sel = i;
     }
 
     pub(crate) fn rd(&mut self, offset: u64) -> u32 {
@@ -73,15 +88,19 @@ impl Harness {
         self.rd(0x70)
     }
 
+    /// Sets up every queue of the device.
     pub(crate) fn setup_queue(&mut self) {
-        let (d, a, u) = (self.queue.desc_table_addr().0, self.queue.avail_addr().0, self.queue.used_addr().0);
-        self.wr(0x30, 0);
-        self.wr(0x38, u32::from(self.qsize));
-        for (reg, addr) in [(0x80, d), (0x90, a), (0xa0, u)] {
-            self.wr(reg, addr as u32);
-            self.wr(reg + 4, (addr >> 32) as u32);
+        for i in 0..self.queues.len() {
+            let q = &self.queues[i];
+            let (d, a, u) = (q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0);
+            self.wr(0x30, i as u32);
+            self.wr(0x38, u32::from(self.qsize));
+            for (reg, addr) in [(0x80, d), (0x90, a), (0xa0, u)] {
+                self.wr(reg, addr as u32);
+                self.wr(reg + 4, (addr >> 32) as u32);
+            }
+            self.wr(0x44, 1);
         }
-        self.wr(0x44, 1);
     }
 
     /// The whole driver init sequence; returns the final status.
@@ -99,7 +118,7 @@ impl Harness {
 
     pub(crate) fn set_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-        self.queue.desc_table().store(index, d).unwrap();
+        self.queue().desc_table().store(index, d).unwrap();
     }
 
     /// Writes a chain of (addr, len, flags) at descriptor indexes `first..` and makes it available.
@@ -113,30 +132,30 @@ impl Harness {
     }
 
     pub(crate) fn push_avail(&mut self, head: u16) {
-        let slot = self.avail_idx % self.qsize;
-        self.queue.avail().ring().ref_at(slot as usize).unwrap().store(u16::to_le(head));
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.queue.avail().idx().store(u16::to_le(self.avail_idx));
+        let idx = self.avail_idx[self.sel];
+        self.queue().avail().ring().ref_at((idx % self.qsize) as usize).unwrap().store(u16::to_le(head));
+        self.avail_idx[self.sel] = idx.wrapping_add(1);
+        self.queue().avail().idx().store(u16::to_le(idx.wrapping_add(1)));
     }
 
     /// Sets the available index directly (hostile tests).
     pub(crate) fn set_avail_idx(&mut self, idx: u16) {
-        self.avail_idx = idx;
-        self.queue.avail().idx().store(u16::to_le(idx));
+        self.avail_idx[self.sel] = idx;
+        self.queue().avail().idx().store(u16::to_le(idx));
     }
 
     /// QueueNotify through the bus (the no-ioeventfd fallback).
     pub(crate) fn kick(&mut self) {
-        self.wr(0x50, 0);
+        self.wr(0x50, self.sel as u32);
     }
 
     pub(crate) fn used_idx(&self) -> u16 {
-        self.mem.read_obj::<u16>(self.queue.used_addr().unchecked_add(2)).unwrap()
+        self.mem.read_obj::<u16>(self.queue().used_addr().unchecked_add(2)).unwrap()
     }
 
     /// (id, len) of used ring entry `i`.
     pub(crate) fn used(&self, i: u16) -> (u32, u32) {
-        let at = self.queue.used_addr().unchecked_add(4 + 8 * u64::from(i % self.qsize));
+        let at = self.queue().used_addr().unchecked_add(4 + 8 * u64::from(i % self.qsize));
         (self.mem.read_obj(at).unwrap(), self.mem.read_obj(at.unchecked_add(4)).unwrap())
     }
 

@@ -1,16 +1,20 @@
 //! The per-device worker thread: epoll on the queue EventFds and a stop EventFd.
 
 use std::io;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+const STOP_TOKEN: u64 = u64::MAX;
+
 /// What the worker thread runs when a queue is notified.
 pub(crate) trait QueueHandler: Send + 'static {
     /// Processes everything available on queue `index`.
     fn process_queue(&mut self, index: usize);
+    /// Handles readiness of extra file descriptor `index` (see [`Worker::spawn_with_fds`]).
+    fn process_fd(&mut self, _index: usize) {}
 }
 
 /// A running worker thread. Dropping it stops and joins the thread.
@@ -22,13 +26,27 @@ pub(crate) struct Worker<H: QueueHandler> {
 impl<H: QueueHandler> Worker<H> {
     /// Starts thread `name`, which calls `handler` for each notified queue.
     pub(crate) fn spawn(name: String, queue_evts: Vec<EventFd>, handler: H) -> io::Result<Self> {
+        Self::spawn_with_fds(name, queue_evts, &[], handler)
+    }
+
+    /// Like [`Worker::spawn`], also waiting on `fds` (e.g. a tap) with the given event sets;
+    /// readiness of `fds[j]` calls `handler.process_fd(j)`. The fds must outlive the worker
+    /// (the handler usually owns them).
+    pub(crate) fn spawn_with_fds(
+        name: String,
+        queue_evts: Vec<EventFd>,
+        fds: &[(RawFd, EventSet)],
+        handler: H,
+    ) -> io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
-        let stop_token = queue_evts.len() as u64;
         for (i, evt) in queue_evts.iter().enumerate() {
             epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64))?;
         }
-        epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, stop_token))?;
+        for (j, &(fd, set)) in fds.iter().enumerate() {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, (queue_evts.len() + j) as u64))?;
+        }
+        epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_TOKEN))?;
         let thread_stop = stop.try_clone()?;
         let handle = std::thread::Builder::new()
             .name(name)
@@ -59,8 +77,7 @@ fn run<H: QueueHandler>(epoll: Epoll, queue_evts: Vec<EventFd>, stop: EventFd, m
     for i in 0..queue_evts.len() {
         handler.process_queue(i);
     }
-    let stop_token = queue_evts.len() as u64;
-    let mut events = vec![EpollEvent::default(); queue_evts.len() + 1];
+    let mut events = vec![EpollEvent::default(); 16];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -72,13 +89,16 @@ fn run<H: QueueHandler>(epoll: Epoll, queue_evts: Vec<EventFd>, stop: EventFd, m
         };
         for event in &events[..n] {
             let token = event.data();
-            if token == stop_token {
+            if token == STOP_TOKEN {
                 let _ = stop.read();
                 return handler;
             }
-            if let Some(evt) = queue_evts.get(token as usize) {
-                let _ = evt.read();
-                handler.process_queue(token as usize);
+            match queue_evts.get(token as usize) {
+                Some(evt) => {
+                    let _ = evt.read();
+                    handler.process_queue(token as usize);
+                }
+                None => handler.process_fd(token as usize - queue_evts.len()),
             }
         }
     }

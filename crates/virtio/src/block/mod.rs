@@ -5,7 +5,7 @@
 //! then fdatasync), so a write the guest flushed survives a SIGKILL of the VMM.
 
 mod config;
-mod request;
+pub(crate) mod request;
 #[cfg(test)]
 mod tests;
 

@@ -68,7 +68,7 @@ fn queue_registers_only_between_features_ok_and_driver_ok() {
     assert_eq!(h.rd(0x44), 1);
     // Address writes while ready are ignored.
     h.wr(0x80, 0x1234_0000);
-    assert_eq!(h.transport.state().queues[0].desc_table, h.queue.desc_table_addr().0);
+    assert_eq!(h.transport.state().queues[0].desc_table, h.queue().desc_table_addr().0);
 }
 
 #[test]

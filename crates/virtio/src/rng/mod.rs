@@ -38,7 +38,7 @@ fn getrandom(buf: &mut [u8]) -> bool {
     true
 }
 
-struct RngHandler {
+pub(crate) struct RngHandler {
     mem: GuestMemory,
     interrupt: Arc<Interrupt>,
     queue: Queue,
@@ -47,7 +47,7 @@ struct RngHandler {
 }
 
 impl RngHandler {
-    fn fill(mem: &GuestMemory, buf: &mut [u8], chain: DescriptorChain<&GuestMemory>) -> u32 {
+    pub(crate) fn fill(mem: &GuestMemory, buf: &mut [u8], chain: DescriptorChain<&GuestMemory>) -> u32 {
         let Ok(mut writer) = Writer::<()>::new(mem, chain) else { return 0 };
         let n = writer.available_bytes().min(buf.len());
         if !getrandom(&mut buf[..n]) || writer.write_all(&buf[..n]).is_err() {

@@ -1,0 +1,149 @@
+//! The net worker: tap -> receive queue, transmit queue -> tap.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+
+use super::tap::{Tap, VNET_HDR_LEN};
+use crate::worker::QueueHandler;
+use crate::{GuestMemory, Interrupt};
+
+const RX: usize = 0;
+const TX: usize = 1;
+/// Largest frame with its header: a 64 KiB TSO frame plus Ethernet and vnet headers.
+const MAX_FRAME: usize = VNET_HDR_LEN + 65536 + 14;
+
+pub(crate) struct NetHandler {
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    rx: Queue,
+    tx: Queue,
+    tap: Tap,
+    /// A frame read from the tap that no receive buffer took yet.
+    pending: Option<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+    broken: bool,
+}
+
+impl NetHandler {
+    pub(crate) fn new(mem: GuestMemory, interrupt: Arc<Interrupt>, rx: Queue, tx: Queue, tap: Tap) -> Self {
+        NetHandler {
+            mem,
+            interrupt,
+            rx,
+            tx,
+            tap,
+            pending: None,
+            rx_buf: vec![0; MAX_FRAME],
+            tx_buf: vec![0; MAX_FRAME],
+            broken: false,
+        }
+    }
+
+    pub(crate) fn into_tap(self) -> Tap {
+        self.tap
+    }
+
+    fn fail(&mut self) {
+        self.broken = true;
+        self.interrupt.set_needs_reset();
+    }
+
+    /// Moves frames from the tap into receive buffers until the tap is empty or the guest has
+    /// no buffer left.
+    fn receive(&mut self) {
+        let mut used_any = false;
+        loop {
+            let len = match self.pending {
+                Some(len) => len,
+                None => match self.tap.read_frame(&mut self.rx_buf) {
+                    Ok(len) => len,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!("virtio-net: tap read failed: {e}");
+                        break;
+                    }
+                },
+            };
+            self.pending = Some(len);
+            let chain = match self.rx.iter(&self.mem) {
+                Ok(mut it) => it.next(),
+                Err(_) => return self.fail(),
+            };
+            let Some(chain) = chain else {
+                // No buffer: wait for the guest's next receive-queue notification.
+                match self.rx.enable_notification(&self.mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(_) => return self.fail(),
+                }
+            };
+            let head = chain.head_index();
+            let written = match Writer::<()>::new(&self.mem, chain) {
+                Ok(mut w) if w.available_bytes() >= len => {
+                    w.write_all(&self.rx_buf[..len]).map_or(0, |()| len as u32)
+                }
+                // A buffer too small (or unwritable) for the frame: the frame is dropped.
+                _ => 0,
+            };
+            self.pending = None;
+            if self.rx.add_used(&self.mem, head, written).is_err() {
+                return self.fail();
+            }
+            used_any = true;
+        }
+        if used_any && self.rx.needs_notification(&self.mem).unwrap_or(true) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// Sends one transmit chain to the tap; the used length is 0 (nothing written to the guest).
+    fn transmit_chain(
+        mem: &GuestMemory,
+        tap: &mut Tap,
+        buf: &mut [u8],
+        chain: virtio_queue::DescriptorChain<&GuestMemory>,
+    ) -> u32 {
+        let Ok(mut reader) = Reader::<()>::new(mem, chain) else { return 0 };
+        let len = reader.available_bytes();
+        if !(VNET_HDR_LEN..=buf.len()).contains(&len) || reader.read_exact(&mut buf[..len]).is_err() {
+            return 0;
+        }
+        if let Err(e) = tap.write_frame(&buf[..len]) {
+            // A full tap queue or a frame the kernel rejects: dropped, like a lossy link.
+            tracing::debug!("virtio-net: tap write failed: {e}");
+        }
+        0
+    }
+
+    fn transmit(&mut self) {
+        let (mem, tap, buf) = (&self.mem, &mut self.tap, &mut self.tx_buf);
+        if !crate::queue::drain(&mut self.tx, mem, &self.interrupt, |chain| {
+            Self::transmit_chain(mem, tap, buf, chain)
+        }) {
+            self.broken = true;
+        }
+    }
+}
+
+impl QueueHandler for NetHandler {
+    fn process_queue(&mut self, index: usize) {
+        if self.broken {
+            return;
+        }
+        match index {
+            RX => self.receive(),
+            TX => self.transmit(),
+            _ => {}
+        }
+    }
+
+    fn process_fd(&mut self, _index: usize) {
+        if !self.broken {
+            self.receive();
+        }
+    }
+}
