@@ -6,6 +6,11 @@
 //! Both happen under one mutex that the vCPU also takes to record its thread and to consume the
 //! kick, so no kick is lost between the two. When the vCPU is dropped it detaches the `kvm_run`
 //! pointer under the same mutex: a kick after that is a no-op.
+//!
+//! `immediate_exit` is written from the kicking thread while the vCPU thread may be inside
+//! kvm-ioctls' `run()`, which holds a `&mut kvm_run`; like Cloud Hypervisor and Firecracker we
+//! accept that the kernel-shared page is written concurrently, and only ever touch this one
+//! byte, atomically, from our side.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};

@@ -183,6 +183,14 @@ fn os<E: Into<std::io::Error>>(op: &'static str) -> impl FnOnce(E) -> Hypervisor
     move |e| HypervisorError::os(op, e)
 }
 
+struct LeaveRun(Arc<KickShared>);
+
+impl Drop for LeaveRun {
+    fn drop(&mut self) {
+        self.0.leave_run();
+    }
+}
+
 // SAFETY: `run_page` points into the mapping owned by `fd`, which moves with the vCPU; it is
 // only used by the thread that owns the vCPU.
 unsafe impl Send for KvmVcpu {}
@@ -194,9 +202,10 @@ impl Vcpu for KvmVcpu {
 
     fn run(&mut self) -> Result<VcpuExit> {
         self.kick.enter_run().map_err(os("unblocking the vCPU kick signal"))?;
-        let result = self.run_loop();
-        self.kick.leave_run();
-        result
+        // Forget this thread when run() ends, even by a panic in a VmOps callback: a kicker
+        // must never signal a thread that has left run() (it may have exited).
+        let _leave = LeaveRun(self.kick.clone());
+        self.run_loop()
     }
 
     fn kicker(&self) -> Arc<dyn VcpuKicker> {
