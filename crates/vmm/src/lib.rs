@@ -1,1 +1,76 @@
-//! placeholder, replaced by its owner
+//! The VMM: turns a [`VmConfig`] into a running machine and reports how it ended.
+//!
+//! Threads: the caller's thread builds the machine and then waits for [`VmEvent`]s; one thread
+//! per vCPU runs guest code; a console thread reads stdin; a signal thread turns SIGINT/SIGTERM
+//! into events. See `docs/ARCHITECTURE.md`.
+
+mod accel;
+pub mod config;
+pub mod console;
+mod error;
+mod machine;
+mod vcpu;
+
+pub use accel::{select_backend, BackendChoice};
+pub use config::{Accel, RebootPolicy, VmConfig};
+pub use error::VmmError;
+pub use machine::Machine;
+
+/// vmr's exit code after a guest `poweroff` (or `Ctrl-A x`).
+pub const EXIT_POWEROFF: i32 = 0;
+/// vmr's exit code for an error of the VMM or of its input.
+pub const EXIT_ERROR: i32 = 1;
+/// vmr's exit code after a guest `reboot` with `--reboot exit` (the default).
+pub const EXIT_REBOOT: i32 = 2;
+/// vmr's exit code when the guest crashed the machine (triple fault, backend internal error).
+pub const EXIT_GUEST_CRASH: i32 = 3;
+
+/// How a VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off.
+    Poweroff,
+    /// The guest rebooted (and the policy was to exit).
+    Reboot,
+    /// The guest crashed the machine; the text names the vCPU, the cause and its registers.
+    Crash(String),
+    /// vmr was asked to stop by this signal.
+    Signal(i32),
+    /// The user typed the console escape `Ctrl-A x`.
+    ConsoleQuit,
+}
+
+impl ExitReason {
+    /// The process exit code documented in the README.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Poweroff | ExitReason::ConsoleQuit => EXIT_POWEROFF,
+            ExitReason::Reboot => EXIT_REBOOT,
+            ExitReason::Crash(_) => EXIT_GUEST_CRASH,
+            ExitReason::Signal(sig) => 128 + sig,
+        }
+    }
+}
+
+/// Runs the VM described by `config` until it ends, applying the reboot policy.
+pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    let backend = select_backend(config.accel)?;
+    eprintln!("vmr: accelerator: {} ({})", backend.hypervisor.name(), backend.reason);
+    let events = machine::EventChannel::new()?;
+    let console = console::ConsoleInput::start(events.quit_notifier());
+    let _raw = console::RawModeGuard::new();
+    loop {
+        let machine = Machine::build(config, backend.hypervisor.as_ref(), &events)?;
+        console.set_sink(Some(machine.console_sink()));
+        let reason = machine.run(&events)?;
+        console.set_sink(None);
+        match (reason, config.reboot) {
+            (ExitReason::Reboot, RebootPolicy::Restart) => {
+                eprintln!("\r\nvmr: guest rebooted; restarting the VM\r");
+                continue;
+            }
+            (reason, _) => return Ok(reason),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+use thiserror::Error;
+
+use crate::config::ConfigError;
+
+/// Everything that can stop the VMM before or while it runs a guest.
+#[derive(Debug, Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    NoAccelerator(String),
+    #[error(transparent)]
+    Hypervisor(#[from] vmr_hypervisor::HypervisorError),
+    #[error(transparent)]
+    Arch(#[from] vmr_arch::ArchError),
+    #[error("cannot place device {name}: {source}")]
+    Device {
+        name: &'static str,
+        #[source]
+        source: vmr_devices::BusError,
+    },
+    #[error("--cpus {requested}: this host's {backend} allows at most {max} vCPUs")]
+    TooManyCpus { requested: u32, max: u32, backend: &'static str },
+    #[error("--memory {} MiB: this host has only {} MiB of RAM", .requested >> 20, .host >> 20)]
+    MemoryTooLarge { requested: u64, host: u64 },
+    #[error("cannot start a {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}

@@ -1,0 +1,73 @@
+//! One thread per vCPU: run guest code, report the exits the machine must act on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use vmr_hypervisor::{Regs, SpecialRegs, Vcpu, VcpuExit};
+
+use crate::machine::VmEvent;
+use crate::VmmError;
+
+/// Spawns the thread that runs `vcpu` until `stop` is set (and the vCPU kicked) or the guest
+/// does something that ends the machine.
+pub fn spawn(
+    mut vcpu: Box<dyn Vcpu>,
+    stop: Arc<AtomicBool>,
+    events: Sender<VmEvent>,
+) -> Result<JoinHandle<()>, VmmError> {
+    let id = vcpu.id();
+    thread::Builder::new()
+        .name(format!("vmr-vcpu{id}"))
+        .spawn(move || run_loop(vcpu.as_mut(), &stop, &events))
+        .map_err(|source| VmmError::Thread { what: "vCPU", source })
+}
+
+fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, events: &Sender<VmEvent>) {
+    let id = vcpu.id();
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let event = match vcpu.run() {
+            Ok(VcpuExit::Interrupted) => continue,
+            Ok(VcpuExit::Hlt) => {
+                // Only backends without their own interrupt handling return HLT; none of ours
+                // does today. Yield so a buggy backend cannot spin a core.
+                thread::yield_now();
+                continue;
+            }
+            Ok(VcpuExit::SystemPoweroff) => VmEvent::Poweroff,
+            Ok(VcpuExit::SystemReset) => VmEvent::Reset,
+            Ok(VcpuExit::Shutdown) => VmEvent::Crash(crash_report(vcpu, id, "triple fault (shutdown)")),
+            Ok(VcpuExit::InternalError(what)) => VmEvent::Crash(crash_report(vcpu, id, &what)),
+            Err(e) => VmEvent::Crash(crash_report(vcpu, id, &format!("running the vCPU failed: {e}"))),
+        };
+        let _ = events.send(event);
+        return;
+    }
+}
+
+/// "vCPU 0: triple fault (shutdown); rip=... " with the registers a developer needs first.
+fn crash_report(vcpu: &dyn Vcpu, id: u32, cause: &str) -> String {
+    let regs = vcpu.regs().map(|r| format_regs(&r)).unwrap_or_else(|e| format!("registers unreadable: {e}"));
+    let sregs = vcpu.sregs().map(|s| format_sregs(&s)).unwrap_or_default();
+    format!("vCPU {id}: {cause}\n  {regs}\n  {sregs}")
+}
+
+fn format_regs(r: &Regs) -> String {
+    format!(
+        "rip={:#018x} rflags={:#010x} rsp={:#018x} rbp={:#018x}\n  \
+         rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  \
+         rsi={:#018x} rdi={:#018x} r8={:#018x} r9={:#018x}",
+        r.rip, r.rflags, r.rsp, r.rbp, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.r8, r.r9
+    )
+}
+
+fn format_sregs(s: &SpecialRegs) -> String {
+    format!(
+        "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#06x}(base {:#x}, l={}) idt={:#x}/{:#x}",
+        s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.base, s.cs.l as u8, s.idt.base, s.idt.limit
+    )
+}
