@@ -167,12 +167,36 @@ impl VirtioDevice for SyncRng {
     }
 }
 
-/// virtio-mmio: register reads and writes decoded from `data` (5 bytes each: op/offset, value),
-/// with the same bytes as guest memory.
+/// The driver init sequence up to DRIVER_OK, with the queue size and ring addresses from
+/// `cfg`, so that the fuzzer reaches activation and queue processing, not only the registers.
+fn guided_init(t: &mut MmioTransport, cfg: &[u8]) {
+    let mut w = |offset: u64, v: u32| t.write(offset, &v.to_le_bytes());
+    w(0x70, 1);
+    w(0x70, 3);
+    w(0x24, 1);
+    w(0x20, 1); // VERSION_1
+    w(0x24, 0);
+    w(0x20, u32::from(cfg.first().copied().unwrap_or(0) & 1) << 29); // maybe EVENT_IDX
+    w(0x70, 0xb);
+    w(0x30, 0);
+    w(0x38, 1 << (cfg.get(1).copied().unwrap_or(0) % 9));
+    for (i, reg) in [0x80u64, 0x90, 0xa0].into_iter().enumerate() {
+        w(reg, u32::from(u16_at(cfg, 2 + 2 * i)) * 2);
+    }
+    w(0x44, 1);
+    w(0x70, 0xf);
+}
+
+/// virtio-mmio: register reads and writes decoded from `data` (6 bytes each: offset and kind,
+/// value), with the same bytes as guest memory. If the first byte is odd, the driver init
+/// sequence runs first with ring placement taken from the next bytes.
 pub fn mmio(data: &[u8]) {
     let mem = memory(data);
     let Ok(mut t) = MmioTransport::new(mem, Box::new(SyncRng { sizes: [256] }), interrupt()) else { return };
-    for op in data.chunks_exact(6) {
+    if data.first().is_some_and(|b| b & 1 != 0) {
+        guided_init(&mut t, data.get(1..9).unwrap_or(&[]));
+    }
+    for op in data.get(9..).unwrap_or(&[]).chunks_exact(6) {
         let offset = u64::from(u16::from_le_bytes([op[0], op[1]])) % 0x1100;
         let value = [op[2], op[3], op[4], op[5]];
         let width = [1usize, 2, 4, 4, 8][usize::from(op[1] >> 5) % 5];

@@ -13,10 +13,36 @@
 //! - [`Interrupt`] sets InterruptStatus bits and either writes an irqfd EventFd (KVM) or drives an
 //!   [`vmr_devices::IrqLine`] (software CPU).
 //!
+//! # Integration (what the VMM calls)
+//!
+//! ```text
+//! // 1. Build devices from the CLI (FromStr configs, one-line errors):
+//! let disk: DiskConfig = "path=root.img,readonly=on,format=qcow2,serial=root".parse()?;
+//! let blk = vmr_virtio::block::Block::new(&disk, 0)?;        // opens + locks the image
+//! let net = vmr_virtio::net::Net::new(&"tap=tap0".parse()?, 0)?;  // opens the tap
+//! let rng = vmr_virtio::rng::Rng::new(0);
+//! // 2. Per device: interrupt, transport, bus, ioeventfds, cmdline.
+//! let (base, gsi) = vmr_arch::layout::virtio_mmio_device(i)?;
+//! let irqfd = EventFd::new(EFD_NONBLOCK)?;
+//! vm.register_irqfd(&irqfd, gsi)?;                                 // KVM
+//! let interrupt = Arc::new(Interrupt::new(IrqTrigger::EventFd(irqfd)));
+//! //   (software CPU: Interrupt::new(IrqTrigger::Line(IrqLine::new(vm.irqchip(), gsi))))
+//! let t = MmioTransport::new(mem.clone(), Box::new(blk), interrupt)?;
+//! for (q, evt) in t.queue_evts().iter().enumerate() {
+//!     vm.register_ioevent(evt, IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), Some(q as u64))?;
+//! }
+//! mmio_bus.insert(Arc::new(Mutex::new(t)), base, MMIO_WINDOW_SIZE)?;
+//! cmdline.push(cmdline_fragment(base, gsi));   // "virtio_mmio.device=4K@0xd0000000:5"
+//! // 3. Shutdown: drop the bus (the transports): each joins its worker thread.
+//! ```
+//!
+//! `vmr image create` is [`vmr_block::create`] (re-exported here as `vmr_virtio::vmr_block`).
+//!
 //! # Threading
 //!
-//! Each activated device runs one worker thread (`vmr-virtio-blk0`, ...) that waits with epoll
-//! on its queue EventFds and a stop EventFd. The vCPU thread only writes an EventFd (or KVM does,
+//! Each activated device runs one worker thread (`vmr-virtio-blk0`, `vmr-virtio-net0`,
+//! `vmr-virtio-rng0`; the number is the `index` given at construction) that waits with epoll on
+//! its queue EventFds, a stop EventFd and, for net, the tap. The vCPU thread only writes an EventFd (or KVM does,
 //! for ioeventfd), so a slow disk never stalls a vCPU, and one device's hang or hostile guest
 //! queue cannot delay another device. One thread per device rather than a shared event loop
 //! (rust-vmm `event-manager`) because the block device does blocking file I/O (fdatasync can take
@@ -47,6 +73,9 @@ mod worker;
 pub use device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
 pub use interrupt::{Interrupt, IrqTrigger};
 pub use mmio::{cmdline_fragment, MmioState, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+
+/// Disk images (raw, qcow2), re-exported for `vmr image create` and custom disks.
+pub use vmr_block;
 
 /// Guest memory as devices see it.
 pub use vmr_hypervisor::GuestMemory;
