@@ -14,6 +14,7 @@ use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 
 use crate::block::request::Executor;
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::queue::Drained;
 use crate::rng::RngState;
 use crate::{features, GuestMemory, Interrupt, IrqTrigger, MmioTransport};
 
@@ -117,7 +118,7 @@ pub fn blk(data: &[u8]) {
     let mut executor = Executor::new(disk, *b"fuzz-serial-0123456\0", acked);
     let irq = interrupt();
     for _ in 0..2 {
-        if !crate::queue::drain(&mut q, &mem, &irq, |chain| executor.execute(&mem, chain)) {
+        if crate::queue::drain(&mut q, &mem, &irq, |chain| executor.execute(&mem, chain)) == Drained::Broken {
             break;
         }
     }

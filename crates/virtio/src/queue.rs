@@ -5,52 +5,111 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use crate::{GuestMemory, Interrupt};
 
-/// Serves every available chain of `queue` with `serve`, which returns the number of bytes it
-/// wrote into the chain. Returns false if the ring is broken (the device is then marked
-/// `DEVICE_NEEDS_RESET` and must stop touching the queue).
-pub(crate) fn drain<F>(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt, mut serve: F) -> bool
+/// Most chains served in one [`drain`] call. A guest can keep a queue busy for ever (or make
+/// the device's own writes look like new buffers, by overlapping its rings with buffers); the
+/// budget makes the worker come back to its event loop, where it sees a stop request.
+pub(crate) const BUDGET: usize = 256;
+
+/// What a [`drain`] call left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Nothing available; notifications are enabled.
+    Idle,
+    /// The budget ran out with chains possibly still available: call again.
+    More,
+    /// The ring is broken; the device is marked `DEVICE_NEEDS_RESET` and must stop touching it.
+    Broken,
+}
+
+/// Serves up to [`BUDGET`] available chains of `queue` with `serve`, which returns the number
+/// of bytes it wrote into the chain.
+pub(crate) fn drain<F>(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt, mut serve: F) -> Drained
 where
     F: FnMut(DescriptorChain<&GuestMemory>) -> u32,
 {
-    let mut used_any = false;
-    let ok = loop {
+    let mut served = 0;
+    let result = 'outer: loop {
         if queue.disable_notification(mem).is_err() {
-            break false;
+            break Drained::Broken;
         }
-        let mut broken = false;
         loop {
+            if served == BUDGET {
+                break 'outer Drained::More;
+            }
             // `iter` rejects an available index more than a queue size ahead.
             let chain = match queue.iter(mem) {
                 Ok(mut it) => it.next(),
                 Err(e) => {
                     tracing::warn!("virtqueue error: {e}");
-                    broken = true;
-                    break;
+                    break 'outer Drained::Broken;
                 }
             };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             let len = serve(chain);
             if queue.add_used(mem, head, len).is_err() {
-                broken = true;
-                break;
+                break 'outer Drained::Broken;
             }
-            used_any = true;
-        }
-        if broken {
-            break false;
+            served += 1;
         }
         match queue.enable_notification(mem) {
             Ok(true) => continue,
-            Ok(false) => break true,
-            Err(_) => break false,
+            Ok(false) => break Drained::Idle,
+            Err(_) => break Drained::Broken,
         }
     };
-    if used_any && queue.needs_notification(mem).unwrap_or(true) {
+    if served > 0 && queue.needs_notification(mem).unwrap_or(true) {
         interrupt.signal_used_queue();
     }
-    if !ok {
+    if result == Drained::Broken {
         interrupt.set_needs_reset();
     }
-    ok
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::memory;
+    use crate::IrqTrigger;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// A guest whose rings overlap the device's output: each completed chain makes a new one
+    /// available. `drain` must return after its budget instead of looping for ever.
+    #[test]
+    fn self_refilling_queue_stops_at_the_budget() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(mem, 16);
+        for i in 0..16 {
+            mock.desc_table().store(i, RawDescriptor::from(Descriptor::new(0x10_0000, 16, 2, 0))).unwrap();
+        }
+        mock.avail().idx().store(1);
+        let mut q: Queue = mock.create_queue().unwrap();
+        // The mock's used ring overlaps its avail ring; move it away.
+        q.set_used_ring_address(Some(0x8000), Some(0));
+        let irq = Interrupt::new(IrqTrigger::EventFd(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let mut calls = 0u16;
+        let result = drain(&mut q, mem, &irq, |_| {
+            calls += 1;
+            mock.avail().idx().store(calls + 1);
+            0
+        });
+        assert_eq!((result, calls), (Drained::More, BUDGET as u16));
+        assert_eq!(calls as usize, BUDGET);
+        assert!(!irq.needs_reset());
+        assert_eq!(irq.status(), crate::interrupt::INT_VRING);
+    }
+
+    #[test]
+    fn far_ahead_avail_index_is_broken() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(mem, 16);
+        mock.avail().idx().store(17);
+        let mut q: Queue = mock.create_queue().unwrap();
+        let irq = Interrupt::new(IrqTrigger::EventFd(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        assert_eq!(drain(&mut q, mem, &irq, |_| 0), Drained::Broken);
+        assert!(irq.needs_reset());
+    }
 }

@@ -15,6 +15,8 @@ use crate::{features, status, GuestMemory, Interrupt, IrqTrigger, MmioTransport,
 pub(crate) const MEM_SIZE: usize = 32 << 20;
 /// Where test data buffers live (the rings are at 0).
 pub(crate) const DATA: u64 = 0x10_0000;
+/// Distance of a queue's used ring from its descriptor table.
+pub(crate) const USED_OFFSET: u64 = 0x8000;
 pub(crate) const F_NEXT: u16 = 1;
 pub(crate) const F_WRITE: u16 = 2;
 pub(crate) const F_INDIRECT: u16 = 4;
@@ -46,6 +48,12 @@ impl Harness {
         let queues =
             (0..n).map(|i| MockSplitQueue::create(mem, GuestAddress(i as u64 * 0x1_0000), qsize)).collect();
         Harness { mem, transport, queues, irqfd, qsize, avail_idx: vec![0; n], sel: 0 }
+    }
+
+    /// The used ring of the selected queue. (MockSplitQueue places its used ring over the end of
+    /// its available ring, so the harness puts it at a fixed distance of its own.)
+    pub(crate) fn used_addr(&self) -> GuestAddress {
+        self.queue().desc_table_addr().unchecked_add(USED_OFFSET)
     }
 
     /// The queue the ring helpers act on.
@@ -92,7 +100,7 @@ impl Harness {
     pub(crate) fn setup_queue(&mut self) {
         for i in 0..self.queues.len() {
             let q = &self.queues[i];
-            let (d, a, u) = (q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0);
+            let (d, a, u) = (q.desc_table_addr().0, q.avail_addr().0, q.desc_table_addr().0 + USED_OFFSET);
             self.wr(0x30, i as u32);
             self.wr(0x38, u32::from(self.qsize));
             for (reg, addr) in [(0x80, d), (0x90, a), (0xa0, u)] {
@@ -150,12 +158,12 @@ impl Harness {
     }
 
     pub(crate) fn used_idx(&self) -> u16 {
-        self.mem.read_obj::<u16>(self.queue().used_addr().unchecked_add(2)).unwrap()
+        self.mem.read_obj::<u16>(self.used_addr().unchecked_add(2)).unwrap()
     }
 
     /// (id, len) of used ring entry `i`.
     pub(crate) fn used(&self, i: u16) -> (u32, u32) {
-        let at = self.queue().used_addr().unchecked_add(4 + 8 * u64::from(i % self.qsize));
+        let at = self.used_addr().unchecked_add(4 + 8 * u64::from(i % self.qsize));
         (self.mem.read_obj(at).unwrap(), self.mem.read_obj(at.unchecked_add(4)).unwrap())
     }
 

@@ -11,10 +11,14 @@ const STOP_TOKEN: u64 = u64::MAX;
 
 /// What the worker thread runs when a queue is notified.
 pub(crate) trait QueueHandler: Send + 'static {
-    /// Processes everything available on queue `index`.
-    fn process_queue(&mut self, index: usize);
-    /// Handles readiness of extra file descriptor `index` (see [`Worker::spawn_with_fds`]).
-    fn process_fd(&mut self, _index: usize) {}
+    /// Processes what is available on queue `index`, up to a budget. Returns true if work may
+    /// be left: the worker then calls again after checking for a stop request.
+    fn process_queue(&mut self, index: usize) -> bool;
+    /// Handles readiness of extra file descriptor `index` (see [`Worker::spawn_with_fds`]);
+    /// returns true if work may be left on it.
+    fn process_fd(&mut self, _index: usize) -> bool {
+        false
+    }
 }
 
 /// A running worker thread. Dropping it stops and joins the thread.
@@ -73,13 +77,15 @@ impl<H: QueueHandler> Drop for Worker<H> {
 }
 
 fn run<H: QueueHandler>(epoll: Epoll, queue_evts: Vec<EventFd>, stop: EventFd, mut handler: H) -> H {
+    let nq = queue_evts.len();
     // Buffers the driver made available before activation are served without a notification.
-    for i in 0..queue_evts.len() {
-        handler.process_queue(i);
-    }
+    // `again[t]`: token t (queue, then extra fd) had work left after its budget.
+    let mut again: Vec<bool> = (0..nq).map(|i| handler.process_queue(i)).collect();
     let mut events = vec![EpollEvent::default(); 16];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        // Poll without sleeping while work is left, so a stop request is still seen.
+        let timeout = if again.iter().any(|&a| a) { 0 } else { -1 };
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -87,18 +93,30 @@ fn run<H: QueueHandler>(epoll: Epoll, queue_evts: Vec<EventFd>, stop: EventFd, m
                 return handler;
             }
         };
+        let mut handled = vec![false; again.len()];
         for event in &events[..n] {
             let token = event.data();
             if token == STOP_TOKEN {
                 let _ = stop.read();
                 return handler;
             }
-            match queue_evts.get(token as usize) {
+            let t = token as usize;
+            if t >= again.len() {
+                again.resize(t + 1, false);
+                handled.resize(t + 1, false);
+            }
+            again[t] = match queue_evts.get(t) {
                 Some(evt) => {
                     let _ = evt.read();
-                    handler.process_queue(token as usize);
+                    handler.process_queue(t)
                 }
-                None => handler.process_fd(token as usize - queue_evts.len()),
+                None => handler.process_fd(t - nq),
+            };
+            handled[t] = true;
+        }
+        for t in 0..again.len() {
+            if again[t] && !handled[t] {
+                again[t] = if t < nq { handler.process_queue(t) } else { handler.process_fd(t - nq) };
             }
         }
     }
@@ -111,9 +129,10 @@ mod tests {
 
     struct Recorder(mpsc::Sender<usize>, usize);
     impl QueueHandler for Recorder {
-        fn process_queue(&mut self, index: usize) {
+        fn process_queue(&mut self, index: usize) -> bool {
             self.1 += 1;
             let _ = self.0.send(index);
+            false
         }
     }
 
@@ -130,5 +149,24 @@ mod tests {
         assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(), 1);
         let handler = worker.stop().unwrap();
         assert_eq!(handler.1, 3);
+    }
+
+    struct Busy(u64);
+    impl QueueHandler for Busy {
+        fn process_queue(&mut self, _index: usize) -> bool {
+            self.0 += 1;
+            true // always more work, like a guest that never stops feeding the queue
+        }
+    }
+
+    #[test]
+    fn stop_is_seen_while_a_queue_always_has_work() {
+        let evts = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let worker = Worker::spawn("busy-worker".into(), evts, Busy(0)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let start = std::time::Instant::now();
+        let handler = worker.stop().unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        assert!(handler.0 > 1, "handler was not called again");
     }
 }

@@ -19,6 +19,7 @@ use vmr_block::{BlockError, DiskImage, OpenOptions, SECTOR_SIZE};
 pub use config::{DiskConfig, DiskConfigError, SERIAL_MAX_LEN};
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::queue::Drained;
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features as common, GuestMemory, Interrupt};
 use request::{Executor, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
@@ -65,13 +66,20 @@ struct BlockHandler {
 }
 
 impl QueueHandler for BlockHandler {
-    fn process_queue(&mut self, _index: usize) {
+    fn process_queue(&mut self, _index: usize) -> bool {
         if self.broken {
-            return;
+            return false;
         }
         let (mem, executor) = (&self.mem, &mut self.executor);
-        self.broken =
-            !crate::queue::drain(&mut self.queue, mem, &self.interrupt, |chain| executor.execute(mem, chain));
+        match crate::queue::drain(&mut self.queue, mem, &self.interrupt, |chain| executor.execute(mem, chain))
+        {
+            Drained::Idle => false,
+            Drained::More => true,
+            Drained::Broken => {
+                self.broken = true;
+                false
+            }
+        }
     }
 }
 

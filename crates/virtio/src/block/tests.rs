@@ -195,7 +195,7 @@ fn image_lock_is_held_while_the_device_exists() {
 fn reinit(d: &mut Disk, features: u64) {
     d.h.wr(0x70, 0);
     d.h.set_avail_idx(0);
-    d.h.write_mem(d.h.queue().used_addr().0, &[0u8; 4]);
+    d.h.write_mem(d.h.used_addr().0, &[0u8; 4]);
     d.h.init(features);
     d.n = 0;
 }

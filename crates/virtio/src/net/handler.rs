@@ -6,6 +6,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 
 use super::tap::{Tap, VNET_HDR_LEN};
+use crate::queue::{Drained, BUDGET};
 use crate::worker::QueueHandler;
 use crate::{GuestMemory, Interrupt};
 
@@ -51,11 +52,16 @@ impl NetHandler {
         self.interrupt.set_needs_reset();
     }
 
-    /// Moves frames from the tap into receive buffers until the tap is empty or the guest has
-    /// no buffer left.
-    fn receive(&mut self) {
+    /// Moves frames from the tap into receive buffers until the tap is empty, the guest has no
+    /// buffer left, or the budget is spent (then returns true: call again).
+    fn receive(&mut self) -> bool {
         let mut used_any = false;
-        loop {
+        let mut more = false;
+        for turn in 0.. {
+            if turn == BUDGET {
+                more = true;
+                break;
+            }
             let len = match self.pending {
                 Some(len) => len,
                 None => match self.tap.read_frame(&mut self.rx_buf) {
@@ -71,14 +77,20 @@ impl NetHandler {
             self.pending = Some(len);
             let chain = match self.rx.iter(&self.mem) {
                 Ok(mut it) => it.next(),
-                Err(_) => return self.fail(),
+                Err(_) => {
+                    self.fail();
+                    return false;
+                }
             };
             let Some(chain) = chain else {
                 // No buffer: wait for the guest's next receive-queue notification.
                 match self.rx.enable_notification(&self.mem) {
                     Ok(true) => continue,
                     Ok(false) => break,
-                    Err(_) => return self.fail(),
+                    Err(_) => {
+                        self.fail();
+                        return false;
+                    }
                 }
             };
             let head = chain.head_index();
@@ -91,13 +103,15 @@ impl NetHandler {
             };
             self.pending = None;
             if self.rx.add_used(&self.mem, head, written).is_err() {
-                return self.fail();
+                self.fail();
+                return false;
             }
             used_any = true;
         }
         if used_any && self.rx.needs_notification(&self.mem).unwrap_or(true) {
             self.interrupt.signal_used_queue();
         }
+        more
     }
 
     /// Sends one transmit chain to the tap; the used length is 0 (nothing written to the guest).
@@ -119,31 +133,32 @@ impl NetHandler {
         0
     }
 
-    fn transmit(&mut self) {
+    fn transmit(&mut self) -> bool {
         let (mem, tap, buf) = (&self.mem, &mut self.tap, &mut self.tx_buf);
-        if !crate::queue::drain(&mut self.tx, mem, &self.interrupt, |chain| {
+        match crate::queue::drain(&mut self.tx, mem, &self.interrupt, |chain| {
             Self::transmit_chain(mem, tap, buf, chain)
         }) {
-            self.broken = true;
+            Drained::Idle => false,
+            Drained::More => true,
+            Drained::Broken => {
+                self.broken = true;
+                false
+            }
         }
     }
 }
 
 impl QueueHandler for NetHandler {
-    fn process_queue(&mut self, index: usize) {
-        if self.broken {
-            return;
-        }
+    fn process_queue(&mut self, index: usize) -> bool {
         match index {
+            _ if self.broken => false,
             RX => self.receive(),
             TX => self.transmit(),
-            _ => {}
+            _ => false,
         }
     }
 
-    fn process_fd(&mut self, _index: usize) {
-        if !self.broken {
-            self.receive();
-        }
+    fn process_fd(&mut self, _index: usize) -> bool {
+        !self.broken && self.receive()
     }
 }

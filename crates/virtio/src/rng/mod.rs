@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue, Writer};
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::queue::Drained;
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features, GuestMemory, Interrupt};
 
@@ -58,13 +59,20 @@ impl RngHandler {
 }
 
 impl QueueHandler for RngHandler {
-    fn process_queue(&mut self, _index: usize) {
+    fn process_queue(&mut self, _index: usize) -> bool {
         if self.broken {
-            return;
+            return false;
         }
         let (mem, buf) = (&self.mem, &mut self.buf);
-        self.broken =
-            !crate::queue::drain(&mut self.queue, mem, &self.interrupt, |chain| Self::fill(mem, buf, chain));
+        match crate::queue::drain(&mut self.queue, mem, &self.interrupt, |chain| Self::fill(mem, buf, chain))
+        {
+            Drained::Idle => false,
+            Drained::More => true,
+            Drained::Broken => {
+                self.broken = true;
+                false
+            }
+        }
     }
 }
 
