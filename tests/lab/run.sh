@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Runs the vmr lab: boots an L1 Linux under QEMU TCG (-cpu max emulates AMD SVM), loads kvm_amd
+# there and runs every scenario of tests/lab/scenarios against real KVM, with vmr (or QEMU, to
+# validate the harness) as the L2 VMM. One line per scenario: "LAB <name> PASS|FAIL|SKIP <detail>",
+# then "N passed, N failed, N skipped". Exit status 1 if any scenario failed.
+#
+#   tests/lab/run.sh --vmr target/release/vmr [--out DIR] [--only "boot-vmlinux cpus-2"]
+#   tests/lab/run.sh --vmm qemu [--out DIR]
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+VMR_BIN="" VMM="" OUT="" ONLY="" MODE=scenarios
+L1_TIMEOUT=${VMR_LAB_L1_TIMEOUT:-1500}     # whole L1 boot, seconds
+SCENARIO_TIMEOUT=${VMR_LAB_SCENARIO_TIMEOUT:-240}
+BOOT_TIMEOUT=${VMR_LAB_BOOT_TIMEOUT:-180}  # one L2 boot inside L1
+L1_CPUS=${VMR_LAB_L1_CPUS:-2}
+L1_MEM=${VMR_LAB_L1_MEM:-6144}
+BENCH_RUNS=5
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --vmr) VMR_BIN=$2; shift 2 ;;
+        --vmm) VMM=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        --bench) MODE=bench; shift ;;
+        --runs) BENCH_RUNS=$2; shift 2 ;;
+        -h|--help) usage ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+[ -z "$VMM" ] && VMM=$([ -n "$VMR_BIN" ] && echo vmr || echo qemu)
+case "$VMM" in
+    vmr) [ -x "$VMR_BIN" ] || die "--vmr PATH (an executable vmr binary) is required for --vmm vmr" ;;
+    qemu) ;;
+    *) die "--vmm must be vmr or qemu" ;;
+esac
+OUT=${OUT:-$(mktemp -d /tmp/vmr-lab.XXXXXX)}
+mkdir -p "$OUT"
+
+"$LAB_DIR/prepare.sh"
+
+# copy_bin SRC DEST_IN_ROOT: the binary plus every shared library ldd names, at their paths.
+copy_bin() {
+    local src=$1 dest=$2 lib
+    install -D -m 755 "$src" "$ROOT/$dest"
+    for lib in $(ldd "$src" 2>/dev/null | grep -o '/[^ ]*'); do
+        [ -e "$ROOT$lib" ] || install -D -m 755 "$(readlink -f "$lib")" "$ROOT$lib"
+    done
+}
+
+build_l1_initramfs() {
+    ROOT=$OUT/l1-root
+    rm -rf "$ROOT"; mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,lab/l2,lab/kvm,usr/share}
+    cp /bin/busybox "$ROOT/bin/busybox"; ln -s busybox "$ROOT/bin/sh"
+    install -m 755 "$LAB_DIR/l1/init" "$ROOT/init"
+    cp "$LAB_DIR/l1/lib.sh" "$LAB_DIR/bench-l1.sh" "$ROOT/lab/"
+    cp -r "$LAB_DIR/scenarios" "$ROOT/lab/scenarios"
+    cp "$LAB_CACHE"/generic/modules/*.ko "$ROOT/lab/kvm/"
+    cp "$LAB_CACHE/generic/vmlinux" "$ROOT/lab/l2/generic-vmlinux"
+    cp "$LAB_CACHE/generic/bzImage" "$ROOT/lab/l2/generic-bzImage"
+    cp "$LAB_CACHE/cloud/bzImage" "$ROOT/lab/l2/cloud-bzImage"
+    cp "$LAB_CACHE/l2-initramfs.cpio.gz" "$ROOT/lab/l2/initramfs.cpio.gz"
+    local img=${VMR_IMAGE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmr/images/default}
+    if [ -s "$img/bzImage" ] && [ -s "$img/initramfs.cpio.gz" ] && [ -s "$img/manifest.json" ]; then
+        cp "$img/bzImage" "$ROOT/lab/l2/image-bzImage"
+        cp "$img/initramfs.cpio.gz" "$ROOT/lab/l2/image-initramfs.cpio.gz"
+        sed -n 's/^ *"cmdline": "\(.*\)",*$/\1/p' "$img/manifest.json" > "$ROOT/lab/l2/image-cmdline"
+    fi
+    # QEMU goes in whatever the mode: the benchmark and --vmm qemu need it.
+    copy_bin "$(command -v qemu-system-x86_64)" usr/bin/qemu-system-x86_64
+    cp -rL /usr/share/qemu "$ROOT/usr/share/qemu"
+    [ -d /usr/share/seabios ] && cp -r /usr/share/seabios "$ROOT/usr/share/seabios"
+    [ -n "$VMR_BIN" ] && copy_bin "$VMR_BIN" lab/vmr
+    cat > "$ROOT/lab/config" <<CFG
+LAB_MODE=$MODE
+LAB_VMM=$VMM
+LAB_ONLY="$ONLY"
+LAB_TIMING_ARGS="$LAB_TIMING_ARGS"
+LAB_SCENARIO_TIMEOUT=$SCENARIO_TIMEOUT
+LAB_BOOT_TIMEOUT=$BOOT_TIMEOUT
+LAB_BENCH_RUNS=$BENCH_RUNS
+LAB_HAVE_VMR=$([ -n "$VMR_BIN" ] && echo 1 || echo 0)
+CFG
+    # Uncompressed: unpacking a gzip archive of ~170 MB under TCG costs more than reading it.
+    (cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc --quiet > "$OUT/l1.cpio")
+    rm -rf "$ROOT"
+}
+
+# boot_l1 LOG: one L1 boot with a hard timeout; LAB lines are shown as they come.
+L1_PID=""
+cleanup() { if [ -n "$L1_PID" ]; then kill "$L1_PID" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+boot_l1() {
+    local log=$1
+    timeout -k 5 "$L1_TIMEOUT" qemu-system-x86_64 -accel tcg -M microvm -cpu max \
+        -smp "$L1_CPUS" -m "$L1_MEM" -nodefaults -no-user-config -display none -serial stdio \
+        -no-reboot -kernel "$LAB_CACHE/generic/vmlinux" -initrd "$OUT/l1.cpio" \
+        -append "console=ttyS0 panic=-1 quiet $LAB_TIMING_ARGS" < /dev/null > "$log.raw" 2>&1 &
+    L1_PID=$!
+    tail -n +1 -f --pid="$L1_PID" "$log.raw" 2>/dev/null |
+        grep --line-buffered -aE '^LAB' | sed -u 's/\r$//' >&2 &
+    local rc=0
+    wait "$L1_PID" || rc=$?
+    L1_PID=""
+    wait || true
+    tr -d '\r' < "$log.raw" > "$log" && rm -f "$log.raw"
+    [ "$rc" = 124 ] && log "L1 killed after ${L1_TIMEOUT}s"
+    return 0
+}
+
+start=$(date +%s)
+build_l1_initramfs
+log "L1 initramfs $(du -m "$OUT/l1.cpio" | cut -f1) MiB, vmm=$VMM, built in $(( $(date +%s) - start ))s"
+attempt=1
+while :; do
+    log="$OUT/l1-serial.$attempt.log"
+    boot_l1 "$log"
+    # Retry once only if L1 itself never got KVM going (a boot hang), not for slow scenarios.
+    grep -q '^LAB-L1 kvm ready' "$log" || grep -q '^LAB-L1 no /dev/kvm' "$log" && break
+    [ $attempt -ge 2 ] && { log "L1 did not come up twice (see $OUT/l1-serial.*.log)"; break; }
+    log "L1 boot $attempt hung before KVM was ready; retrying once"
+    attempt=$((attempt + 1))
+done
+rm -f "$OUT/l1.cpio"
+passed=$(grep -cE '^LAB [^ ]+ PASS' "$log" || true)
+failed=$(grep -cE '^LAB [^ ]+ FAIL' "$log" || true)
+skipped=$(grep -cE '^LAB [^ ]+ SKIP' "$log" || true)
+if [ "$MODE" = scenarios ]; then
+    expected=0
+    for f in "$LAB_DIR"/scenarios/*.sh; do
+        n=$(basename "$f" .sh); n=${n#[0-9][0-9]-}
+        case " $ONLY " in "  "|*" $n "*) expected=$((expected + 1)) ;; esac
+    done
+    missing=$((expected - passed - failed - skipped))
+    [ "$missing" -gt 0 ] && { log "$missing scenario(s) produced no result"; failed=$((failed + missing)); }
+fi
+grep -q '^LAB-END' "$log" || { log "L1 did not finish (no LAB-END)"; [ "$MODE" = bench ] && failed=$((failed + 1)); }
+log "total $(( $(date +%s) - start ))s, logs in $OUT"
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]
