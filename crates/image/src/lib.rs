@@ -14,6 +14,8 @@ pub mod progress;
 pub mod vmlinux;
 
 mod pull;
+#[cfg(test)]
+mod testutil;
 
 use std::path::{Path, PathBuf};
 

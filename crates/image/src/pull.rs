@@ -288,4 +288,105 @@ mod tests {
         assert!(!p.with_extension("partial").exists());
         assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
     }
+
+    #[test]
+    fn pulls_from_local_debs_then_serves_the_cache() {
+        use crate::cpio::parse_newc;
+        use crate::testutil::{build_deb, fake_bzimage, fake_ko, tiny_elf, xz};
+        use std::io::Read;
+        let debs = tempfile::tempdir().unwrap();
+        let elf = tiny_elf(object::elf::EM_X86_64);
+        let m = |p: &str| format!("lib/modules/6.1.0-99-amd64/kernel/{p}");
+        let kernel_files = vec![
+            ("boot/vmlinuz-6.1.0-99-amd64".to_string(), fake_bzimage(&xz(&elf), true), 0o644),
+            (
+                "lib/modules/6.1.0-99-amd64/modules.builtin".to_string(),
+                b"kernel/drivers/block/virtio_blk.ko\n".to_vec(),
+                0o644,
+            ),
+            (m("drivers/virtio/virtio.ko"), fake_ko("virtio", ""), 0o644),
+            (m("drivers/virtio/virtio_ring.ko"), fake_ko("virtio_ring", ""), 0o644),
+            (m("drivers/virtio/virtio_mmio.ko"), fake_ko("virtio_mmio", "virtio,virtio_ring"), 0o644),
+            (m("drivers/char/hw_random/virtio-rng.ko"), fake_ko("virtio_rng", "virtio_ring,virtio"), 0o644),
+            (m("net/vmw_vsock/vsock.ko"), fake_ko("vsock", ""), 0o644),
+            (
+                m("net/vmw_vsock/vmw_vsock_virtio_transport_common.ko"),
+                fake_ko("vmw_vsock_virtio_transport_common", "vsock"),
+                0o644,
+            ),
+            (
+                m("net/vmw_vsock/vmw_vsock_virtio_transport.ko"),
+                fake_ko(
+                    "vmw_vsock_virtio_transport",
+                    "vmw_vsock_virtio_transport_common,vsock,virtio,virtio_ring",
+                ),
+                0o644,
+            ),
+            (m("fs/unrelated.ko"), fake_ko("unrelated", ""), 0o644),
+        ];
+        let Some(_) = build_deb(debs.path(), "linux-image-6.1.0-99-amd64", "6.1.999-1", &kernel_files) else {
+            eprintln!("dpkg-deb not installed; skipping");
+            return;
+        };
+        let fake_busybox = b"#!/bin/sh\necho /bin/sh; echo /sbin/poweroff; echo /usr/bin/taskset\n".to_vec();
+        build_deb(
+            debs.path(),
+            "busybox-static",
+            "1:1.35.0-4",
+            &[("bin/busybox".to_string(), fake_busybox.clone(), 0o755)],
+        )
+        .unwrap();
+
+        let out = tempfile::tempdir().unwrap();
+        let opts = PullOptions {
+            dir: Some(out.path().join("img")),
+            from_debs: Some(debs.path().to_path_buf()),
+            ..PullOptions::default()
+        };
+        let img = pull(&opts, &crate::Silent).unwrap();
+        assert_eq!(fs::read(&img.kernel).unwrap(), elf);
+        assert_eq!(img.cmdline, DEFAULT_CMDLINE);
+        let manifest = crate::read_manifest(&out.path().join("img")).unwrap();
+        assert_eq!(manifest.kernel_package, "linux-image-6.1.0-99-amd64");
+        assert_eq!(manifest.kernel_version, "6.1.999-1");
+        assert_eq!(manifest.kernel_release, "6.1.0-99-amd64");
+        assert_eq!(manifest.busybox_version, "1:1.35.0-4");
+        assert!(!manifest.pvh, "the tiny ELF has no PVH note");
+        // virtio_blk is built in, virtio_net is absent: both skipped; deps come first.
+        assert_eq!(
+            manifest.modules,
+            [
+                "virtio",
+                "virtio_ring",
+                "virtio_mmio",
+                "virtio_rng",
+                "vsock",
+                "vmw_vsock_virtio_transport_common",
+                "vmw_vsock_virtio_transport"
+            ]
+        );
+        let rec = manifest.files.iter().find(|f| f.name == VMLINUX_FILE).unwrap();
+        assert_eq!(rec.sha256, hex(&Sha256::digest(&elf)));
+
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(fs::File::open(&img.initrd).unwrap()).read_to_end(&mut raw).unwrap();
+        let entries = parse_newc(&raw).unwrap();
+        let get = |n: &str| entries.iter().find(|e| e.name == n).unwrap_or_else(|| panic!("{n}"));
+        assert_eq!(get("bin/busybox").data, fake_busybox);
+        assert_eq!(get("usr/bin/taskset").data, b"/bin/busybox");
+        assert_eq!(get("lib/modules/virtio_rng.ko").data, fake_ko("virtio_rng", "virtio_ring,virtio"));
+        assert!(entries.iter().all(|e| e.name != "lib/modules/unrelated.ko"));
+        assert!(String::from_utf8_lossy(&get("init").data).contains(crate::BOOT_MARKER));
+
+        // Cached: a second pull works without the packages and returns the same image.
+        let moved = debs.path().with_extension("gone");
+        fs::rename(debs.path(), &moved).unwrap();
+        assert_eq!(pull(&opts, &crate::Silent).unwrap(), img);
+        fs::rename(&moved, debs.path()).unwrap();
+        // A damaged cache is rebuilt.
+        fs::write(&img.initrd, b"truncated").unwrap();
+        assert_eq!(crate::cached_in(&out.path().join("img")), None);
+        assert_eq!(pull(&opts, &crate::Silent).unwrap(), img);
+        assert!(crate::cached_in(&out.path().join("img")).is_some());
+    }
 }

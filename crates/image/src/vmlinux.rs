@@ -156,44 +156,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// A minimal valid ELF64 x86-64 header (no sections, no program headers).
-    fn tiny_elf(machine: u16) -> Vec<u8> {
-        let mut h = vec![0u8; 64];
-        h[..4].copy_from_slice(b"\x7fELF");
-        h[4] = 2; // ELFCLASS64
-        h[5] = 1; // little endian
-        h[6] = 1; // EV_CURRENT
-        h[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        h[18..20].copy_from_slice(&machine.to_le_bytes());
-        h[20..24].copy_from_slice(&1u32.to_le_bytes());
-        h[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-        h[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-        h[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
-        h.extend_from_slice(&[0xab; 4000]);
-        h
-    }
-
-    fn xz(data: &[u8]) -> Vec<u8> {
-        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 6);
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
-    }
-
-    /// A fake bzImage: setup sectors with a boot header pointing at `payload`, then junk.
-    fn fake_bzimage(payload: &[u8], with_header: bool) -> Vec<u8> {
-        let setup_sects = 3u8;
-        let mut img = vec![0x90u8; (setup_sects as usize + 1) * 512];
-        if with_header {
-            img[0x1f1] = setup_sects;
-            img[0x202..0x206].copy_from_slice(b"HdrS");
-            img[0x248..0x24c].copy_from_slice(&100u32.to_le_bytes());
-            img[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        }
-        img.extend_from_slice(&[0xcc; 100]); // decompressor code before the payload
-        img.extend_from_slice(payload);
-        img.extend_from_slice(&[0x11, 0x22, 0x33, 0x44, 0x55]); // trailing size word + junk
-        img
-    }
+    use crate::testutil::{fake_bzimage, tiny_elf, xz};
 
     #[test]
     fn extracts_xz_payload_via_header_and_by_scanning() {
