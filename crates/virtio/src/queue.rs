@@ -21,19 +21,21 @@ pub(crate) enum Drained {
     Broken,
 }
 
-/// Serves up to [`BUDGET`] available chains of `queue` with `serve`, which returns the number
-/// of bytes it wrote into the chain.
+/// Serves available chains of `queue` with `serve`, which returns the number of bytes it wrote
+/// into the chain. Stops after [`BUDGET`] steps (chains served plus re-checks of the ring: a
+/// guest whose rings alias the used ring's flags can make every re-check see "more").
 pub(crate) fn drain<F>(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt, mut serve: F) -> Drained
 where
     F: FnMut(DescriptorChain<&GuestMemory>) -> u32,
 {
-    let mut served = 0;
+    let (mut served, mut steps) = (0usize, 0usize);
     let result = 'outer: loop {
         if queue.disable_notification(mem).is_err() {
             break Drained::Broken;
         }
         loop {
-            if served == BUDGET {
+            steps += 1;
+            if steps > BUDGET {
                 break 'outer Drained::More;
             }
             // `iter` rejects an available index more than a queue size ahead.
@@ -96,10 +98,30 @@ mod tests {
             mock.avail().idx().store(calls + 1);
             0
         });
-        assert_eq!((result, calls), (Drained::More, BUDGET as u16));
+        assert_eq!(result, Drained::More);
+        assert!(calls as usize >= BUDGET / 2 && calls as usize <= BUDGET, "{calls}");
         assert_eq!(calls as usize, BUDGET);
         assert!(!irq.needs_reset());
         assert_eq!(irq.status(), crate::interrupt::INT_VRING);
+    }
+
+    /// Found by the mmio fuzzer: the used ring's flags word aliases the avail index, so every
+    /// enable/disable of notifications changes the avail index and "more" never ends.
+    #[test]
+    fn used_flags_aliasing_avail_index_cannot_spin_for_ever() {
+        let mem = memory();
+        let state = virtio_queue::QueueState {
+            max_size: 16,
+            size: 16,
+            ready: true,
+            desc_table: 0,
+            avail_ring: 0x1002,
+            used_ring: 0x1004,
+            ..Default::default()
+        };
+        let mut q = Queue::try_from(state).unwrap();
+        let irq = Interrupt::new(IrqTrigger::EventFd(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        assert_eq!(drain(&mut q, mem, &irq, |_| 0), Drained::More);
     }
 
     #[test]
