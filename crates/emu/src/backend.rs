@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 use vmr_hypervisor::{
-    CpuidEntry, FpuState, GuestMemory, Hypervisor, HypervisorError, IoEventAddress, IrqChip, LapicState, MsrEntry, Regs,
-    Result, SpecialRegs, Vcpu, VcpuExit, VcpuKicker, Vm, VmConfig, VmOps,
+    CpuidEntry, FpuState, GuestMemory, Hypervisor, HypervisorError, IoEventAddress, IrqChip, LapicState,
+    MsrEntry, Regs, Result, SpecialRegs, Vcpu, VcpuExit, VcpuKicker, Vm, VmConfig, VmOps,
 };
 
 use crate::cpu::{Cpu, CR4_PAE, CR4_PGE, CR4_PSE, CS};
@@ -42,9 +42,17 @@ impl Hypervisor for EmuHypervisor {
 
     fn create_vm(&self, config: &VmConfig) -> Result<Arc<dyn Vm>> {
         if config.vcpus == 0 || config.vcpus > self.max_vcpus() {
-            return Err(HypervisorError::Invalid(format!("{} vCPUs (1..={} supported)", config.vcpus, self.max_vcpus())));
+            return Err(HypervisorError::Invalid(format!(
+                "{} vCPUs (1..={} supported)",
+                config.vcpus,
+                self.max_vcpus()
+            )));
         }
-        Ok(Arc::new(EmuVm { memory: Mutex::new(None), irqchip: Arc::new(EmuIrqChip::default()), ioevents: Arc::new(Mutex::new(Vec::new())) }))
+        Ok(Arc::new(EmuVm {
+            memory: Mutex::new(None),
+            irqchip: Arc::new(EmuIrqChip::default()),
+            ioevents: Arc::new(Mutex::new(Vec::new())),
+        }))
     }
 }
 
@@ -74,7 +82,9 @@ impl EmuIrqChip {
 impl IrqChip for EmuIrqChip {
     fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()> {
         let mut l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = l.get_mut(gsi as usize).ok_or_else(|| HypervisorError::Invalid(format!("GSI {gsi} out of range 0..24")))?;
+        let slot = l
+            .get_mut(gsi as usize)
+            .ok_or_else(|| HypervisorError::Invalid(format!("GSI {gsi} out of range 0..24")))?;
         if level && !*slot {
             let mut e = self.edges.lock().unwrap_or_else(|e| e.into_inner());
             e[gsi as usize] += 1;
@@ -118,7 +128,10 @@ impl Vm for EmuVm {
     }
 
     fn register_irqfd(&self, _fd: &EventFd, _gsi: u32) -> Result<()> {
-        Err(HypervisorError::MissingCapability { backend: "emu", what: "irqfd (arrives with the interrupt controller models)".into() })
+        Err(HypervisorError::MissingCapability {
+            backend: "emu",
+            what: "irqfd (arrives with the interrupt controller models)".into(),
+        })
     }
 }
 
@@ -236,7 +249,10 @@ impl Vcpu for EmuVcpu {
 
     fn set_regs(&mut self, r: &Regs) -> Result<()> {
         let c = &mut self.engine.cpu;
-        c.gpr = [r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15];
+        c.gpr = [
+            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
+            r.r14, r.r15,
+        ];
         c.rip = r.rip;
         c.next_rip = r.rip;
         c.flags.set(r.rflags);
@@ -306,7 +322,9 @@ impl Vcpu for EmuVcpu {
         indices
             .iter()
             .map(|&index| {
-                c.read_msr(index).map(|data| MsrEntry { index, data }).ok_or_else(|| HypervisorError::Invalid(format!("MSR {index:#x} is not implemented by the emu backend")))
+                c.read_msr(index).map(|data| MsrEntry { index, data }).ok_or_else(|| {
+                    HypervisorError::Invalid(format!("MSR {index:#x} is not implemented by the emu backend"))
+                })
             })
             .collect()
     }
@@ -324,7 +342,10 @@ impl Vcpu for EmuVcpu {
                 _ => c.write_msr(m.index, m.data).is_ok() || c.msr.restore(m.index, m.data),
             };
             if !ok {
-                return Err(HypervisorError::Invalid(format!("MSR {:#x} is not implemented by the emu backend", m.index)));
+                return Err(HypervisorError::Invalid(format!(
+                    "MSR {:#x} is not implemented by the emu backend",
+                    m.index
+                )));
             }
         }
         Ok(())
@@ -336,7 +357,11 @@ impl Vcpu for EmuVcpu {
 
     fn set_lapic(&mut self, lapic: &LapicState) -> Result<()> {
         if lapic.regs.len() != LapicState::SIZE {
-            return Err(HypervisorError::Invalid(format!("LAPIC state of {} bytes, expected {}", lapic.regs.len(), LapicState::SIZE)));
+            return Err(HypervisorError::Invalid(format!(
+                "LAPIC state of {} bytes, expected {}",
+                lapic.regs.len(),
+                LapicState::SIZE
+            )));
         }
         self.lapic = lapic.clone();
         Ok(())

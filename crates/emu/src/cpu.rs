@@ -97,7 +97,10 @@ pub type Ex<T = ()> = Result<T, Exc>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegSlot {
     /// Low `size` bytes of GPR `idx`.
-    Gpr { idx: u8, size: u8 },
+    Gpr {
+        idx: u8,
+        size: u8,
+    },
     /// AH/CH/DH/BH: bits 8..16 of GPR `idx`.
     High(u8),
     Seg(u8),
@@ -107,8 +110,14 @@ pub enum RegSlot {
 /// Maps an iced-x86 register to its slot.
 pub fn reg_slot(r: Register) -> RegSlot {
     let n = r as u32;
-    let (al, spl, ax, eax, rax, es) =
-        (Register::AL as u32, Register::SPL as u32, Register::AX as u32, Register::EAX as u32, Register::RAX as u32, Register::ES as u32);
+    let (al, spl, ax, eax, rax, es) = (
+        Register::AL as u32,
+        Register::SPL as u32,
+        Register::AX as u32,
+        Register::EAX as u32,
+        Register::RAX as u32,
+        Register::ES as u32,
+    );
     if (al..al + 4).contains(&n) {
         RegSlot::Gpr { idx: (n - al) as u8, size: 1 }
     } else if (al + 4..spl).contains(&n) {

@@ -17,7 +17,10 @@ pub type Handler = fn(&mut Cpu, &Op) -> Ex;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opnd {
     None,
-    Gpr { idx: u8, size: u8 },
+    Gpr {
+        idx: u8,
+        size: u8,
+    },
     High(u8),
     Seg(u8),
     Imm(u64),
@@ -74,6 +77,9 @@ fn operand(ins: &Instruction, i: u32) -> Opnd {
             RegSlot::Other => Opnd::Other,
         },
         OpKind::Memory => Opnd::Mem,
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
+            Opnd::Imm(ins.near_branch_target())
+        }
         OpKind::Immediate8
         | OpKind::Immediate8_2nd
         | OpKind::Immediate16
@@ -290,26 +296,37 @@ impl BlockCache {
 
     #[inline(always)]
     fn slot(key: &Key) -> usize {
-        ((key.rip ^ (key.rip >> 12) ^ key.phys) as usize) & (JUMP_SLOTS - 1)
+        ((key.rip ^ key.phys.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
+            & (JUMP_SLOTS - 1)
     }
 
-    /// The block for `key`, if cached.
+    /// The index of the block for `key`, if cached.
     #[inline(always)]
-    pub fn get(&mut self, key: &Key) -> Option<&Block> {
+    pub fn lookup(&mut self, key: &Key) -> Option<u32> {
         let s = Self::slot(key);
         let (k, idx) = self.jump[s];
-        let idx = if k == *key && idx != u32::MAX {
-            idx
-        } else {
-            let idx = *self.map.get(key)?;
-            self.jump[s] = (*key, idx);
-            idx
-        };
+        if k == *key && idx != u32::MAX {
+            return Some(idx);
+        }
+        let idx = *self.map.get(key)?;
+        self.jump[s] = (*key, idx);
+        Some(idx)
+    }
+
+    /// The block at `idx` (from [`BlockCache::lookup`] or [`BlockCache::insert`]).
+    #[inline(always)]
+    pub fn block(&self, idx: u32) -> Option<&Block> {
         self.slab.get(idx as usize).and_then(|b| b.as_ref()).map(|(_, b)| b)
     }
 
+    /// The block for `key`, if cached.
+    pub fn get(&mut self, key: &Key) -> Option<&Block> {
+        let idx = self.lookup(key)?;
+        self.block(idx)
+    }
+
     /// Caches `block` under `key`; returns its index.
-    pub fn insert(&mut self, key: Key, block: Block) {
+    pub fn insert(&mut self, key: Key, block: Block) -> u32 {
         let entry = Some((key, block));
         let idx = match self.free.pop() {
             Some(i) => {
@@ -324,6 +341,7 @@ impl BlockCache {
         self.map.insert(key, idx);
         self.by_page.entry(key.phys & !0xfff).or_default().push(idx);
         self.built += 1;
+        idx
     }
 
     /// Drops every block decoded from physical page `page`.

@@ -45,8 +45,12 @@ impl Engine {
     /// Runs until HLT, shutdown, a kick, or about `budget` more instructions.
     pub fn run(&mut self, budget: u64) -> StopReason {
         let limit = self.cpu.icount.saturating_add(budget);
+        // Blocks that fault before retiring anything (an exception handler that faults again
+        // is an endless loop on real hardware too) still use up the budget.
+        let mut steps = 0u64;
         loop {
-            if self.kick.swap(false, Ordering::AcqRel) {
+            // A plain load first: the locked swap only when a kick is pending.
+            if self.kick.load(Ordering::Relaxed) && self.kick.swap(false, Ordering::AcqRel) {
                 return StopReason::Kicked;
             }
             if self.cpu.shutdown {
@@ -56,9 +60,10 @@ impl Engine {
             if self.cpu.halted {
                 return StopReason::Halt;
             }
-            if self.cpu.icount >= limit {
+            if self.cpu.icount >= limit || steps >= budget {
                 return StopReason::Budget;
             }
+            steps += 1;
             self.step_block();
         }
     }
@@ -89,13 +94,14 @@ impl Engine {
             }
         };
         let key = Key { rip: cpu.rip, phys: e.gpa | (lin & 0xfff), bits: cpu.bitness };
-        if self.cache.get(&key).is_none() {
-            match build(cpu, e.host, lin, &key) {
-                Ok(Some(block)) => {
+        let idx = match self.cache.lookup(&key) {
+            Some(idx) => idx,
+            None => match build(e.host, &key) {
+                Some(block) => {
                     cpu.mem.mark_code_page(key.phys);
-                    self.cache.insert(key, block);
+                    self.cache.insert(key, block)
                 }
-                Ok(None) => {
+                None => {
                     // Crossing a page or running from MMIO: decode every time.
                     match cpu.decode_single(lin, cpu.rip) {
                         Ok(b) => run_block(cpu, &b),
@@ -104,13 +110,9 @@ impl Engine {
                     self.flush_dirty();
                     return;
                 }
-                Err(x) => {
-                    cpu.raise(x);
-                    return;
-                }
-            }
-        }
-        if let Some(block) = self.cache.get(&key) {
+            },
+        };
+        if let Some(block) = self.cache.block(idx) {
             run_block(&mut self.cpu, block);
         }
         self.flush_dirty();
@@ -124,6 +126,7 @@ impl Engine {
         }
     }
 
+    #[inline(always)]
     fn flush_dirty(&mut self) {
         if !self.cpu.mem.dirty_code.is_empty() {
             for page in std::mem::take(&mut self.cpu.mem.dirty_code) {
@@ -134,10 +137,9 @@ impl Engine {
 }
 
 /// Decodes the block at `key` from its RAM page; None if it must take the uncached path.
-fn build(cpu: &mut Cpu, host: usize, lin: u64, key: &Key) -> crate::cpu::Ex<Option<Block>> {
-    let _ = lin;
+fn build(host: usize, key: &Key) -> Option<Block> {
     if host == 0 {
-        return Ok(None);
+        return None;
     }
     let off = (key.phys & 0xfff) as usize;
     let mut buf = [0u8; 4096];
@@ -145,8 +147,7 @@ fn build(cpu: &mut Cpu, host: usize, lin: u64, key: &Key) -> crate::cpu::Ex<Opti
     // SAFETY: `host` is the start of a mapped 4 KiB RAM page (from the TLB) and
     // `off + n == 4096`; the copy reads only that page.
     unsafe { std::ptr::copy_nonoverlapping((host + off) as *const u8, buf.as_mut_ptr(), n) };
-    let _ = cpu;
-    Ok(decode_block(&buf[..n], key))
+    decode_block(&buf[..n], key)
 }
 
 /// Runs the ops of `block` until the end, a taken branch, an exception or a block break.

@@ -82,7 +82,7 @@ pub fn sign_bit(size: u8) -> u64 {
 /// Even parity of the low byte, as PF reports it.
 #[inline(always)]
 pub fn parity(v: u64) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 impl Lazy {

@@ -25,7 +25,8 @@ impl Cpu {
     /// Delivers an exception raised while executing the instruction at `rip`, handling the
     /// double-fault and triple-fault rules. A triple fault sets `shutdown`.
     pub fn raise(&mut self, exc: Exc) {
-        let (kind, ret) = if exc.soft { (EventKind::Software, self.next_rip) } else { (EventKind::Exception, self.rip) };
+        let (kind, ret) =
+            if exc.soft { (EventKind::Software, self.next_rip) } else { (EventKind::Exception, self.rip) };
         let kind = if exc.icebp { EventKind::External } else { kind };
         let Err(second) = self.deliver(exc.vector, exc.error, kind, ret) else { return };
         let first = exc.vector;
@@ -86,7 +87,11 @@ impl Cpu {
         let hi = if self.long_mode() { self.read_lin(addr + 8, 8, Access::SYS_READ)? } else { 0 };
         let gtype = ((lo >> 40) & 0xf) as u8;
         let dpl = ((lo >> 45) & 3) as u8;
-        let valid = if self.long_mode() { matches!(gtype, 0xe | 0xf) } else { matches!(gtype, 0x6 | 0x7 | 0xe | 0xf) };
+        let valid = if self.long_mode() {
+            matches!(gtype, 0xe | 0xf)
+        } else {
+            matches!(gtype, 0x6 | 0x7 | 0xe | 0xf)
+        };
         if !valid {
             return Err(Exc::gp(gate_err));
         }
@@ -101,7 +106,13 @@ impl Cpu {
         if self.long_mode() {
             offset |= (hi & 0xffff_ffff) << 32;
         }
-        let gate = Gate { sel, offset, trap: gtype & 1 != 0, size: if gtype & 8 != 0 { 4 } else { 2 }, ist: (lo >> 32) as u8 & 7 };
+        let gate = Gate {
+            sel,
+            offset,
+            trap: gtype & 1 != 0,
+            size: if gtype & 8 != 0 { 4 } else { 2 },
+            ist: (lo >> 32) as u8 & 7,
+        };
         self.deliver_gate(gate, error, ret)
     }
 
@@ -114,7 +125,8 @@ impl Cpu {
         let cs = self.read_lin(addr + 2, 2, Access::SYS_READ)? as u16;
         let flags = self.rflags();
         let (sp, old_cs) = (self.gpr[4], self.seg[CS].selector);
-        let pushed = self.push(2, flags).and_then(|_| self.push(2, old_cs as u64)).and_then(|_| self.push(2, ret));
+        let pushed =
+            self.push(2, flags).and_then(|_| self.push(2, old_cs as u64)).and_then(|_| self.push(2, ret));
         if let Err(e) = pushed {
             self.gpr[4] = sp;
             return Err(e);
@@ -179,7 +191,13 @@ impl Cpu {
             put(e as u64);
         }
         // Write the frame on the new stack (as the supervisor when switching).
-        let sp_mask = if self.long_mode() { u64::MAX } else if new_ss.db { 0xffff_ffff } else { 0xffff };
+        let sp_mask = if self.long_mode() {
+            u64::MAX
+        } else if new_ss.db {
+            0xffff_ffff
+        } else {
+            0xffff
+        };
         for &v in &frame[..n] {
             sp = sp.wrapping_sub(size as u64) & sp_mask;
             let lin = self.wrap_lin(if self.long_mode() { sp } else { new_ss.base.wrapping_add(sp) });
@@ -226,7 +244,11 @@ impl Cpu {
             return Err(Exc::gp(sel as u32 & 0xfffc));
         }
         let outer = rpl > self.cpl || self.long_mode();
-        let (sp, ss) = if outer { (self.peek(3 * size as u64, size)?, self.peek(4 * size as u64, size)? as u16) } else { (0, 0) };
+        let (sp, ss) = if outer {
+            (self.peek(3 * size as u64, size)?, self.peek(4 * size as u64, size)? as u16)
+        } else {
+            (0, 0)
+        };
         let cs = self.load_cs_checked(sel, rpl)?;
         let conforming = cs.type_ & 4 != 0;
         if (!conforming && cs.dpl != rpl) || (conforming && cs.dpl > rpl) {

@@ -77,8 +77,22 @@ impl Native {
     fn new() -> Native {
         // SAFETY: anonymous private mappings, checked for failure; unmapped never (test process).
         let (code, buf) = unsafe {
-            let c = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
-            let b = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            let c = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            let b = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
             assert!(c != libc::MAP_FAILED && b != libc::MAP_FAILED, "mmap failed");
             (c as *mut u8, b as *mut u8)
         };
@@ -159,7 +173,12 @@ enum Kind {
     Logic,
     /// Shift/rotate; `rot` for ROL/ROR/RCL/RCR, `dbl` for SHLD/SHRD; count from CL (`cl`),
     /// the immediate, or 1.
-    Shift { rot: bool, dbl: bool, cl: bool, one: bool },
+    Shift {
+        rot: bool,
+        dbl: bool,
+        cl: bool,
+        one: bool,
+    },
     Mul,
     Div,
     Bt,
@@ -192,7 +211,17 @@ struct Form {
 const ALL: &[u8] = &[1, 2, 4, 8];
 const WIDE: &[u8] = &[2, 4, 8];
 
-const fn f(name: &'static str, sizes: &'static [u8], op8: &'static [u8], op: &'static [u8], modrm: Modrm, imm: Imm, mem: bool, kind: Kind) -> Form {
+#[allow(clippy::too_many_arguments)]
+const fn f(
+    name: &'static str,
+    sizes: &'static [u8],
+    op8: &'static [u8],
+    op: &'static [u8],
+    modrm: Modrm,
+    imm: Imm,
+    mem: bool,
+    kind: Kind,
+) -> Form {
     Form { name, sizes, pre: &[], op8, op, modrm, imm, mem, kind, setup: Setup::None }
 }
 
@@ -253,15 +282,27 @@ fn forms() -> Vec<Form> {
     // Shifts and rotates: /0 rol /1 ror /2 rcl /3 rcr /4 shl /5 shr /7 sar.
     for d in [0u8, 1, 2, 3, 4, 5, 7] {
         let rot = d < 4;
-        v.push(with(f("shift cl", ALL, &[0xd2], &[0xd3], D(d), NI, false, sh(rot, false, true, false)), Setup::Cl));
-        v.push(with(f("shift cl mem", ALL, &[0xd2], &[0xd3], D(d), NI, true, sh(rot, false, true, false)), Setup::Cl));
+        v.push(with(
+            f("shift cl", ALL, &[0xd2], &[0xd3], D(d), NI, false, sh(rot, false, true, false)),
+            Setup::Cl,
+        ));
+        v.push(with(
+            f("shift cl mem", ALL, &[0xd2], &[0xd3], D(d), NI, true, sh(rot, false, true, false)),
+            Setup::Cl,
+        ));
         v.push(f("shift imm", ALL, &[0xc0], &[0xc1], D(d), IB, false, sh(rot, false, false, false)));
         v.push(f("shift 1", ALL, &[0xd0], &[0xd1], D(d), NI, false, sh(rot, false, false, true)));
     }
     v.push(f("shld imm", WIDE, &[], &[0x0f, 0xa4], R, IB, false, sh(false, true, false, false)));
-    v.push(with(f("shld cl", WIDE, &[], &[0x0f, 0xa5], R, NI, false, sh(false, true, true, false)), Setup::Cl));
+    v.push(with(
+        f("shld cl", WIDE, &[], &[0x0f, 0xa5], R, NI, false, sh(false, true, true, false)),
+        Setup::Cl,
+    ));
     v.push(f("shrd imm", WIDE, &[], &[0x0f, 0xac], R, IB, true, sh(false, true, false, false)));
-    v.push(with(f("shrd cl", WIDE, &[], &[0x0f, 0xad], R, NI, false, sh(false, true, true, false)), Setup::Cl));
+    v.push(with(
+        f("shrd cl", WIDE, &[], &[0x0f, 0xad], R, NI, false, sh(false, true, true, false)),
+        Setup::Cl,
+    ));
     // Multiply and divide.
     v.push(f("mul", ALL, &[0xf6], &[0xf7], D(4), NI, false, Mul));
     v.push(f("imul1", ALL, &[0xf6], &[0xf7], D(5), NI, true, Mul));
@@ -289,7 +330,10 @@ fn forms() -> Vec<Form> {
     v.push(f("xadd", ALL, &[0x0f, 0xc0], &[0x0f, 0xc1], R, NI, true, Full));
     v.push(f("xadd reg", ALL, &[0x0f, 0xc0], &[0x0f, 0xc1], R, NI, false, Full));
     v.push(with(f("cmpxchg", ALL, &[0x0f, 0xb0], &[0x0f, 0xb1], R, NI, true, Full), Setup::Cmpxchg));
-    v.push(with(f("cmpxchg reg", &[1, 2, 8], &[0x0f, 0xb0], &[0x0f, 0xb1], R, NI, false, Full), Setup::Cmpxchg));
+    v.push(with(
+        f("cmpxchg reg", &[1, 2, 8], &[0x0f, 0xb0], &[0x0f, 0xb1], R, NI, false, Full),
+        Setup::Cmpxchg,
+    ));
     v.push(with(f("cmpxchg8b", &[4], &[], &[0x0f, 0xc7], D(1), NI, true, Full), Setup::Cmpxchg));
     v.push(with(f("cmpxchg16b", &[8], &[], &[0x0f, 0xc7], D(1), NI, true, Full), Setup::Cmpxchg));
     // Data movement and conversions.
@@ -370,7 +414,13 @@ fn encode(form: &Form, size: u8, rng: &mut Rng, regs: &[u64; 16]) -> Case {
         b.push(0x66);
     }
     let legacy8 = size == 1 && !form.mem && rng.below(2) == 0;
-    let pick = |rng: &mut Rng| if legacy8 { rng.below(8) as u8 } else { REGS[rng.below(REGS.len() as u64) as usize] };
+    let pick = |rng: &mut Rng| {
+        if legacy8 {
+            rng.below(8) as u8
+        } else {
+            REGS[rng.below(REGS.len() as u64) as usize]
+        }
+    };
     let reg = match form.modrm {
         Modrm::Digit(d) => d,
         _ => pick(rng),
@@ -391,7 +441,11 @@ fn encode(form: &Form, size: u8, rng: &mut Rng, regs: &[u64; 16]) -> Case {
     let mut disp = 0i8;
     match form.modrm {
         Modrm::R | Modrm::Digit(_) if form.mem => {
-            disp = if form.name == "cmpxchg16b" { (rng.below(8) as i8 - 4) * 16 } else { rng.below(112) as i8 - 56 };
+            disp = if form.name == "cmpxchg16b" {
+                (rng.below(8) as i8 - 4) * 16
+            } else {
+                rng.below(112) as i8 - 56
+            };
             b.push(0x40 | ((reg & 7) << 3) | 7);
             b.push(disp as u8);
         }
@@ -407,7 +461,13 @@ fn encode(form: &Form, size: u8, rng: &mut Rng, regs: &[u64; 16]) -> Case {
             b.push(v);
         }
         Imm::Z => {
-            let n = if size == 2 { 2 } else if size == 1 { 1 } else { 4 };
+            let n = if size == 2 {
+                2
+            } else if size == 1 {
+                1
+            } else {
+                4
+            };
             b.extend_from_slice(&rng.next().to_le_bytes()[..n]);
         }
     }
@@ -508,7 +568,12 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         cpu.next_rip = ins.next_ip();
         let r = (op.exec)(cpu, &op);
         if let Err(e) = r {
-            assert!(form.kind == Kind::Div && e.vector == DE, "{}: unexpected exception {e:?} for {:02x?}", form.name, case.bytes);
+            assert!(
+                form.kind == Kind::Div && e.vector == DE,
+                "{}: unexpected exception {e:?} for {:02x?}",
+                form.name,
+                case.bytes
+            );
             faults += 1;
             continue;
         }
@@ -529,7 +594,12 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
             host.regs[p] = host.regs[p].wrapping_sub(native.buf as u64);
         }
         let mask = (ARITH & !undef) | DF;
-        let ctx = || format!("{} size {size} bytes {:02x?} ({ins}) input {:x?} flags {:#x}", form.name, case.bytes, input.regs, input.flags);
+        let ctx = || {
+            format!(
+                "{} size {size} bytes {:02x?} ({ins}) input {:x?} flags {:#x}",
+                form.name, case.bytes, input.regs, input.flags
+            )
+        };
         for i in 0..16 {
             if i != 4 {
                 assert_eq!(emu.regs[i], host.regs[i], "reg {i} differs: {}", ctx());
@@ -551,10 +621,14 @@ fn differential_against_host_cpu() {
     let (mut total, mut faults) = (0, 0);
     let forms = forms();
     for (i, form) in forms.iter().enumerate() {
-        let (r, f) = check_form(&mut g, &native, form, 0x9e37_79b9_7f4a_7c15 ^ (i as u64 * 0x1000_0001), cases);
+        let (r, f) =
+            check_form(&mut g, &native, form, 0x9e37_79b9_7f4a_7c15 ^ (i as u64 * 0x1000_0001), cases);
         total += r;
         faults += f;
     }
-    eprintln!("differential: {} forms, {total} cases compared, {faults} #DE cases checked on the emulator only", forms.len());
+    eprintln!(
+        "differential: {} forms, {total} cases compared, {faults} #DE cases checked on the emulator only",
+        forms.len()
+    );
     assert!(total > forms.len() * cases / 2);
 }

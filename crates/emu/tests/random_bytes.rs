@@ -114,7 +114,8 @@ fn reset(g: &mut Guest, mode: u64, rng: &mut Rng, low: &[u8], code: &[u8]) {
 
 #[test]
 fn random_bytes_never_panic() {
-    let cases: u64 = std::env::var("VMR_EMU_RANDOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000);
+    let cases: u64 =
+        std::env::var("VMR_EMU_RANDOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000);
     let mut g = setup();
     let low = snapshot(&g);
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
@@ -139,7 +140,10 @@ fn random_bytes_never_panic() {
             StopReason::Budget => 3,
         }] += 1;
     }
-    eprintln!("random bytes: {cases} cases: handler reached {}, halted {}, shutdown {}, budget {}", counts[0], counts[1], counts[2], counts[3]);
+    eprintln!(
+        "random bytes: {cases} cases: handler reached {}, halted {}, shutdown {}, budget {}",
+        counts[0], counts[1], counts[2], counts[3]
+    );
     // Most random sequences fault quickly into a handler.
     assert!(counts[0] > cases / 2, "{counts:?}");
 }

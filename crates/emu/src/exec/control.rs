@@ -35,6 +35,15 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
     })
 }
 
+/// The pre-resolved target of a relative branch.
+#[inline(always)]
+fn branch_target(op: &Op) -> u64 {
+    match op.o[0] {
+        crate::decode::Opnd::Imm(t) => t,
+        _ => op.ins.near_branch_target(),
+    }
+}
+
 /// Masks a branch target to the operand size of the branch.
 #[inline(always)]
 fn target(cpu: &Cpu, size: u8, t: u64) -> u64 {
@@ -50,7 +59,7 @@ fn target(cpu: &Cpu, size: u8, t: u64) -> u64 {
 }
 
 fn jmp_rel(cpu: &mut Cpu, op: &Op) -> Ex {
-    cpu.next_rip = op.ins.near_branch_target();
+    cpu.next_rip = branch_target(op);
     Ok(())
 }
 
@@ -62,7 +71,7 @@ fn jmp_indirect(cpu: &mut Cpu, op: &Op) -> Ex {
 
 fn jcc(cpu: &mut Cpu, op: &Op) -> Ex {
     if cpu.flags.cond(op.cc) {
-        cpu.next_rip = op.ins.near_branch_target();
+        cpu.next_rip = branch_target(op);
     }
     Ok(())
 }
@@ -70,7 +79,7 @@ fn jcc(cpu: &mut Cpu, op: &Op) -> Ex {
 fn call_rel(cpu: &mut Cpu, op: &Op) -> Ex {
     let ret = cpu.next_rip;
     cpu.push(op.size, ret)?;
-    cpu.next_rip = op.ins.near_branch_target();
+    cpu.next_rip = branch_target(op);
     Ok(())
 }
 
@@ -107,28 +116,28 @@ fn dec_counter(cpu: &mut Cpu, op: &Op) -> bool {
 
 fn loop_(cpu: &mut Cpu, op: &Op) -> Ex {
     if dec_counter(cpu, op) {
-        cpu.next_rip = op.ins.near_branch_target();
+        cpu.next_rip = branch_target(op);
     }
     Ok(())
 }
 
 fn loope(cpu: &mut Cpu, op: &Op) -> Ex {
     if dec_counter(cpu, op) && cpu.flags.zf() {
-        cpu.next_rip = op.ins.near_branch_target();
+        cpu.next_rip = branch_target(op);
     }
     Ok(())
 }
 
 fn loopne(cpu: &mut Cpu, op: &Op) -> Ex {
     if dec_counter(cpu, op) && !cpu.flags.zf() {
-        cpu.next_rip = op.ins.near_branch_target();
+        cpu.next_rip = branch_target(op);
     }
     Ok(())
 }
 
 fn jrcxz(cpu: &mut Cpu, op: &Op) -> Ex {
     if cpu.gpr_sized(1, op.msize) == 0 {
-        cpu.next_rip = op.ins.near_branch_target();
+        cpu.next_rip = branch_target(op);
     }
     Ok(())
 }

@@ -16,7 +16,9 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
     }
     Some(match m {
         M::Mov if is_cr_dr(ins, 0) || is_cr_dr(ins, 1) => return None,
-        M::Mov if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() => mov_to_sreg,
+        M::Mov if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() => {
+            mov_to_sreg
+        }
         M::Mov | M::Movnti => mov,
         M::Movzx => movzx,
         M::Movsx | M::Movsxd => movsx,

@@ -81,7 +81,11 @@ fn imul1(cpu: &mut Cpu, op: &Op) -> Ex {
 
 fn imul_n(cpu: &mut Cpu, op: &Op) -> Ex {
     let s = op.size;
-    let (a, b) = if op.ins.op_count() == 3 { (cpu.rd(op, 1, s)?, cpu.rd(op, 2, s)?) } else { (cpu.rd(op, 0, s)?, cpu.rd(op, 1, s)?) };
+    let (a, b) = if op.ins.op_count() == 3 {
+        (cpu.rd(op, 1, s)?, cpu.rd(op, 2, s)?)
+    } else {
+        (cpu.rd(op, 0, s)?, cpu.rd(op, 1, s)?)
+    };
     let p = sext(a, s) * sext(b, s);
     let lo = p as u64 & mask(s);
     cpu.wr(op, 0, s, lo)?;

@@ -447,7 +447,11 @@ fn sysret(cpu: &mut Cpu, op: &Op) -> Ex {
     if !canonical(rip) {
         return Err(Exc::gp(0));
     }
-    let cs = if to64 { parse_descriptor(0x00af_fb00_0000_ffff, (base + 16) | 3) } else { parse_descriptor(0x00cf_fb00_0000_ffff, base | 3) };
+    let cs = if to64 {
+        parse_descriptor(0x00af_fb00_0000_ffff, (base + 16) | 3)
+    } else {
+        parse_descriptor(0x00cf_fb00_0000_ffff, base | 3)
+    };
     let ss = parse_descriptor(0x00cf_f300_0000_ffff, (base + 8) | 3);
     cpu.flags.set((cpu.gpr[11] & 0x3c_7fd7) | 2);
     cpu.seg[SS] = ss;

@@ -91,7 +91,13 @@ impl Cpu {
             self.walk(lin, acc)?
         };
         let mut perm = 0;
-        for (cond, bit) in [(walk.user, P_USER), (walk.write, P_WRITE), (walk.exec, P_EXEC), (walk.dirty, P_DIRTY), (walk.global, P_GLOBAL)] {
+        for (cond, bit) in [
+            (walk.user, P_USER),
+            (walk.write, P_WRITE),
+            (walk.exec, P_EXEC),
+            (walk.dirty, P_DIRTY),
+            (walk.global, P_GLOBAL),
+        ] {
             if cond {
                 perm |= bit;
             }
@@ -136,7 +142,13 @@ impl Cpu {
     fn walk(&mut self, lin: u64, acc: Access) -> Ex<Walk> {
         let f = self.format();
         let nxe = self.efer & EFER_NXE != 0;
-        let mut table = if f.entry == 4 { self.cr3 & 0xffff_f000 } else if f.levels == 3 { self.cr3 & 0xffff_ffe0 } else { self.cr3 & ADDR_MASK };
+        let mut table = if f.entry == 4 {
+            self.cr3 & 0xffff_f000
+        } else if f.levels == 3 {
+            self.cr3 & 0xffff_ffe0
+        } else {
+            self.cr3 & ADDR_MASK
+        };
         let (mut user, mut write, mut exec) = (true, true, true);
         let mut shift = f.top_shift;
         let mut entries = [0u64; 4];
@@ -170,8 +182,21 @@ impl Cpu {
                     return Err(self.page_fault(lin, acc, PFEC_P | PFEC_RSVD));
                 }
                 let gpa = (base & !page_mask) | (lin & page_mask & !0xfff);
-                let w = Walk { gpa, user, write, exec, dirty: pte & PTE_D != 0, global: pte & PTE_G != 0 && self.cr4 & CR4_PGE != 0 };
-                return self.finish_walk(lin, acc, w, &entries[level as usize - 1..f.levels as usize], f.entry);
+                let w = Walk {
+                    gpa,
+                    user,
+                    write,
+                    exec,
+                    dirty: pte & PTE_D != 0,
+                    global: pte & PTE_G != 0 && self.cr4 & CR4_PGE != 0,
+                };
+                return self.finish_walk(
+                    lin,
+                    acc,
+                    w,
+                    &entries[level as usize - 1..f.levels as usize],
+                    f.entry,
+                );
             }
             table = if f.entry == 4 { pte & 0xffff_f000 } else { pte & ADDR_MASK };
             shift -= if f.levels == 3 && level == 3 { 9 } else { f.bits };

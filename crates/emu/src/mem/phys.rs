@@ -39,7 +39,14 @@ unsafe impl Send for Memory {}
 impl Memory {
     /// Memory with no RAM and no devices (reads return all ones): for unit tests.
     pub fn empty() -> Self {
-        Memory { regions: Vec::new(), ops: None, _guest: None, code_map: Vec::new(), dirty_code: Vec::new(), tlb: Tlb::new() }
+        Memory {
+            regions: Vec::new(),
+            ops: None,
+            _guest: None,
+            code_map: Vec::new(),
+            dirty_code: Vec::new(),
+            tlb: Tlb::new(),
+        }
     }
 
     /// Wraps `guest` (RAM) and `ops` (everything outside RAM).
@@ -148,7 +155,9 @@ impl Memory {
                 Some(p) => {
                     self.note_write(gpa, chunk);
                     // SAFETY: as in read_phys.
-                    unsafe { std::ptr::copy_nonoverlapping(head.as_ptr(), p.add((gpa & 0xfff) as usize), chunk) }
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(head.as_ptr(), p.add((gpa & 0xfff) as usize), chunk)
+                    }
                 }
                 None => self.mmio_write(gpa, head),
             }

@@ -77,7 +77,11 @@ pub struct Guest {
 impl Guest {
     pub fn new() -> Guest {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let ops = Arc::new(TestOps { pio: Mutex::new(Vec::new()), mmio: Mutex::new(Vec::new()), kick: Mutex::new(None) });
+        let ops = Arc::new(TestOps {
+            pio: Mutex::new(Vec::new()),
+            mmio: Mutex::new(Vec::new()),
+            kick: Mutex::new(None),
+        });
         let memory = Memory::new(&mem, Some(ops.clone() as Arc<dyn VmOps>)).unwrap();
         let engine = Engine::new(Cpu::new(memory, 0));
         *ops.kick.lock().unwrap() = Some(engine.kick.clone());
