@@ -15,7 +15,8 @@ pub const L1_EDX: u32 = (1 << 3) // pse
     | (1 << 16) // pat
     | (1 << 19); // clflush
 /// Leaf 1 ECX bits we implement.
-pub const L1_ECX: u32 = 1 << 13; // cx16
+pub const L1_ECX: u32 = (1 << 13) // cx16
+    | (1 << 23); // popcnt
 /// Leaf 0x80000001 EDX bits.
 pub const E1_EDX: u32 = (1 << 11) // syscall
     | (1 << 20) // nx

@@ -86,17 +86,17 @@ impl Engine {
         let cpu = &mut self.cpu;
         cpu.block_break = false;
         let lin = cpu.wrap_lin(cpu.lin(CS, cpu.rip));
-        let e = match cpu.translate(lin, Access::EXEC) {
+        let (gpa, host) = match cpu.translate_page(lin, Access::EXEC) {
             Ok(e) => e,
             Err(x) => {
                 cpu.raise(x);
                 return;
             }
         };
-        let key = Key { rip: cpu.rip, phys: e.gpa | (lin & 0xfff), bits: cpu.bitness };
+        let key = Key { rip: cpu.rip, phys: gpa | (lin & 0xfff), bits: cpu.bitness };
         let idx = match self.cache.lookup(&key) {
             Some(idx) => idx,
-            None => match build(e.host, &key) {
+            None => match build(host, &key) {
                 Some(block) => {
                     cpu.mem.mark_code_page(key.phys);
                     self.cache.insert(key, block)

@@ -48,9 +48,9 @@ impl Cpu {
     #[inline(always)]
     pub fn read_lin(&mut self, lin: u64, size: u8, acc: Access) -> Ex<u64> {
         if (lin & 0xfff) + size as u64 <= 0x1000 {
-            let e = self.translate(lin, acc)?;
-            if e.host != 0 {
-                let p = e.host + (lin & 0xfff) as usize;
+            let (gpa, host) = self.translate_page(lin, acc)?;
+            if host != 0 {
+                let p = host + (lin & 0xfff) as usize;
                 // SAFETY: `host` is the start of a mapped 4 KiB RAM page and the access stays
                 // inside it (checked above); unaligned reads are allowed by read_unaligned.
                 return Ok(unsafe {
@@ -64,7 +64,7 @@ impl Cpu {
             }
             // MMIO: let the run loop look at kicks and interrupts right after this instruction.
             self.block_break = true;
-            return Ok(self.mem.read_phys_u(e.gpa | (lin & 0xfff), size));
+            return Ok(self.mem.read_phys_u(gpa | (lin & 0xfff), size));
         }
         let mut buf = [0u8; 8];
         self.read_bytes(lin, &mut buf[..(size as usize).min(8)], acc)?;

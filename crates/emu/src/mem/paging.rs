@@ -79,6 +79,17 @@ impl Cpu {
         }
     }
 
+    /// Translates `lin` for `acc` to (physical address of the page, host address of the
+    /// page or 0 for MMIO) without copying a whole TLB entry.
+    #[inline(always)]
+    pub fn translate_page(&mut self, lin: u64, acc: Access) -> Ex<(u64, usize)> {
+        let need = self.need(acc);
+        match self.mem.tlb.lookup(lin, need) {
+            Some(e) => Ok((e.gpa, e.host)),
+            None => self.translate_slow(lin, acc, need).map(|e| (e.gpa, e.host)),
+        }
+    }
+
     #[cold]
     fn translate_slow(&mut self, lin: u64, acc: Access, need: u8) -> Ex<TlbEntry> {
         if self.long_mode() && !canonical(lin) {
