@@ -4,6 +4,7 @@ use std::error::Error;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use vmr_image::{PullOptions, StderrProgress};
 use vmr_vmm::config::parse_memory_size;
 use vmr_vmm::{Accel, ExitReason, RebootPolicy, VmConfig, EXIT_ERROR};
 
@@ -21,6 +22,28 @@ enum Command {
     /// Exit codes: 0 guest powered off (or Ctrl-A x), 1 error, 2 guest rebooted,
     /// 3 guest crashed (triple fault or backend error), 128+N stopped by signal N.
     Run(RunArgs),
+    /// Manage guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Assemble the default guest (Debian kernel + busybox initramfs) into the cache.
+    Pull(PullArgs),
+}
+
+#[derive(clap::Args)]
+struct PullArgs {
+    /// Rebuild even if the image is cached.
+    #[arg(long)]
+    force: bool,
+    /// Take the .deb packages from this directory instead of apt-get.
+    #[arg(long, value_name = "DIR")]
+    from_debs: Option<PathBuf>,
+    /// Cache directory (default: ~/.cache/vmr/images/default).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -63,6 +86,7 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Image(ImageCommand::Pull(args)) => image_pull(args),
     };
     match result {
         Ok(code) => code,
@@ -75,11 +99,18 @@ pub fn main() -> i32 {
 }
 
 fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
-    let kernel = args.kernel.ok_or("no --kernel given (the default guest image is not available yet)")?;
+    let (kernel, initrd, default_cmdline) = match args.kernel {
+        Some(kernel) => (kernel, args.initrd, DEFAULT_CMDLINE.to_string()),
+        None => {
+            // The default guest, assembled on first use.
+            let image = vmr_image::pull(&PullOptions::default(), &StderrProgress::new())?;
+            (image.kernel, args.initrd.or(Some(image.initrd)), image.cmdline)
+        }
+    };
     let config = VmConfig {
         kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+        initrd,
+        cmdline: args.cmdline.unwrap_or(default_cmdline),
         vcpus: args.cpus,
         memory: args.memory,
         accel: args.accel,
@@ -94,6 +125,16 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         ExitReason::Signal(sig) => eprintln!("vmr: stopped by signal {sig}"),
     }
     Ok(reason.exit_code())
+}
+
+fn image_pull(args: PullArgs) -> Result<i32, Box<dyn Error>> {
+    let opts =
+        PullOptions { dir: args.dir, from_debs: args.from_debs, force: args.force, ..Default::default() };
+    let image = vmr_image::pull(&opts, &StderrProgress::new())?;
+    println!("kernel  {}", image.kernel.display());
+    println!("initrd  {}", image.initrd.display());
+    println!("cmdline {}", image.cmdline);
+    Ok(0)
 }
 
 /// "outer: inner: innermost", skipping a source whose text the outer message already holds.
