@@ -356,3 +356,90 @@ fn real_to_protected_to_long_mode() {
     assert_eq!(g.port_writes(0xf2), vec![0x1234_5678]);
     assert_eq!(g.engine.cpu.bitness, 64);
 }
+
+/// An interrupt controller stand-in: a queue of vectors.
+struct Queue(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>);
+
+impl vmr_emu::engine::InterruptSource for Queue {
+    fn pending(&self) -> bool {
+        !self.0.lock().unwrap().is_empty()
+    }
+    fn acknowledge(&mut self) -> Option<u8> {
+        self.0.lock().unwrap().pop_front()
+    }
+}
+
+#[test]
+fn external_interrupt_wakes_hlt_and_respects_if() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let q = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    g.engine.irq = Some(Box::new(Queue(q.clone())));
+    g.set_gate64(0x30, CODE + 0x1000, 0, 0);
+    g.asm(64, CODE, |a| {
+        a.sti().unwrap();
+        a.hlt().unwrap();
+        a.mov(eax, 2u32).unwrap();
+        out(a, 0xf2);
+        a.cli().unwrap();
+        a.hlt().unwrap();
+        a.mov(eax, 3u32).unwrap();
+        out(a, 0xf2);
+        done(a);
+    });
+    g.asm(64, CODE + 0x1000, |a| {
+        a.mov(rax, qword_ptr(rsp)).unwrap(); // return RIP: after the HLT
+        out(a, 0xf1);
+        a.iretq().unwrap();
+    });
+    assert_eq!(g.run(), StopReason::Halt);
+    assert_eq!(g.engine.cpu.rip, CODE + 2);
+    q.lock().unwrap().push_back(0x30);
+    assert_eq!(g.run(), StopReason::Halt, "second HLT with IF=0");
+    assert_eq!(g.port_writes(0xf1), vec![CODE + 2]);
+    assert_eq!(g.port_writes(0xf2), vec![2]);
+    // With IF clear a pending interrupt does not wake the CPU; the VMM resumes it.
+    q.lock().unwrap().push_back(0x30);
+    assert_eq!(g.run(), StopReason::Halt);
+    assert_eq!(g.port_writes(0xf1).len(), 1);
+    g.engine.cpu.halted = false;
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf2), vec![2, 3]);
+}
+
+#[test]
+fn lar_lsl_verr_verw() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.asm(64, CODE, |a| {
+        a.mov(ecx, KERNEL_DS as u32).unwrap();
+        a.verw(cx).unwrap(); // writable data: ZF=1
+        a.setz(al).unwrap();
+        a.movzx(eax, al).unwrap();
+        out(a, 0xf1);
+        a.mov(ecx, KERNEL_CS as u32).unwrap();
+        a.verw(cx).unwrap(); // code: not writable
+        a.setz(al).unwrap();
+        a.movzx(eax, al).unwrap();
+        out(a, 0xf1);
+        a.verr(cx).unwrap(); // readable code
+        a.setz(al).unwrap();
+        a.movzx(eax, al).unwrap();
+        out(a, 0xf1);
+        a.lsl(eax, ecx).unwrap();
+        out(a, 0xf2);
+        a.mov(ecx, TSS_SEL as u32).unwrap();
+        a.lar(eax, ecx).unwrap();
+        out(a, 0xf3);
+        a.mov(ecx, 0x1000u32).unwrap(); // beyond the GDT limit: ZF=0, no fault
+        a.mov(eax, 0x55u32).unwrap();
+        a.lsl(eax, ecx).unwrap();
+        out(a, 0xf4 + 0x10);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![1, 0, 1]);
+    assert_eq!(g.port_writes(0xf2), vec![0xffff_ffff]);
+    assert_eq!(g.port_writes(0xf3), vec![0x8900]); // available 64-bit TSS, present
+    assert_eq!(g.port_writes(0x104), vec![0x55]);
+}

@@ -40,6 +40,10 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
         M::Syscall => syscall,
         M::Sysret | M::Sysretq => sysret,
         M::Swapgs => swapgs,
+        M::Lar => lar,
+        M::Lsl => lsl,
+        M::Verr => verr,
+        M::Verw => verw,
         _ => return None,
     })
 }
@@ -470,4 +474,84 @@ fn swapgs(cpu: &mut Cpu, _: &Op) -> Ex {
     cpu.msr.restore(IA32_KERNEL_GS_BASE, g);
     cpu.seg[GS].base = k;
     Ok(())
+}
+
+/// The descriptor `sel` names if it exists and is visible at the current CPL and the
+/// selector's RPL (conforming code is always visible); None otherwise. Never faults on the
+/// selector itself, only on the table read.
+fn probe_descriptor(cpu: &mut Cpu, sel: u16) -> Ex<Option<u64>> {
+    if !cpu.protected() || sel & 0xfffc == 0 {
+        return Ok(None);
+    }
+    let (base, limit) = if sel & 4 != 0 {
+        (cpu.ldtr.base, cpu.ldtr.limit as u64)
+    } else {
+        (cpu.gdtr.base, cpu.gdtr.limit as u64)
+    };
+    let off = (sel & !7) as u64;
+    if off + 7 > limit || (sel & 4 != 0 && cpu.ldtr.unusable) {
+        return Ok(None);
+    }
+    let raw = cpu.read_lin(cpu.wrap_lin(base.wrapping_add(off)), 8, Access::SYS_READ)?;
+    let d = parse_descriptor(raw, sel);
+    let conforming_code = d.s && d.type_ & 0xc == 0xc;
+    if !conforming_code && (d.dpl < cpu.cpl || d.dpl < (sel & 3) as u8) {
+        return Ok(None);
+    }
+    Ok(Some(raw))
+}
+
+/// Types LAR (`lsl == false`) or LSL accept for system descriptors.
+fn system_type_ok(type_: u8, lsl: bool, long: bool) -> bool {
+    match type_ {
+        1 | 3 if !long => true,
+        2 | 9 | 0xb => true,
+        4 | 5 | 0xc if !lsl && !long => true,
+        0xc if !lsl => true,
+        _ => false,
+    }
+}
+
+fn lar_lsl(cpu: &mut Cpu, op: &Op, lsl: bool) -> Ex {
+    let sel = cpu.rd(op, 1, 2)? as u16;
+    let long = cpu.long_mode();
+    let found = probe_descriptor(cpu, sel)?.filter(|&raw| {
+        let d = parse_descriptor(raw, sel);
+        d.s || system_type_ok(d.type_, lsl, long)
+    });
+    let Some(raw) = found else {
+        cpu.flags.set_arith(crate::flags::ZF, 0);
+        return Ok(());
+    };
+    let v = if lsl { parse_descriptor(raw, sel).limit as u64 } else { (raw >> 32) & 0x00ff_ff00 };
+    cpu.wr(op, 0, op.size, v)?;
+    cpu.flags.set_arith(crate::flags::ZF, crate::flags::ZF);
+    Ok(())
+}
+
+fn lar(cpu: &mut Cpu, op: &Op) -> Ex {
+    lar_lsl(cpu, op, false)
+}
+
+fn lsl(cpu: &mut Cpu, op: &Op) -> Ex {
+    lar_lsl(cpu, op, true)
+}
+
+fn verify(cpu: &mut Cpu, op: &Op, write: bool) -> Ex {
+    let sel = cpu.rd(op, 0, 2)? as u16;
+    let ok = probe_descriptor(cpu, sel)?.is_some_and(|raw| {
+        let d = parse_descriptor(raw, sel);
+        let code = d.type_ & 8 != 0;
+        d.s && if write { !code && d.type_ & 2 != 0 } else { !code || d.type_ & 2 != 0 }
+    });
+    cpu.flags.set_arith(crate::flags::ZF, if ok { crate::flags::ZF } else { 0 });
+    Ok(())
+}
+
+fn verr(cpu: &mut Cpu, op: &Op) -> Ex {
+    verify(cpu, op, false)
+}
+
+fn verw(cpu: &mut Cpu, op: &Op) -> Ex {
+    verify(cpu, op, true)
 }
