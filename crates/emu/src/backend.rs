@@ -1,5 +1,6 @@
 //! The `vmr-hypervisor` traits on top of the interpreter: backend "emu".
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +26,22 @@ impl EmuHypervisor {
     pub fn new() -> Self {
         EmuHypervisor
     }
+
+    /// [`Hypervisor::create_vm`] with the concrete type (tests and tools look at the chip).
+    pub fn create_emu_vm(&self, config: &VmConfig) -> Result<Arc<EmuVm>> {
+        if config.vcpus == 0 || config.vcpus > self.max_vcpus() {
+            return Err(HypervisorError::Invalid(format!(
+                "{} vCPUs (1..={} supported)",
+                config.vcpus,
+                self.max_vcpus()
+            )));
+        }
+        Ok(Arc::new(EmuVm {
+            memory: Mutex::new(None),
+            irqchip: Arc::new(EmuIrqChip::default()),
+            ioevents: Arc::new(Mutex::new(Vec::new())),
+        }))
+    }
 }
 
 impl Hypervisor for EmuHypervisor {
@@ -41,18 +58,7 @@ impl Hypervisor for EmuHypervisor {
     }
 
     fn create_vm(&self, config: &VmConfig) -> Result<Arc<dyn Vm>> {
-        if config.vcpus == 0 || config.vcpus > self.max_vcpus() {
-            return Err(HypervisorError::Invalid(format!(
-                "{} vCPUs (1..={} supported)",
-                config.vcpus,
-                self.max_vcpus()
-            )));
-        }
-        Ok(Arc::new(EmuVm {
-            memory: Mutex::new(None),
-            irqchip: Arc::new(EmuIrqChip::default()),
-            ioevents: Arc::new(Mutex::new(Vec::new())),
-        }))
+        Ok(self.create_emu_vm(config)?)
     }
 }
 
@@ -63,9 +69,40 @@ pub struct EmuIrqChip {
     lines: Mutex<[bool; 24]>,
     /// Edges seen per line (rising), for tests and the coming PIC/IOAPIC model.
     edges: Mutex<[u64; 24]>,
+    /// Registered irqfds: an edge on `gsi` whenever the eventfd is written.
+    irqfds: Mutex<Vec<(EventFd, u32)>>,
 }
 
 impl EmuIrqChip {
+    /// Turns signalled irqfds into edges on their lines (called by vCPUs between slices).
+    pub fn poll_irqfds(&self) {
+        let fired: Vec<u32> = {
+            let fds = self.irqfds.lock().unwrap_or_else(|e| e.into_inner());
+            if fds.is_empty() {
+                return;
+            }
+            let mut pfds: Vec<libc::pollfd> = fds
+                .iter()
+                .map(|(fd, _)| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .collect();
+            // SAFETY: `pfds` is a valid array of pollfd for the duration of the call; a zero
+            // timeout makes poll return immediately.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) };
+            if n <= 0 {
+                return;
+            }
+            pfds.iter()
+                .zip(fds.iter())
+                .filter(|(p, _)| p.revents & libc::POLLIN != 0)
+                // Readable, so this read does not block; its value (the count) is not needed.
+                .filter_map(|(_, (fd, gsi))| fd.read().ok().map(|_| *gsi))
+                .collect()
+        };
+        for gsi in fired {
+            let _ = self.pulse_irq(gsi);
+        }
+    }
+
     /// Current level of `gsi`.
     pub fn level(&self, gsi: u32) -> bool {
         let l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
@@ -103,6 +140,13 @@ pub struct EmuVm {
     ioevents: IoEvents,
 }
 
+impl EmuVm {
+    /// The interrupt-line recorder of this VM.
+    pub fn emu_irqchip(&self) -> Arc<EmuIrqChip> {
+        self.irqchip.clone()
+    }
+}
+
 impl Vm for EmuVm {
     fn set_memory(&self, memory: &GuestMemory) -> Result<()> {
         *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(memory.clone());
@@ -114,7 +158,9 @@ impl Vm for EmuVm {
         let mem = mem.ok_or_else(|| HypervisorError::Invalid("create_vcpu before set_memory".into()))?;
         let ops: Arc<dyn VmOps> = Arc::new(IoEventOps { inner: ops, events: self.ioevents.clone() });
         let memory = Memory::new(&mem, Some(ops))?;
-        Ok(Box::new(EmuVcpu::new(Cpu::new(memory, id), id)))
+        let mut vcpu = EmuVcpu::new(Cpu::new(memory, id), id);
+        vcpu.irqchip = Some(self.irqchip.clone());
+        Ok(Box::new(vcpu))
     }
 
     fn irqchip(&self) -> Arc<dyn IrqChip> {
@@ -127,11 +173,13 @@ impl Vm for EmuVm {
         Ok(())
     }
 
-    fn register_irqfd(&self, _fd: &EventFd, _gsi: u32) -> Result<()> {
-        Err(HypervisorError::MissingCapability {
-            backend: "emu",
-            what: "irqfd (arrives with the interrupt controller models)".into(),
-        })
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
+        if gsi >= 24 {
+            return Err(HypervisorError::Invalid(format!("GSI {gsi} out of range 0..24")));
+        }
+        let fd = fd.try_clone().map_err(|e| HypervisorError::os("eventfd clone", e))?;
+        self.irqchip.irqfds.lock().unwrap_or_else(|e| e.into_inner()).push((fd, gsi));
+        Ok(())
     }
 }
 
@@ -192,11 +240,12 @@ pub struct EmuVcpu {
     id: u32,
     pub engine: Engine,
     lapic: LapicState,
+    irqchip: Option<Arc<EmuIrqChip>>,
 }
 
 impl EmuVcpu {
     pub fn new(cpu: Cpu, id: u32) -> Self {
-        EmuVcpu { id, engine: Engine::new(cpu), lapic: LapicState::default() }
+        EmuVcpu { id, engine: Engine::new(cpu), lapic: LapicState::default(), irqchip: None }
     }
 }
 
@@ -209,6 +258,9 @@ impl Vcpu for EmuVcpu {
         // A previous HLT exit resumes after the HLT, as with KVM's userspace HLT exits.
         self.engine.cpu.halted = false;
         loop {
+            if let Some(chip) = &self.irqchip {
+                chip.poll_irqfds();
+            }
             match self.engine.run(SLICE) {
                 StopReason::Halt => return Ok(VcpuExit::Hlt),
                 StopReason::Shutdown => return Ok(VcpuExit::Shutdown),

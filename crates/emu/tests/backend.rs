@@ -149,3 +149,25 @@ fn irq_lines_are_recorded() {
     assert!(chip.set_irq_line(99, true).is_err());
     assert!(hv.create_vm(&VmConfig { vcpus: 0 }).is_err());
 }
+
+#[test]
+fn irqfd_becomes_an_edge_between_slices() {
+    let vm = EmuHypervisor::new().create_emu_vm(&VmConfig { vcpus: 1 }).unwrap();
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    // hlt; jmp back to the hlt
+    mem.write_slice(&[0xf4, 0xeb, 0xfd], GuestAddress(0xffff0)).unwrap();
+    vm.set_memory(&mem).unwrap();
+    let mut vcpu = vm.create_vcpu(0, Arc::new(Ops::default())).unwrap();
+    let mut s = vcpu.sregs().unwrap();
+    s.cs.base = 0xf0000;
+    vcpu.set_sregs(&s).unwrap();
+    let fd = EventFd::new(0).unwrap();
+    vm.register_irqfd(&fd, 9).unwrap();
+    assert!(vm.register_irqfd(&fd, 40).is_err());
+    fd.write(1).unwrap();
+    assert_eq!(vcpu.run().unwrap(), VcpuExit::Hlt);
+    assert_eq!(vm.emu_irqchip().edges(9), 1);
+    // A blocking eventfd must not hang the vCPU once drained.
+    assert_eq!(vcpu.run().unwrap(), VcpuExit::Hlt);
+    assert_eq!(vm.emu_irqchip().edges(9), 1);
+}
