@@ -43,7 +43,8 @@ one_run() {
         $(vmm_cmd vmr) --cmdline "$CMDLINE" < /dev/null > "$fifo" 2>&1 &
     fi
     pid=$!
-    ( sleep "$RUN_TIMEOUT"; kill -9 "$pid" 2>/dev/null ) &
+    # The watchdog must not hold our stdout (a pipe to tee) open while it sleeps.
+    ( sleep "$RUN_TIMEOUT"; kill -9 "$pid" ) > /dev/null 2>&1 &
     dog=$!
     init_ms=""; hwm=""; gkb=""
     while IFS= read -r line; do
