@@ -33,6 +33,9 @@ fn run_lab() -> Option<Lab> {
         eprintln!("lab skipped: qemu-system-x86_64 is not installed (tests/setup.sh installs it)");
         return None;
     }
+    // The default guest, as `vmr run` without --kernel would assemble it; the lab boots it too.
+    let pull = Command::new(env!("CARGO_BIN_EXE_vmr")).args(["image", "pull"]).status();
+    assert!(pull.is_ok_and(|s| s.success()), "vmr image pull failed");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out_dir = root.join("target").join("lab");
     let output = Command::new(root.join("tests/lab/run.sh"))
@@ -62,6 +65,7 @@ fn run_lab() -> Option<Lab> {
 fn expect_pass(scenario: &str) {
     let Some(lab) = lab() else { return };
     match lab.results.get(scenario) {
+        // vmr runs every scenario: SKIP (meant for the QEMU mode of the harness) is a failure.
         Some((verdict, detail)) if verdict == "PASS" => eprintln!("{scenario}: {detail}"),
         Some((verdict, detail)) => panic!("lab scenario {scenario}: {verdict} {detail}"),
         None => panic!("lab scenario {scenario} reported nothing; lab output:\n{}", lab.output),
