@@ -228,6 +228,24 @@ fn msize(ins: &Instruction) -> u8 {
 /// A run of instructions from one page, ending at a control transfer or the page end.
 pub struct Block {
     pub ops: Vec<Op>,
+    /// The code bytes the ops were decoded from (empty for uncached blocks): compared with
+    /// guest memory before each execution, so writes the CPU did not see (DMA, other vCPUs)
+    /// cannot run stale code.
+    pub bytes: Box<[u8]>,
+}
+
+impl Block {
+    /// True if guest memory at `host` (host address of the block's first byte, whose page
+    /// holds all of the block) still holds the bytes the block was decoded from.
+    #[inline(always)]
+    pub fn matches(&self, host: usize) -> bool {
+        // SAFETY: blocks never cross a page and `host` points into a mapped RAM page at the
+        // block's offset, so `bytes.len()` bytes are readable. The guest may change them
+        // concurrently; a racy read only causes a spurious mismatch or a miss that the
+        // architecture allows (cross-modifying code needs serialisation in the guest).
+        let cur = unsafe { std::slice::from_raw_parts(host as *const u8, self.bytes.len()) };
+        cur == &*self.bytes
+    }
 }
 
 /// Cache key: a block is valid for one RIP, one physical address and one code size.
@@ -393,7 +411,8 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
             break;
         }
     }
-    (!ops.is_empty()).then_some(Block { ops })
+    let len: usize = ops.iter().map(|o| o.len as usize).sum();
+    (!ops.is_empty()).then(|| Block { ops, bytes: bytes[..len.min(bytes.len())].into() })
 }
 
 impl Cpu {
@@ -418,6 +437,6 @@ impl Cpu {
         let mut ins = Instruction::default();
         let mut d = Decoder::with_ip(self.bitness, &buf, rip, DecoderOptions::NONE);
         d.decode_out(&mut ins);
-        Ok(Block { ops: vec![make_op(&ins, self.bitness)] })
+        Ok(Block { ops: vec![make_op(&ins, self.bitness)], bytes: Box::default() })
     }
 }

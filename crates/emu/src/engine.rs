@@ -112,8 +112,15 @@ impl Engine {
                 }
             },
         };
-        if let Some(block) = self.cache.block(idx) {
-            run_block(&mut self.cpu, block);
+        let code = host + (lin & 0xfff) as usize;
+        match self.cache.block(idx) {
+            Some(block) if host == 0 || block.matches(code) => run_block(&mut self.cpu, block),
+            Some(_) => {
+                // Written behind the CPU's back (DMA, another vCPU): decode afresh.
+                self.cache.invalidate_page(key.phys & !0xfff);
+                return;
+            }
+            None => {}
         }
         self.flush_dirty();
     }

@@ -443,3 +443,25 @@ fn lar_lsl_verr_verw() {
     assert_eq!(g.port_writes(0xf3), vec![0x8900]); // available 64-bit TSS, present
     assert_eq!(g.port_writes(0x104), vec![0x55]);
 }
+
+#[test]
+fn code_written_behind_the_cpu_is_redecoded() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.asm(64, CODE, |a| {
+        a.mov(eax, 1u32).unwrap();
+        out(a, 0xf1);
+        a.hlt().unwrap();
+    });
+    assert_eq!(g.run(), StopReason::Halt);
+    // Rewrite the code through guest memory directly (as DMA would), without notify_write.
+    g.asm(64, CODE, |a| {
+        a.mov(eax, 2u32).unwrap();
+        out(a, 0xf1);
+        a.hlt().unwrap();
+    });
+    g.engine.cpu.rip = CODE;
+    g.engine.cpu.halted = false;
+    assert_eq!(g.run(), StopReason::Halt);
+    assert_eq!(g.port_writes(0xf1), vec![1, 2]);
+}
