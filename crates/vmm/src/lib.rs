@@ -55,13 +55,25 @@ impl ExitReason {
 /// Runs the VM described by `config` until it ends, applying the reboot policy.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
-    let backend = select_backend(config.accel)?;
-    eprintln!("vmr: accelerator: {} ({})", backend.hypervisor.name(), backend.reason);
     let events = machine::EventChannel::new()?;
-    let console = console::ConsoleInput::start(events.quit_notifier());
-    let _raw = console::RawModeGuard::new();
+    let mut backend: Option<BackendChoice> = None;
+    let mut console: Option<console::ConsoleInput> = None;
+    let mut _raw = None;
     loop {
-        let machine = Machine::build(config, backend.hypervisor.as_ref(), &events)?;
+        // Kernel, initrd and sizes are checked before a backend is opened, so bad input gets
+        // its own error whatever the host offers.
+        let prepared = machine::PreparedBoot::new(config)?;
+        let backend = match &backend {
+            Some(b) => b,
+            None => {
+                let b = select_backend(config.accel)?;
+                eprintln!("vmr: accelerator: {} ({})", b.hypervisor.name(), b.reason);
+                backend.insert(b)
+            }
+        };
+        let machine = Machine::build(config, prepared, backend.hypervisor.as_ref(), &events)?;
+        let console = console.get_or_insert_with(|| console::ConsoleInput::start(events.quit_notifier()));
+        _raw.get_or_insert_with(console::RawModeGuard::new);
         console.set_sink(Some(machine.console_sink()));
         let reason = machine.run(&events)?;
         console.set_sink(None);

@@ -124,19 +124,18 @@ pub struct Machine {
     serial: Arc<Mutex<vmr_devices::serial::Serial>>,
 }
 
-impl Machine {
-    /// Creates memory, devices and vCPUs, and loads the kernel.
-    pub fn build(config: &VmConfig, hv: &dyn Hypervisor, events: &EventChannel) -> Result<Self, VmmError> {
-        check_host_limits(config, hv)?;
-        let vm = hv.create_vm(&HvVmConfig { vcpus: config.vcpus })?;
+/// Guest memory with the kernel, initrd and boot tables already written: everything about a
+/// boot that does not need a backend, so bad input is reported before any backend is opened.
+pub struct PreparedBoot {
+    memory: GuestMemory,
+    boot: vmr_arch::BootInfo,
+}
+
+impl PreparedBoot {
+    /// Allocates guest memory and loads the kernel, initrd, command line and tables into it.
+    pub fn new(config: &VmConfig) -> Result<Self, VmmError> {
+        check_host_memory(config.memory)?;
         let memory = vmr_arch::create_guest_memory(config.memory)?;
-        vm.set_memory(&memory)?;
-
-        let pio = Arc::new(Bus::new());
-        let mmio = Arc::new(Bus::new());
-        let exit = exit_requester(events.sender());
-        let serial = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
-
         let boot = vmr_arch::configure_system(
             &memory,
             &vmr_arch::MachineConfig {
@@ -147,6 +146,27 @@ impl Machine {
                 virtio_mmio: Vec::new(),
             },
         )?;
+        Ok(PreparedBoot { memory, boot })
+    }
+}
+
+impl Machine {
+    /// Creates the VM on `hv` around a prepared boot: devices, vCPUs, boot state.
+    pub fn build(
+        config: &VmConfig,
+        prepared: PreparedBoot,
+        hv: &dyn Hypervisor,
+        events: &EventChannel,
+    ) -> Result<Self, VmmError> {
+        let PreparedBoot { memory, boot } = prepared;
+        check_host_limits(config, hv)?;
+        let vm = hv.create_vm(&HvVmConfig { vcpus: config.vcpus })?;
+        vm.set_memory(&memory)?;
+
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let exit = exit_requester(events.sender());
+        let serial = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
 
         let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio });
         let supported = hv.supported_cpuid()?;
@@ -280,14 +300,19 @@ fn check_host_limits(config: &VmConfig, hv: &dyn Hypervisor) -> Result<(), VmmEr
     if config.vcpus > max {
         return Err(VmmError::TooManyCpus { requested: config.vcpus, max, backend: hv.name() });
     }
+    Ok(())
+}
+
+/// Guest RAM is mapped lazily, but a VM larger than the host's RAM cannot run properly.
+fn check_host_memory(requested: u64) -> Result<(), VmmError> {
     // SAFETY: sysconf has no memory effects.
     let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
     // SAFETY: as above.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if pages > 0 && page_size > 0 {
         let host = pages as u64 * page_size as u64;
-        if config.memory > host {
-            return Err(VmmError::MemoryTooLarge { requested: config.memory, host });
+        if requested > host {
+            return Err(VmmError::MemoryTooLarge { requested, host });
         }
     }
     Ok(())

@@ -1,0 +1,189 @@
+//! The `vmr` command line on bad input: one clear line on stderr, exit code 1, never a panic or
+//! a hang. These run on any host: input is checked before a backend is opened.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn vmr(args: &[&str]) -> Output {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmr")).args(args).output().expect("vmr did not start");
+    assert!(start.elapsed() < Duration::from_secs(30), "vmr took {:?} for {args:?}", start.elapsed());
+    out
+}
+
+/// Asserts exit code 1 and a single `vmr: error:` line containing `needle`.
+fn expect_error(args: &[&str], needle: &str) {
+    let out = vmr(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.contains(needle)), "{args:?}: want {needle:?} in: {stderr}");
+    if lines[0].starts_with("vmr: error:") {
+        assert_eq!(lines.len(), 1, "{args:?}: more than one line: {stderr}");
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A minimal ELF64 x86-64 kernel: one 4 KiB PT_LOAD at 16 MiB and a PVH entry note.
+fn tiny_pvh_kernel(path: &Path) {
+    const LOAD: u64 = 0x100_0000;
+    let mut f = vec![0u8; 0x2000];
+    let put = |f: &mut Vec<u8>, off: usize, bytes: &[u8]| f[off..off + bytes.len()].copy_from_slice(bytes);
+    put(&mut f, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+    put(&mut f, 16, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut f, 18, &0x3eu16.to_le_bytes()); // x86-64
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 24, &LOAD.to_le_bytes()); // e_entry
+    put(&mut f, 32, &64u64.to_le_bytes()); // e_phoff
+    put(&mut f, 52, &64u16.to_le_bytes()); // e_ehsize
+    put(&mut f, 54, &56u16.to_le_bytes()); // e_phentsize
+    put(&mut f, 56, &2u16.to_le_bytes()); // e_phnum
+    let note = [
+        &4u32.to_le_bytes()[..],
+        &4u32.to_le_bytes(),
+        &18u32.to_le_bytes(),
+        b"Xen\0",
+        &(LOAD as u32).to_le_bytes(),
+    ]
+    .concat();
+    // PT_LOAD: file 0x1000..0x2000 at LOAD.
+    let load = [1u32.to_le_bytes(), 5u32.to_le_bytes()].concat();
+    let load_rest = [0x1000u64, LOAD, LOAD, 0x1000, 0x1000, 0x1000].map(u64::to_le_bytes).concat();
+    put(&mut f, 64, &[load, load_rest].concat());
+    // PT_NOTE at 0x200.
+    let pnote = [4u32.to_le_bytes(), 4u32.to_le_bytes()].concat();
+    let len = note.len() as u64;
+    let pnote_rest = [0x200u64, 0, 0, len, len, 4].map(u64::to_le_bytes).concat();
+    put(&mut f, 120, &[pnote, pnote_rest].concat());
+    put(&mut f, 0x200, &note);
+    put(&mut f, 0x1000, &[0xf4]); // hlt
+    std::fs::write(path, f).unwrap();
+}
+
+#[test]
+fn missing_kernel_file() {
+    expect_error(&["run", "--kernel", "/nonexistent/vmlinux"], "cannot read kernel /nonexistent/vmlinux");
+}
+
+#[test]
+fn directory_as_kernel() {
+    expect_error(&["run", "--kernel", "/"], "cannot read kernel /");
+}
+
+#[test]
+fn garbage_kernel_file() {
+    let path = scratch("garbage");
+    std::fs::write(&path, vec![0x5au8; 200_000]).unwrap();
+    expect_error(&["run", "--kernel", path.to_str().unwrap()], "is neither an ELF vmlinux nor a bzImage");
+}
+
+#[test]
+fn empty_kernel_file() {
+    let path = scratch("empty");
+    std::fs::write(&path, b"").unwrap();
+    expect_error(&["run", "--kernel", path.to_str().unwrap()], "neither an ELF vmlinux nor a bzImage");
+}
+
+#[test]
+fn truncated_elf_kernel() {
+    let full = scratch("tiny-for-truncation");
+    tiny_pvh_kernel(&full);
+    let bytes = std::fs::read(&full).unwrap();
+    let path = scratch("truncated");
+    std::fs::write(&path, &bytes[..0x1800]).unwrap();
+    expect_error(&["run", "--kernel", path.to_str().unwrap()], "truncated");
+}
+
+#[test]
+fn initrd_that_does_not_fit() {
+    let kernel = scratch("tiny-kernel");
+    tiny_pvh_kernel(&kernel);
+    let initrd = scratch("big-initrd");
+    std::fs::write(&initrd, vec![0u8; 40 << 20]).unwrap();
+    let args = [
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--memory",
+        "32M",
+    ];
+    expect_error(&args, "does not fit");
+}
+
+#[test]
+fn missing_initrd() {
+    let kernel = scratch("tiny-kernel-2");
+    tiny_pvh_kernel(&kernel);
+    expect_error(
+        &["run", "--kernel", kernel.to_str().unwrap(), "--initrd", "/nonexistent/initrd"],
+        "cannot read initrd",
+    );
+}
+
+#[test]
+fn cpu_counts_out_of_range() {
+    let kernel = scratch("tiny-kernel-3");
+    tiny_pvh_kernel(&kernel);
+    let k = kernel.to_str().unwrap();
+    expect_error(&["run", "--kernel", k, "--cpus", "0"], "at least one vCPU");
+    expect_error(&["run", "--kernel", k, "--cpus", "1000"], "1000 vCPUs requested");
+    expect_error(&["run", "--kernel", k, "--cpus=-3"], "invalid value");
+}
+
+#[test]
+fn memory_sizes_out_of_range() {
+    let kernel = scratch("tiny-kernel-4");
+    tiny_pvh_kernel(&kernel);
+    let k = kernel.to_str().unwrap();
+    expect_error(&["run", "--kernel", k, "--memory", "1M"], "too small");
+    expect_error(&["run", "--kernel", k, "--memory", "64T"], "this host has only");
+    expect_error(&["run", "--kernel", k, "--memory", "12Q"], "invalid memory size '12Q'");
+}
+
+#[test]
+fn bad_accel_and_reboot_policy() {
+    expect_error(&["run", "--kernel", "k", "--accel", "xen"], "expected auto, kvm or emu");
+    expect_error(&["run", "--kernel", "k", "--reboot", "sometimes"], "expected exit or restart");
+}
+
+#[test]
+fn overlong_command_line() {
+    let kernel = scratch("tiny-kernel-5");
+    tiny_pvh_kernel(&kernel);
+    let long = "a".repeat(5000);
+    expect_error(
+        &["run", "--kernel", kernel.to_str().unwrap(), "--cmdline", &long],
+        "kernel command line is 5000 bytes",
+    );
+}
+
+/// On a host whose /dev/kvm is the kvm_pvm emulator, `--accel kvm` is refused with the reason.
+#[test]
+fn unsuitable_kvm_is_named() {
+    if !Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!("skipped: this host's KVM is not kvm_pvm");
+        return;
+    }
+    let kernel = scratch("tiny-kernel-6");
+    tiny_pvh_kernel(&kernel);
+    expect_error(&["run", "--kernel", kernel.to_str().unwrap(), "--accel", "kvm"], "kvm_pvm");
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let out = vmr(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("run"));
+    let out = vmr(&["run", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--kernel"));
+    assert_eq!(vmr(&["--version"]).status.code(), Some(0));
+}
