@@ -9,7 +9,8 @@
 //! 0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 four page directories (identity map 4 GiB)
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA: MP floating pointer + MP configuration table      (reserved)
-//! 0x000e_0000  ACPI RSDP, then XSDT, FADT, MADT, DSDT up to 1 MiB      (reserved)
+//! 0x000e_0000  ACPI RSDP, then XSDT, FADT, MADT, DSDT                  (reserved)
+//! 0x000f_fff0  reset-vector stub: `out 0x64, 0xfe` (i8042 reset), `hlt` (reserved)
 //! 0x0010_0000  RAM: bzImage protected-mode code; ELF kernels at their p_paddr
 //! 0xc000_0000  32-bit MMIO hole up to 4 GiB: virtio-mmio window at 0xd000_0000,
 //!              IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
@@ -61,7 +62,11 @@ pub const MPTABLE_START: u64 = EBDA_START;
 /// ACPI RSDP, in the BIOS area Linux scans (0xe0000..0x100000).
 pub const RSDP_START: u64 = 0xe0000;
 /// End of the area the ACPI tables may use.
-pub const ACPI_END: u64 = 0x10_0000;
+pub const ACPI_END: u64 = RESET_VECTOR;
+/// The real-mode reset vector (F000:FFF0). Linux's last-resort reboot paths (`reboot=bios`,
+/// and the EFI/BIOS fallbacks it picks on hardware-reduced ACPI platforms) jump here; vmr puts
+/// a stub that pulses the i8042 reset line.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Start of high memory: bzImage protected-mode code goes here, nothing of ours above.
 pub const HIMEM_START: u64 = 0x10_0000;
 

@@ -84,7 +84,8 @@ pub fn memory_size(mem: &GuestMemory) -> u64 {
 }
 
 /// Loads kernel and initrd, writes the command line, MP table, ACPI tables, the zero page or
-/// PVH start_info with the e820 map, the boot GDT and page tables; returns the BSP entry state.
+/// PVH start_info with the e820 map, the boot GDT and page tables and the reset-vector stub;
+/// returns the BSP entry state.
 /// `mem` must have been made by [`create_guest_memory`].
 pub fn configure_system(mem: &GuestMemory, config: &MachineConfig) -> Result<BootInfo> {
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
@@ -116,6 +117,7 @@ pub fn configure_system(mem: &GuestMemory, config: &MachineConfig) -> Result<Boo
         BootProtocol::Linux64 => zeropage::write_boot_params(mem, &boot)?,
     }
     regs::write_boot_tables(mem, kernel.protocol)?;
+    regs::write_reset_stub(mem)?;
     let bsp_state = boot_vcpu_state(kernel.protocol, kernel.entry);
     Ok(BootInfo { protocol: kernel.protocol, kernel, initrd, e820, rsdp, bsp_state })
 }

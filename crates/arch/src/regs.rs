@@ -8,7 +8,7 @@ use vmr_hypervisor::{
 use crate::error::{write_err, Result};
 use crate::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START, PVH_INFO_START,
-    ZERO_PAGE_START,
+    RESET_VECTOR, ZERO_PAGE_START,
 };
 use crate::loader::BootProtocol;
 
@@ -155,6 +155,16 @@ pub fn write_boot_tables(mem: &GuestMemory, protocol: BootProtocol) -> Result<()
         mem.write_slice(&pd, GuestAddress(PDE_START)).map_err(write_err("boot page directories"))?;
     }
     Ok(())
+}
+
+/// Real-mode code at the reset vector: `mov al, 0xfe; out 0x64, al; cli; hlt; jmp $-2`.
+pub(crate) const RESET_STUB: [u8; 8] = [0xb0, 0xfe, 0xe6, 0x64, 0xfa, 0xf4, 0xeb, 0xfd];
+
+/// Writes [`RESET_STUB`] at the reset vector, so a guest that jumps to the BIOS to reboot
+/// (Linux does on hardware-reduced ACPI without EFI, after `reboot`) resets the VM through the
+/// i8042 instead of running zeroed memory for ever.
+pub fn write_reset_stub(mem: &GuestMemory) -> Result<()> {
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR)).map_err(write_err("reset-vector stub"))
 }
 
 /// The boot processor's state to enter the kernel at `entry` with `protocol`: PVH = 32-bit flat

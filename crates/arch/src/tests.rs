@@ -130,6 +130,9 @@ fn pvh_elf_boots_through_start_info() {
     let last: hvm_memmap_table_entry =
         mem.read_obj(GuestAddress(info.memmap_paddr + 24 * (info.memmap_entries as u64 - 1))).unwrap();
     assert_eq!(last.addr + last.size, 128 * MIB);
+    let mut stub = [0u8; 8];
+    mem.read_slice(&mut stub, GuestAddress(layout::RESET_VECTOR)).unwrap();
+    assert_eq!(stub, crate::regs::RESET_STUB);
     let mut cmdline = vec![0u8; 23];
     mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START)).unwrap();
     assert_eq!(&cmdline, b"console=ttyS0 panic=-1\0");
