@@ -70,23 +70,29 @@ pub struct Exc {
     pub soft: bool,
     /// INT1 (ICEBP): like a hardware #DB for the gate DPL check.
     pub icebp: bool,
+    /// Not an exception: a locked read-modify-write lost a race; run the instruction again.
+    pub retry: bool,
 }
 
 impl Exc {
     pub const fn new(vector: u8) -> Self {
-        Exc { vector, error: None, soft: false, icebp: false }
+        Exc { vector, error: None, soft: false, icebp: false, retry: false }
     }
     pub const fn with_error(vector: u8, error: u32) -> Self {
-        Exc { vector, error: Some(error), soft: false, icebp: false }
+        Exc { vector, error: Some(error), soft: false, icebp: false, retry: false }
     }
     pub const fn software(vector: u8) -> Self {
-        Exc { vector, error: None, soft: true, icebp: false }
+        Exc { vector, error: None, soft: true, icebp: false, retry: false }
     }
     pub const fn gp(error: u32) -> Self {
         Exc::with_error(GP, error)
     }
     pub const fn ud() -> Self {
         Exc::new(UD)
+    }
+    /// The locked-RMW retry signal.
+    pub const fn retry() -> Self {
+        Exc { vector: 0, error: None, soft: false, icebp: false, retry: true }
     }
 }
 
@@ -176,6 +182,11 @@ pub struct Cpu {
     pub block_break: bool,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub int_shadow: bool,
+    /// The current instruction is a locked read-modify-write (LOCK prefix, or XCHG with
+    /// memory): its memory write is a compare-and-swap against the value it read.
+    pub locked: bool,
+    /// Host address, size and value of the locked read, for the compare-and-swap.
+    pub(crate) rmw: Option<(usize, u8, u64)>,
     /// Instructions retired.
     pub icount: u64,
     /// Addresses at which an unimplemented instruction was already logged.
@@ -217,6 +228,8 @@ impl Cpu {
             shutdown: false,
             block_break: false,
             int_shadow: false,
+            locked: false,
+            rmw: None,
             icount: 0,
             logged_ud: HashSet::new(),
             tsc_origin: std::time::Instant::now(),

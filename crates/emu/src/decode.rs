@@ -55,6 +55,8 @@ pub struct Op {
     pub msize: u8,
     /// Condition code nibble for Jcc/SETcc/CMOVcc (0xff if none).
     pub cc: u8,
+    /// Locked read-modify-write of memory (LOCK prefix, or XCHG with a memory operand).
+    pub locked: bool,
     pub len: u8,
     pub ins: Instruction,
 }
@@ -183,6 +185,9 @@ pub fn make_op(ins: &Instruction, bitness: u32) -> Op {
         size: op_size(ins, bitness),
         msize: msize(ins),
         cc: (ins.condition_code() as u8).wrapping_sub(1),
+        locked: ins.has_lock_prefix()
+            || (ins.mnemonic() == iced_x86::Mnemonic::Xchg
+                && (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)),
         len: ins.len() as u8,
         ins: *ins,
     }

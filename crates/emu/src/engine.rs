@@ -163,11 +163,22 @@ fn run_block(cpu: &mut Cpu, block: &Block) {
     let mut n = 0u64;
     for op in &block.ops {
         cpu.next_rip = op.ins.next_ip();
-        match (op.exec)(cpu, op) {
+        if op.locked {
+            cpu.locked = true;
+        }
+        let r = (op.exec)(cpu, op);
+        if op.locked {
+            cpu.locked = false;
+            cpu.rmw = None;
+        }
+        match r {
             Ok(()) => {
                 cpu.rip = cpu.next_rip;
                 n += 1;
             }
+            // Another vCPU changed the locked location between read and write: run the
+            // instruction again (nothing was written).
+            Err(x) if x.retry => break,
             Err(x) => {
                 cpu.raise(x);
                 break;

@@ -101,8 +101,15 @@ fn xadd(cpu: &mut Cpu, op: &Op) -> Ex {
     let a = cpu.rd_rmw(op, 0, s)?;
     let b = cpu.rd(op, 1, s)?;
     let r = a.wrapping_add(b);
-    cpu.wr(op, 1, s, a)?;
-    cpu.wr(op, 0, s, r)?;
+    if op.o[0] == Opnd::Mem {
+        // Memory first: a locked write that loses a race must leave registers untouched.
+        cpu.wr(op, 0, s, r)?;
+        cpu.wr(op, 1, s, a)?;
+    } else {
+        // Register form: when both operands are the same register the sum wins.
+        cpu.wr(op, 1, s, a)?;
+        cpu.wr(op, 0, s, r)?;
+    }
     cpu.flags.record(FlagOp::Add, s, a, b, r);
     Ok(())
 }
@@ -140,10 +147,49 @@ fn cmpxchg8b(cpu: &mut Cpu, op: &Op) -> Ex {
     Ok(())
 }
 
+/// Atomic 16-byte compare-and-swap on host memory; returns the value found.
+///
+/// # Safety
+/// `p` must be 16-byte aligned and point at 16 writable bytes.
+unsafe fn cas16(p: *mut u8, old: u128, new: u128) -> u128 {
+    let (mut lo, mut hi) = (old as u64, (old >> 64) as u64);
+    // SAFETY: the caller guarantees `p`; RBX is reserved by LLVM, so the new low half is
+    // swapped into it around the instruction and restored after.
+    unsafe {
+        std::arch::asm!(
+            "xchg rbx, {nb}",
+            "lock cmpxchg16b [{p}]",
+            "xchg rbx, {nb}",
+            p = in(reg) p,
+            nb = inout(reg) new as u64 => _,
+            in("rcx") (new >> 64) as u64,
+            inout("rax") lo,
+            inout("rdx") hi,
+        );
+    }
+    (lo as u128) | ((hi as u128) << 64)
+}
+
 fn cmpxchg16b(cpu: &mut Cpu, op: &Op) -> Ex {
     let lin = cpu.mem_lin(op);
     if lin & 15 != 0 {
         return Err(Exc::gp(0));
+    }
+    if cpu.locked {
+        let (gpa, host) = cpu.translate_page(lin, Access::WRITE)?;
+        if host != 0 && !cpu.mem.is_code_page(gpa) {
+            let expect = (cpu.gpr[0] as u128) | ((cpu.gpr[2] as u128) << 64);
+            let new = (cpu.gpr[3] as u128) | ((cpu.gpr[1] as u128) << 64);
+            // SAFETY: `lin` is 16-byte aligned, so the 16 bytes lie in the RAM page at `host`.
+            let cur = unsafe { cas16((host + (lin & 0xfff) as usize) as *mut u8, expect, new) };
+            let eq = cur == expect;
+            if !eq {
+                cpu.gpr[0] = cur as u64;
+                cpu.gpr[2] = (cur >> 64) as u64;
+            }
+            cpu.flags.set_arith(ZF, if eq { ZF } else { 0 });
+            return Ok(());
+        }
     }
     let mut buf = [0u8; 16];
     cpu.read_bytes(lin, &mut buf, Access::WRITE)?;

@@ -1,7 +1,7 @@
 //! Reads and writes of linear (and segment-relative) addresses.
 
 use super::tlb::{TlbEntry, P_WFAST};
-use crate::cpu::{Cpu, Ex, FS, GS};
+use crate::cpu::{Cpu, Ex, Exc, FS, GS};
 
 /// Kind of memory access, for permission checks and page-fault error codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +51,9 @@ impl Cpu {
             let (gpa, host) = self.translate_page(lin, acc)?;
             if host != 0 {
                 let p = host + (lin & 0xfff) as usize;
+                if self.locked && acc.is_write() {
+                    return Ok(self.locked_read(p, size));
+                }
                 // SAFETY: `host` is the start of a mapped 4 KiB RAM page and the access stays
                 // inside it (checked above); unaligned reads are allowed by read_unaligned.
                 return Ok(unsafe {
@@ -78,6 +81,9 @@ impl Cpu {
             let e = self.translate(lin, acc)?;
             if e.perm & P_WFAST != 0 {
                 let p = e.host + (lin & 0xfff) as usize;
+                if self.locked {
+                    return self.locked_write(p, size, v);
+                }
                 // SAFETY: P_WFAST is only set for mapped RAM pages; the access stays inside the
                 // page (checked above).
                 unsafe {
@@ -94,6 +100,67 @@ impl Cpu {
             return Ok(());
         }
         self.write_bytes(lin, &v.to_le_bytes()[..(size as usize).min(8)], acc)
+    }
+
+    /// The read half of a locked read-modify-write: remembers the value for the CAS.
+    #[cold]
+    fn locked_read(&mut self, p: usize, size: u8) -> u64 {
+        // SAFETY: `p` points at `size` readable bytes inside a mapped RAM page (callers check
+        // that the access does not cross the page).
+        let v = unsafe {
+            match size {
+                1 => *(p as *const u8) as u64,
+                2 => std::ptr::read_unaligned(p as *const u16) as u64,
+                4 => std::ptr::read_unaligned(p as *const u32) as u64,
+                _ => std::ptr::read_unaligned(p as *const u64),
+            }
+        };
+        self.rmw = Some((p, size, v));
+        v
+    }
+
+    /// The write half: compare-and-swap against the value read; a lost race asks the run
+    /// loop to execute the instruction again. Misaligned locked accesses (split locks, which
+    /// Linux never issues) are written non-atomically.
+    #[cold]
+    fn locked_write(&mut self, p: usize, size: u8, v: u64) -> Ex {
+        use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::SeqCst};
+        let old = match self.rmw.take() {
+            Some((q, s, old)) if q == p && s == size && p.is_multiple_of(size as usize) => old,
+            _ => {
+                // SAFETY: as in `locked_read`.
+                unsafe {
+                    match size {
+                        1 => *(p as *mut u8) = v as u8,
+                        2 => std::ptr::write_unaligned(p as *mut u16, v as u16),
+                        4 => std::ptr::write_unaligned(p as *mut u32, v as u32),
+                        _ => std::ptr::write_unaligned(p as *mut u64, v),
+                    }
+                }
+                return Ok(());
+            }
+        };
+        // SAFETY: `p` is aligned to `size` (checked above) and inside a mapped RAM page;
+        // atomics have the size and alignment of the plain integers.
+        let ok = unsafe {
+            match size {
+                1 => AtomicU8::from_ptr(p as *mut u8)
+                    .compare_exchange(old as u8, v as u8, SeqCst, SeqCst)
+                    .is_ok(),
+                2 => AtomicU16::from_ptr(p as *mut u16)
+                    .compare_exchange(old as u16, v as u16, SeqCst, SeqCst)
+                    .is_ok(),
+                4 => AtomicU32::from_ptr(p as *mut u32)
+                    .compare_exchange(old as u32, v as u32, SeqCst, SeqCst)
+                    .is_ok(),
+                _ => AtomicU64::from_ptr(p as *mut u64).compare_exchange(old, v, SeqCst, SeqCst).is_ok(),
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Exc::retry())
+        }
     }
 
     #[cold]
