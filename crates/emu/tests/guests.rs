@@ -465,3 +465,53 @@ fn code_written_behind_the_cpu_is_redecoded() {
     assert_eq!(g.run(), StopReason::Halt);
     assert_eq!(g.port_writes(0xf1), vec![1, 2]);
 }
+
+#[test]
+fn fpu_control_state_and_fxsave_round_trip() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.cpu().cr4 |= vmr_emu::cpu::CR4_OSFXSR;
+    let area = 0x40000u64;
+    g.asm(64, CODE, |a| {
+        a.mov(rbx, area).unwrap();
+        a.fninit().unwrap();
+        a.fnstcw(word_ptr(rbx + 0x400)).unwrap();
+        a.mov(word_ptr(rbx + 0x402), 0x27fu32).unwrap();
+        a.fldcw(word_ptr(rbx + 0x402)).unwrap();
+        a.mov(dword_ptr(rbx + 0x404), 0x1fa0u32).unwrap();
+        a.ldmxcsr(dword_ptr(rbx + 0x404)).unwrap();
+        a.fxsave64(ptr(rbx)).unwrap();
+        // Restore from a copy with a different MXCSR.
+        a.mov(dword_ptr(rbx + 24), 0x1f80u32).unwrap();
+        a.fxrstor64(ptr(rbx)).unwrap();
+        a.stmxcsr(dword_ptr(rbx + 0x408)).unwrap();
+        a.fnstsw(ax).unwrap();
+        // A reserved MXCSR bit faults (#GP, vector 13).
+        a.mov(dword_ptr(rbx + 0x40c), 0x10000u32).unwrap();
+        a.ldmxcsr(dword_ptr(rbx + 0x40c)).unwrap();
+        a.hlt().unwrap();
+    });
+    g.set_gate64(13, CODE + 0x1000, 0, 0);
+    g.asm(64, CODE + 0x1000, |a| {
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.read_u64(area + 0x400) & 0xffff, 0x37f);
+    assert_eq!(g.read_u64(area) & 0xffff, 0x27f, "FCW in the FXSAVE image");
+    assert_eq!(g.read_u64(area + 24) & 0xffff_ffff, 0x1f80);
+    assert_eq!(g.read_u64(area + 28) & 0xffff_ffff, 0xffbf, "MXCSR_MASK");
+    assert_eq!(g.read_u64(area + 0x408) & 0xffff_ffff, 0x1f80);
+    assert_eq!(g.engine.cpu.fpu.fcw, 0x27f);
+    // With CR0.TS set, FXSAVE raises #NM.
+    let mut g = Guest::new();
+    g.long_mode();
+    g.cpu().cr0 |= vmr_emu::cpu::CR0_TS;
+    g.set_gate64(7, CODE + 0x1000, 0, 0);
+    g.asm(64, CODE, |a| {
+        a.mov(rbx, area).unwrap();
+        a.fxsave64(ptr(rbx)).unwrap();
+        a.hlt().unwrap();
+    });
+    g.asm(64, CODE + 0x1000, |a| done(a));
+    assert_eq!(g.run(), StopReason::Kicked);
+}

@@ -5,6 +5,7 @@ mod bits;
 mod control;
 mod data;
 mod far;
+mod fpu;
 mod muldiv;
 mod shift;
 mod stack;
@@ -33,6 +34,7 @@ pub fn handler_for(ins: &Instruction) -> Handler {
         .or_else(|| string::handler(ins))
         .or_else(|| system::handler(ins))
         .or_else(|| far::handler(ins))
+        .or_else(|| fpu::handler(ins))
     {
         return h;
     }
