@@ -512,6 +512,6 @@ fn fpu_control_state_and_fxsave_round_trip() {
         a.fxsave64(ptr(rbx)).unwrap();
         a.hlt().unwrap();
     });
-    g.asm(64, CODE + 0x1000, |a| done(a));
+    g.asm(64, CODE + 0x1000, done);
     assert_eq!(g.run(), StopReason::Kicked);
 }
