@@ -84,7 +84,7 @@ impl Cpu {
         }
         let addr = self.wrap_lin(self.idtr.base.wrapping_add(vector as u64 * entry));
         let lo = self.read_lin(addr, 8, Access::SYS_READ)?;
-        let hi = if self.long_mode() { self.read_lin(addr + 8, 8, Access::SYS_READ)? } else { 0 };
+        let hi = if self.long_mode() { self.read_lin(addr.wrapping_add(8), 8, Access::SYS_READ)? } else { 0 };
         let gtype = ((lo >> 40) & 0xf) as u8;
         let dpl = ((lo >> 45) & 3) as u8;
         let valid = if self.long_mode() {
@@ -122,7 +122,7 @@ impl Cpu {
             return Err(Exc::gp(0));
         }
         let ip = self.read_lin(addr, 2, Access::SYS_READ)?;
-        let cs = self.read_lin(addr + 2, 2, Access::SYS_READ)? as u16;
+        let cs = self.read_lin(addr.wrapping_add(2), 2, Access::SYS_READ)? as u16;
         let flags = self.rflags();
         let (sp, old_cs) = (self.gpr[4], self.seg[CS].selector);
         let pushed =
@@ -164,7 +164,7 @@ impl Cpu {
         } else if switch {
             let base = self.tr.base.wrapping_add(4 + 8 * new_cpl as u64);
             let sp = self.read_lin(self.wrap_lin(base), 4, Access::SYS_READ)?;
-            let sel = self.read_lin(self.wrap_lin(base + 4), 2, Access::SYS_READ)? as u16;
+            let sel = self.read_lin(self.wrap_lin(base.wrapping_add(4)), 2, Access::SYS_READ)? as u16;
             let raw = self.read_descriptor(sel)?;
             let ss = parse_descriptor(raw, sel);
             if !ss.present || (sel & 3) as u8 != new_cpl || ss.dpl != new_cpl {

@@ -64,7 +64,7 @@ impl Cpu {
         let lo = self.read_lin(a, 8, Access::SYS_READ)?;
         let mut s = parse_descriptor(lo, sel);
         if self.long_mode() {
-            let hi = self.read_lin(a + 8, 8, Access::SYS_READ)?;
+            let hi = self.read_lin(a.wrapping_add(8), 8, Access::SYS_READ)?;
             s.base |= (hi & 0xffff_ffff) << 32;
         }
         Ok((s, a))
@@ -74,7 +74,7 @@ impl Cpu {
     fn mark_accessed(&mut self, sel: u16, raw: u64) -> Ex {
         if raw & (1 << 40) == 0 {
             let a = self.descriptor_addr(sel, 8)?;
-            self.write_lin(a + 5, 1, (raw >> 40) | 1, Access::SYS_WRITE)?;
+            self.write_lin(a.wrapping_add(5), 1, (raw >> 40) | 1, Access::SYS_WRITE)?;
         }
         Ok(())
     }

@@ -515,3 +515,22 @@ fn fpu_control_state_and_fxsave_round_trip() {
     g.asm(64, CODE + 0x1000, done);
     assert_eq!(g.run(), StopReason::Kicked);
 }
+
+#[test]
+fn descriptor_table_loads_at_the_top_of_the_address_space_fault_cleanly() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.set_gate64(14, CODE + 0x1000, 0, 0);
+    g.asm(64, CODE, |a| {
+        a.mov(rax, -2i64).unwrap();
+        a.lgdt(ptr(rax)).unwrap();
+        a.hlt().unwrap();
+    });
+    g.asm(64, CODE + 0x1000, |a| {
+        a.mov(rax, cr2).unwrap();
+        out(a, 0xf1);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![0xffff_fffe]); // low half of CR2 (OUT writes EAX)
+}

@@ -26,7 +26,7 @@ fn far_target(cpu: &mut Cpu, op: &Op) -> Ex<(u16, u64, u8)> {
             let size = op.msize.saturating_sub(2).clamp(2, 8);
             let lin = cpu.mem_lin(op);
             let off = cpu.read_lin(lin, size, Access::READ)?;
-            let sel = cpu.read_lin(cpu.wrap_lin(lin + size as u64), 2, Access::READ)? as u16;
+            let sel = cpu.read_lin(cpu.wrap_lin(lin.wrapping_add(size as u64)), 2, Access::READ)? as u16;
             Ok((sel, off, size))
         }
     }

@@ -262,9 +262,9 @@ fn lgdt_lidt(cpu: &mut Cpu, op: &Op) -> Ex {
     let lin = cpu.mem_lin(op);
     let limit = cpu.read_lin(lin, 2, Access::READ)? as u16;
     let base = if cpu.bitness == 64 {
-        cpu.read_lin(lin + 2, 8, Access::READ)?
+        cpu.read_lin(lin.wrapping_add(2), 8, Access::READ)?
     } else {
-        let b = cpu.read_lin(lin + 2, 4, Access::READ)?;
+        let b = cpu.read_lin(lin.wrapping_add(2), 4, Access::READ)?;
         if op.size == 2 {
             b & 0xff_ffff
         } else {
@@ -289,9 +289,9 @@ fn sgdt_sidt(cpu: &mut Cpu, op: &Op) -> Ex {
     let n = if cpu.bitness == 64 { 8 } else { 4 };
     // Check both parts before writing either.
     cpu.read_lin(lin, 2, Access::WRITE)?;
-    cpu.read_lin(lin + 2, n, Access::WRITE)?;
+    cpu.read_lin(lin.wrapping_add(2), n, Access::WRITE)?;
     cpu.write_lin(lin, 2, t.limit as u64, Access::WRITE)?;
-    cpu.write_lin(lin + 2, n, t.base, Access::WRITE)
+    cpu.write_lin(lin.wrapping_add(2), n, t.base, Access::WRITE)
 }
 
 fn ltr(cpu: &mut Cpu, op: &Op) -> Ex {
