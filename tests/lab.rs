@@ -116,3 +116,13 @@ fn garbage_kernel_gives_a_clear_error() {
 fn default_image_boots() {
     expect_pass("default-image");
 }
+
+#[test]
+fn sigterm_and_sigint_stop_the_vm_cleanly() {
+    expect_pass("signals");
+}
+
+#[test]
+fn console_input_reaches_the_guest_shell() {
+    expect_pass("console-input");
+}
