@@ -534,3 +534,21 @@ fn descriptor_table_loads_at_the_top_of_the_address_space_fault_cleanly() {
     assert_eq!(g.run(), StopReason::Kicked);
     assert_eq!(g.port_writes(0xf1), vec![0xffff_fffe]); // low half of CR2 (OUT writes EAX)
 }
+
+#[test]
+fn rep_outsb_and_insb_move_bytes() {
+    let mut g = Guest::new();
+    // Real mode: print with lodsb/out, then rep outsb, then rep insb 8 bytes from port 0x80.
+    let code: &[u8] = &[
+        0xfc, 0xba, 0xf8, 0x03, 0xbe, 0x00, 0x11, 0xb9, 0x0e, 0x00, 0xac, 0xee, 0xe2, 0xfc, 0xbe, 0x00, 0x11, 0xb9, 0x0e,
+        0x00, 0xf3, 0x6e, 0xbf, 0x00, 0x12, 0xb9, 0x08, 0x00, 0xba, 0x80, 0x00, 0xf3, 0x6c, 0xb0, 0x00, 0xe6, 0xf4, 0xf4,
+    ];
+    g.write(0x1000, code);
+    g.write(0x1100, b"Hello from vmr");
+    g.real_mode(0, 0x1000);
+    assert_eq!(g.run(), StopReason::Kicked);
+    let text: Vec<u8> = g.port_writes(0x3f8).iter().map(|v| *v as u8).collect();
+    assert_eq!(&text, b"Hello from vmrHello from vmr");
+    assert_eq!(g.read_u64(0x1200), 0x5a5a_5a5a_5a5a_5a5a);
+    assert_eq!(g.engine.cpu.gpr[7] & 0xffff, 0x1208);
+}

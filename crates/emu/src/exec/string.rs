@@ -40,6 +40,12 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
     })
 }
 
+/// Element size: the memory operand's size (operand 0 is DX for OUTS, AL.. for LODS).
+#[inline(always)]
+fn elem_size(op: &Op) -> u8 {
+    op.msize.clamp(1, 8)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Movs,
@@ -54,7 +60,7 @@ enum Kind {
 /// One iteration; returns false when a REPE/REPNE condition ends the loop.
 #[inline(always)]
 fn step(cpu: &mut Cpu, op: &Op, kind: Kind, a: u8, delta: u64) -> Ex<bool> {
-    let s = op.size;
+    let s = elem_size(op);
     let seg = op.m.seg as usize;
     let si = cpu.gpr_sized(6, a);
     let di = cpu.gpr_sized(7, a);
@@ -117,7 +123,8 @@ fn run(cpu: &mut Cpu, op: &Op, kind: Kind) -> Ex {
         0xffff_ffff => 4,
         _ => 8,
     };
-    let delta = if cpu.flags.df() { (op.size as u64).wrapping_neg() } else { op.size as u64 };
+    let es = elem_size(op) as u64;
+    let delta = if cpu.flags.df() { es.wrapping_neg() } else { es };
     let ins = &op.ins;
     if !ins.has_rep_prefix() && !ins.has_repne_prefix() {
         step(cpu, op, kind, a, delta)?;
