@@ -227,13 +227,26 @@ impl VmOps for IoEventOps {
 }
 
 /// Sets the kick flag the run loop checks between blocks.
-struct Kicker(Arc<AtomicBool>);
+/// The thread currently inside [`Vcpu::run`], so a kick can wake it from a halt.
+type Waiter = Arc<Mutex<Option<std::thread::Thread>>>;
+
+struct Kicker {
+    flag: Arc<AtomicBool>,
+    waiter: Waiter,
+}
 
 impl VcpuKicker for Kicker {
     fn kick(&self) {
-        self.0.store(true, Ordering::Release);
+        self.flag.store(true, Ordering::Release);
+        if let Some(t) = self.waiter.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            t.unpark();
+        }
     }
 }
+
+/// How long a halted vCPU sleeps between looks at its interrupt sources (kicks wake it at
+/// once).
+const HALT_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// One software vCPU.
 pub struct EmuVcpu {
@@ -241,11 +254,18 @@ pub struct EmuVcpu {
     pub engine: Engine,
     lapic: LapicState,
     irqchip: Option<Arc<EmuIrqChip>>,
+    waiter: Waiter,
 }
 
 impl EmuVcpu {
     pub fn new(cpu: Cpu, id: u32) -> Self {
-        EmuVcpu { id, engine: Engine::new(cpu), lapic: LapicState::default(), irqchip: None }
+        EmuVcpu {
+            id,
+            engine: Engine::new(cpu),
+            lapic: LapicState::default(),
+            irqchip: None,
+            waiter: Waiter::default(),
+        }
     }
 }
 
@@ -254,15 +274,21 @@ impl Vcpu for EmuVcpu {
         self.id
     }
 
+    /// Like KVM with an in-kernel irqchip, HLT waits inside `run` (until an interrupt or a
+    /// kick); `VcpuExit::Hlt` is never returned.
     fn run(&mut self) -> Result<VcpuExit> {
-        // A previous HLT exit resumes after the HLT, as with KVM's userspace HLT exits.
-        self.engine.cpu.halted = false;
+        *self.waiter.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
         loop {
             if let Some(chip) = &self.irqchip {
                 chip.poll_irqfds();
             }
             match self.engine.run(SLICE) {
-                StopReason::Halt => return Ok(VcpuExit::Hlt),
+                StopReason::Halt => {
+                    if self.engine.kick.swap(false, Ordering::AcqRel) {
+                        return Ok(VcpuExit::Interrupted);
+                    }
+                    std::thread::park_timeout(HALT_POLL);
+                }
                 StopReason::Shutdown => return Ok(VcpuExit::Shutdown),
                 StopReason::Kicked => return Ok(VcpuExit::Interrupted),
                 StopReason::Budget => {}
@@ -271,7 +297,7 @@ impl Vcpu for EmuVcpu {
     }
 
     fn kicker(&self) -> Arc<dyn VcpuKicker> {
-        Arc::new(Kicker(self.engine.kick.clone()))
+        Arc::new(Kicker { flag: self.engine.kick.clone(), waiter: self.waiter.clone() })
     }
 
     fn regs(&self) -> Result<Regs> {

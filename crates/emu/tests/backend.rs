@@ -47,11 +47,24 @@ fn setup(code: &[u8]) -> (Arc<dyn Vm>, Box<dyn Vcpu>, Arc<Ops>, GuestMemory) {
     (vm, vcpu, ops, mem)
 }
 
+/// Runs `vcpu`, kicking it after 100 ms (HLT waits inside `run`, as with KVM's in-kernel
+/// irqchip).
+fn run_then_kick(vcpu: &mut Box<dyn Vcpu>) -> VcpuExit {
+    let kicker = vcpu.kicker();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        kicker.kick();
+    });
+    let exit = vcpu.run().unwrap();
+    t.join().unwrap();
+    exit
+}
+
 #[test]
 fn runs_to_hlt_with_pio() {
     // mov al, 0x41; out 0x10, al; inc ax; hlt
     let (_vm, mut vcpu, ops, _mem) = setup(&[0xb0, 0x41, 0xe6, 0x10, 0x40, 0xf4]);
-    assert_eq!(vcpu.run().unwrap(), VcpuExit::Hlt);
+    assert_eq!(run_then_kick(&mut vcpu), VcpuExit::Interrupted);
     assert_eq!(*ops.pio.lock().unwrap(), vec![(0x10, 0x41)]);
     let r = vcpu.regs().unwrap();
     assert_eq!((r.rax, r.rip), (0x42, 0x1006));
@@ -134,7 +147,7 @@ fn ioevent_replaces_the_pio_callback() {
     s.cs.selector = 0;
     vcpu.set_sregs(&s).unwrap();
     vcpu.set_regs(&Regs { rip: 0x1000, rflags: 2, ..Default::default() }).unwrap();
-    assert_eq!(vcpu.run().unwrap(), VcpuExit::Hlt);
+    assert_eq!(run_then_kick(&mut vcpu), VcpuExit::Interrupted);
     assert_eq!(*ops.pio.lock().unwrap(), vec![(0x20, 7)], "the matching write went to the eventfd");
     assert_eq!(fd.read().unwrap(), 1);
 }
@@ -165,9 +178,15 @@ fn irqfd_becomes_an_edge_between_slices() {
     vm.register_irqfd(&fd, 9).unwrap();
     assert!(vm.register_irqfd(&fd, 40).is_err());
     fd.write(1).unwrap();
-    assert_eq!(vcpu.run().unwrap(), VcpuExit::Hlt);
+    assert_eq!(run_then_kick(&mut vcpu), VcpuExit::Interrupted);
     assert_eq!(vm.emu_irqchip().edges(9), 1);
-    // A blocking eventfd must not hang the vCPU once drained.
-    assert_eq!(vcpu.run().unwrap(), VcpuExit::Hlt);
-    assert_eq!(vm.emu_irqchip().edges(9), 1);
+    // Signalled while the vCPU waits in HLT; a drained blocking eventfd must not hang it.
+    let fd2 = fd.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fd2.write(1).unwrap();
+    });
+    assert_eq!(run_then_kick(&mut vcpu), VcpuExit::Interrupted);
+    t.join().unwrap();
+    assert_eq!(vm.emu_irqchip().edges(9), 2);
 }
