@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 use vmr_conformance::guests::{CODE_ADDR, IRQ1_HANDLER, IRQ1_HANDLER_ADDR, IRQ1_READY_PORT, IRQ1_WAIT};
-use vmr_conformance::{for_each_backend, machine, Machine, Outcome};
+use vmr_conformance::{for_each_backend_needing, machine, Machine, Needs, Outcome};
 use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 use vmr_hypervisor::Hypervisor;
 
@@ -46,7 +46,7 @@ fn assert_handler_ran(m: &mut Machine) {
 
 #[test]
 fn irq_line_reaches_guest_handler() {
-    for_each_backend("irq_line_reaches_guest_handler", |hv| {
+    for_each_backend_needing("irq_line_reaches_guest_handler", &[Needs::InterruptControllers], |hv| {
         let mut m = irq_machine(hv);
         let chip = m.vm.irqchip();
         m.ops.on_pio_write(IRQ1_READY_PORT, Arc::new(move |_| chip.pulse_irq(1).expect("pulse IRQ 1")));
@@ -57,7 +57,7 @@ fn irq_line_reaches_guest_handler() {
 
 #[test]
 fn irqfd_reaches_guest_handler() {
-    for_each_backend("irqfd_reaches_guest_handler", |hv| {
+    for_each_backend_needing("irqfd_reaches_guest_handler", &[Needs::InterruptControllers], |hv| {
         let mut m = irq_machine(hv);
         let irqfd = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         m.vm.register_irqfd(&irqfd, 1).unwrap();

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use vmr_conformance::guests::{LONG_MODE_SUM, LONG_MODE_SUM_RESULT};
 use vmr_conformance::{
-    for_each_backend, machine, Access, Outcome, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, PML4_ADDR, STACK_TOP,
+    for_each_backend_needing, machine, Access, Needs, Outcome, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME,
+    PML4_ADDR, STACK_TOP,
 };
 use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 
@@ -13,7 +14,7 @@ const CODE: u64 = 0x4000;
 
 #[test]
 fn long_mode_loop_sum() {
-    for_each_backend("long_mode_loop_sum", |hv| {
+    for_each_backend_needing("long_mode_loop_sum", &[Needs::Sse], |hv| {
         let mut m = machine(hv);
         m.load(CODE, LONG_MODE_SUM).unwrap();
         m.long_mode(CODE).unwrap();
