@@ -1,6 +1,6 @@
 # The guest's console reads vmr's stdin (here a pipe): commands typed into the default guest's
-[ "$LAB_VMM" = qemu ] && skip "checks vmr's own signal/console behaviour"
 # shell run, and its `poweroff -f` ends vmr with exit code 0.
+[ "$LAB_VMM" = qemu ] && skip "checks vmr's own signal/console behaviour"
 [ -s "$LAB_L2/image-bzImage" ] || skip "no default image cached on the host (vmr image pull)"
 OUT=$LAB_OUT/serial.console.log
 ( i=0
