@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use vmr_image::{PullOptions, StderrProgress};
 use vmr_vmm::config::parse_memory_size;
+use vmr_vmm::devices::vmr_block::{self, ImageFormat};
+use vmr_vmm::devices::{DiskConfig, NetConfig, VirtioConfig};
 use vmr_vmm::{Accel, ExitReason, RebootPolicy, VmConfig, EXIT_ERROR};
 
 #[derive(Parser)]
@@ -31,6 +33,23 @@ enum Command {
 enum ImageCommand {
     /// Assemble the default guest (Debian kernel + busybox initramfs) into the cache.
     Pull(PullArgs),
+    /// Create a disk image: raw, qcow2, or a qcow2 overlay over a backing image.
+    Create(CreateArgs),
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    /// Image format: raw or qcow2 (default: qcow2 with --backing, raw otherwise).
+    #[arg(short = 'f', long = "format", value_name = "FORMAT")]
+    format: Option<ImageFormat>,
+    /// Backing image of a qcow2 overlay (a relative name is relative to FILE's folder).
+    #[arg(short = 'b', long = "backing", value_name = "BASE")]
+    backing: Option<PathBuf>,
+    /// The new image (must not exist).
+    file: PathBuf,
+    /// Virtual size in bytes, or with a K, M, G or T suffix; default with --backing: its size.
+    #[arg(value_parser = parse_image_size, required_unless_present = "backing")]
+    size: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +88,16 @@ struct RunArgs {
     /// What a guest reboot does: exit (code 2) or restart the VM.
     #[arg(long, default_value = "exit", value_name = "POLICY")]
     reboot: RebootPolicy,
+    /// A virtio disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID] (repeatable;
+    /// the first is the guest's /dev/vda).
+    #[arg(long = "disk", value_name = "OPTIONS")]
+    disks: Vec<DiskConfig>,
+    /// A virtio network card on a tap: tap=NAME[,mac=52:54:00:12:34:56] (repeatable).
+    #[arg(long = "net", value_name = "OPTIONS")]
+    nets: Vec<NetConfig>,
+    /// A virtio entropy device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
 }
 
 /// The kernel command line used when the user gives a kernel but no `--cmdline`.
@@ -87,6 +116,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Image(ImageCommand::Pull(args)) => image_pull(args),
+        Command::Image(ImageCommand::Create(args)) => image_create(args),
     };
     match result {
         Ok(code) => code,
@@ -115,6 +145,7 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         memory: args.memory,
         accel: args.accel,
         reboot: args.reboot,
+        virtio: VirtioConfig { disks: args.disks, nets: args.nets, rng: args.rng },
     };
     let reason = vmr_vmm::run(&config)?;
     vmr_vmm::console::restore_terminal();
@@ -137,6 +168,34 @@ fn image_pull(args: PullArgs) -> Result<i32, Box<dyn Error>> {
     Ok(0)
 }
 
+fn image_create(args: CreateArgs) -> Result<i32, Box<dyn Error>> {
+    let default = if args.backing.is_some() { ImageFormat::Qcow2 } else { ImageFormat::Raw };
+    let format = args.format.unwrap_or(default);
+    vmr_block::create(&args.file, format, args.size, args.backing.as_deref())?;
+    Ok(0)
+}
+
+/// Parses an image size: bytes, or a number with a K, M, G or T suffix (powers of 1024).
+fn parse_image_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(digits_end);
+    let shift = match suffix.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("'{text}' is not a size like 10G, 512M or 1048576")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|v| v.checked_mul(1u64 << shift))
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("'{text}' is not a size like 10G, 512M or 1048576"))
+}
+
 /// "outer: inner: innermost", skipping a source whose text the outer message already holds.
 fn error_chain(e: &dyn Error) -> String {
     let mut text = e.to_string();
@@ -150,4 +209,52 @@ fn error_chain(e: &dyn Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_sizes() {
+        assert_eq!(parse_image_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_image_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_image_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_image_size("2GiB"), Ok(2 << 30));
+        for bad in ["", "0", "1.5G", "12Q", "-1", "99999999999T"] {
+            assert!(parse_image_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_options_reach_the_vm_config() {
+        let cli = Cli::try_parse_from([
+            "vmr",
+            "run",
+            "--kernel",
+            "k",
+            "--disk",
+            "path=a.img,readonly=on",
+            "--disk",
+            "path=b.qcow2",
+            "--net",
+            "tap=tap0",
+            "--rng",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert_eq!(args.disks.len(), 2);
+        assert!(args.disks[0].read_only);
+        assert_eq!(args.nets[0].tap, "tap0");
+        assert!(args.rng);
+        let err = Cli::try_parse_from(["vmr", "run", "--disk", "readonly=on"]).err().unwrap().to_string();
+        assert!(err.contains("--disk needs path=FILE"), "{err}");
+    }
+
+    #[test]
+    fn image_create_needs_a_size_or_a_backing_file() {
+        assert!(Cli::try_parse_from(["vmr", "image", "create", "x.img"]).is_err());
+        assert!(Cli::try_parse_from(["vmr", "image", "create", "-b", "base.raw", "x.qcow2"]).is_ok());
+        assert!(Cli::try_parse_from(["vmr", "image", "create", "-f", "qcow2", "x.qcow2", "1G"]).is_ok());
+    }
 }

@@ -6,6 +6,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::devices::VirtioConfig;
+
 /// Which execution backend runs the guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +64,9 @@ pub struct VmConfig {
     pub memory: u64,
     pub accel: Accel,
     pub reboot: RebootPolicy,
+    /// Disks, network cards and the entropy device (virtio-mmio).
+    #[serde(default)]
+    pub virtio: VirtioConfig,
 }
 
 impl VmConfig {
@@ -141,6 +146,7 @@ mod tests {
             memory: 256 << 20,
             accel: Accel::Kvm,
             reboot: RebootPolicy::Exit,
+            virtio: VirtioConfig::default(),
         };
         assert!(c.validate().is_ok());
         c.vcpus = 0;

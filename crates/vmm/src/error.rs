@@ -29,6 +29,8 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Devices(#[from] crate::devices::DeviceError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }

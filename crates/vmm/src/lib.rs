@@ -7,6 +7,7 @@
 mod accel;
 pub mod config;
 pub mod console;
+pub mod devices;
 mod error;
 mod machine;
 mod vcpu;

@@ -136,6 +136,8 @@ impl PreparedBoot {
     pub fn new(config: &VmConfig) -> Result<Self, VmmError> {
         check_host_memory(config.memory)?;
         let memory = vmr_arch::create_guest_memory(config.memory)?;
+        // The slots `Machine::build` fills, described in the DSDT.
+        let virtio_mmio = vmr_arch::virtio_mmio_slots(config.virtio.count())?;
         let boot = vmr_arch::configure_system(
             &memory,
             &vmr_arch::MachineConfig {
@@ -143,7 +145,7 @@ impl PreparedBoot {
                 kernel: config.kernel.clone(),
                 initrd: config.initrd.clone(),
                 cmdline: config.cmdline.clone(),
-                virtio_mmio: Vec::new(),
+                virtio_mmio,
             },
         )?;
         Ok(PreparedBoot { memory, boot })
@@ -160,6 +162,8 @@ impl Machine {
     ) -> Result<Self, VmmError> {
         let PreparedBoot { memory, boot } = prepared;
         check_host_limits(config, hv)?;
+        // Images and taps first: a missing or locked image fails before anything is built.
+        let virtio = crate::devices::open_devices(&config.virtio)?;
         let vm = hv.create_vm(&HvVmConfig { vcpus: config.vcpus })?;
         vm.set_memory(&memory)?;
 
@@ -167,6 +171,7 @@ impl Machine {
         let mmio = Arc::new(Bus::new());
         let exit = exit_requester(events.sender());
         let serial = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
+        crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio)?;
 
         let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio });
         let supported = hv.supported_cpuid()?;

@@ -1,0 +1,159 @@
+//! The machine's virtio devices: opening their backends (images, taps), placing each behind a
+//! virtio-mmio transport on the MMIO bus, and wiring its notifications (ioeventfd) and its
+//! interrupt (irqfd).
+//!
+//! Devices are announced to the guest in the DSDT (`LNRO0005` entries from
+//! [`vmr_arch::MachineConfig::virtio_mmio`]), not with `virtio_mmio.device=` on the command line:
+//! Debian's kernels are built without `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`, and describing a
+//! device both ways would probe it twice.
+//!
+//! Lifetime: the transports live on the MMIO bus, which only the vCPUs' `VmOps` hold. When the
+//! machine ends, the vCPU threads end, the bus is dropped, and each transport's drop stops and
+//! joins its device worker and closes its image (releasing the image lock) and tap. A rebuilt
+//! machine (`--reboot restart`) therefore reopens everything from scratch.
+
+pub mod options;
+
+pub use vmr_virtio::block::DiskConfig;
+pub use vmr_virtio::net::NetConfig;
+/// Disk images: `vmr image create` is [`vmr_block::create`].
+pub use vmr_virtio::vmr_block;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+use vmr_arch::{layout, MmioDeviceInfo};
+use vmr_devices::{Bus, BusError};
+use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
+use vmr_virtio::block::{Block, BlockDeviceError};
+use vmr_virtio::net::{Net, TapError};
+use vmr_virtio::rng::Rng;
+use vmr_virtio::{Interrupt, IrqTrigger, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+
+/// Why the virtio devices could not be set up (each one line, before the guest starts).
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Disk(#[from] BlockDeviceError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("{count} virtio devices requested; the machine has room for {max}")]
+    TooMany { count: usize, max: usize },
+    #[error("cannot create the virtio-mmio transport of {name}: {source}")]
+    Transport {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot register the {what} of {name}: {source}")]
+    Register {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: HypervisorError,
+    },
+    #[error("cannot place {name} on the MMIO bus: {source}")]
+    Bus {
+        name: String,
+        #[source]
+        source: BusError,
+    },
+}
+
+/// The virtio devices a VM is given, as the user asked for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VirtioConfig {
+    /// `--disk`, in order: the first is the guest's `/dev/vda`.
+    pub disks: Vec<DiskConfig>,
+    /// `--net`, in order.
+    pub nets: Vec<NetConfig>,
+    /// `--rng`.
+    pub rng: bool,
+}
+
+impl VirtioConfig {
+    /// Number of devices (and virtio-mmio slots) this config needs.
+    pub fn count(&self) -> usize {
+        self.disks.len() + self.nets.len() + usize::from(self.rng)
+    }
+}
+
+/// A device with its backend open, not yet on a bus.
+pub struct OpenDevice {
+    /// What error messages and logs call it (`disk0 (root.img)`, `net0 (tap0)`, `rng0`).
+    pub name: String,
+    pub device: Box<dyn VirtioDevice>,
+}
+
+/// Opens every backend: images (taking their locks) and taps. Disks come first, then network
+/// cards, then the rng, which is the order of their MMIO slots.
+pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceError> {
+    let max = layout::VIRTIO_MMIO_MAX_DEVICES;
+    if config.count() > max {
+        return Err(DeviceError::TooMany { count: config.count(), max });
+    }
+    let mut devices = Vec::with_capacity(config.count());
+    for (i, disk) in config.disks.iter().enumerate() {
+        let device = Block::new(disk, i)?;
+        devices.push(OpenDevice {
+            name: format!("disk{i} ({})", disk.path.display()),
+            device: Box::new(device),
+        });
+    }
+    for (i, net) in config.nets.iter().enumerate() {
+        let device = Net::new(net, i)?;
+        devices.push(OpenDevice { name: format!("net{i} ({})", net.tap), device: Box::new(device) });
+    }
+    if config.rng {
+        devices.push(OpenDevice { name: "rng0".into(), device: Box::new(Rng::new(0)) });
+    }
+    Ok(devices)
+}
+
+/// Puts each device behind a transport in the next virtio-mmio slot: bus window, one ioeventfd
+/// per queue on QueueNotify (datamatch = queue index), one irqfd on the slot's GSI. Returns the
+/// slots to describe in the DSDT.
+pub fn attach_devices(
+    vm: &dyn Vm,
+    mem: &GuestMemory,
+    mmio: &Bus,
+    devices: Vec<OpenDevice>,
+) -> Result<Vec<MmioDeviceInfo>, DeviceError> {
+    let slots = vmr_arch::virtio_mmio_slots(devices.len())
+        .map_err(|_| DeviceError::TooMany { count: devices.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
+    for (dev, slot) in devices.into_iter().zip(&slots) {
+        attach_one(vm, mem, mmio, dev, slot)?;
+    }
+    Ok(slots)
+}
+
+fn attach_one(
+    vm: &dyn Vm,
+    mem: &GuestMemory,
+    mmio: &Bus,
+    dev: OpenDevice,
+    slot: &MmioDeviceInfo,
+) -> Result<(), DeviceError> {
+    let OpenDevice { name, device } = dev;
+    let transport_err = |source| DeviceError::Transport { name: name.clone(), source };
+    let register_err =
+        |what: &'static str, source| DeviceError::Register { what, name: name.clone(), source };
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(transport_err)?;
+    vm.register_irqfd(&irqfd, slot.irq).map_err(|e| register_err("interrupt (irqfd)", e))?;
+    let interrupt = Arc::new(Interrupt::new(IrqTrigger::EventFd(irqfd)));
+    let transport = MmioTransport::new(mem.clone(), device, interrupt).map_err(transport_err)?;
+    let notify = IoEventAddress::Mmio(slot.addr.0 + QUEUE_NOTIFY_OFFSET);
+    for (queue, evt) in transport.queue_evts().iter().enumerate() {
+        vm.register_ioevent(evt, notify, Some(queue as u64))
+            .map_err(|e| register_err("queue notification (ioeventfd)", e))?;
+    }
+    mmio.insert(Arc::new(Mutex::new(transport)), slot.addr.0, MMIO_WINDOW_SIZE)
+        .map_err(|source| DeviceError::Bus { name: name.clone(), source })?;
+    tracing::info!("virtio-mmio: {name} at {:#x}, irq {}", slot.addr.0, slot.irq);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! The device options as text (`path=a.img,readonly=on`), the same syntax as the CLI's: how a
+//! [`VirtioConfig`] is serialized, so a saved config reads like the command line that made it.
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use vmr_virtio::block::DiskConfig;
+use vmr_virtio::net::NetConfig;
+
+use super::VirtioConfig;
+
+/// `--disk` text for `disk` (parses back to the same config).
+pub fn disk_option(disk: &DiskConfig) -> String {
+    let mut text = format!("path={}", disk.path.display());
+    if disk.read_only {
+        text.push_str(",readonly=on");
+    }
+    if let Some(format) = disk.format {
+        text.push_str(&format!(",format={format}"));
+    }
+    if let Some(serial) = &disk.serial {
+        text.push_str(&format!(",serial={serial}"));
+    }
+    text
+}
+
+/// `--net` text for `net` (parses back to the same config).
+pub fn net_option(net: &NetConfig) -> String {
+    let mut text = format!("tap={}", net.tap);
+    if let Some(mac) = net.mac {
+        let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        text.push_str(&format!(",mac={}", hex.join(":")));
+    }
+    text
+}
+
+#[derive(Serialize, Deserialize)]
+struct Repr {
+    #[serde(default)]
+    disks: Vec<String>,
+    #[serde(default)]
+    nets: Vec<String>,
+    #[serde(default)]
+    rng: bool,
+}
+
+impl Serialize for VirtioConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Repr {
+            disks: self.disks.iter().map(disk_option).collect(),
+            nets: self.nets.iter().map(net_option).collect(),
+            rng: self.rng,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for VirtioConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let repr = Repr::deserialize(d)?;
+        let disks =
+            repr.disks.iter().map(|t| t.parse().map_err(D::Error::custom)).collect::<Result<_, _>>()?;
+        let nets = repr.nets.iter().map(|t| t.parse().map_err(D::Error::custom)).collect::<Result<_, _>>()?;
+        Ok(VirtioConfig { disks, nets, rng: repr.rng })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_through_text_and_json() {
+        let config = VirtioConfig {
+            disks: vec![
+                "path=/img/root.qcow2,readonly=on,format=qcow2,serial=root-1".parse().unwrap(),
+                "path=data.img".parse().unwrap(),
+            ],
+            nets: vec!["tap=tap0,mac=52:54:00:ab:cd:ef".parse().unwrap(), "tap=tap1".parse().unwrap()],
+            rng: true,
+        };
+        assert_eq!(
+            disk_option(&config.disks[0]),
+            "path=/img/root.qcow2,readonly=on,format=qcow2,serial=root-1"
+        );
+        assert_eq!(net_option(&config.nets[0]), "tap=tap0,mac=52:54:00:ab:cd:ef");
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(json.contains("\"path=data.img\""), "{json}");
+        let back: VirtioConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn bad_option_text_is_a_deserialization_error() {
+        let err = serde_json::from_str::<VirtioConfig>(r#"{"disks":["readonly=on"]}"#).unwrap_err();
+        assert!(err.to_string().contains("--disk needs path=FILE"), "{err}");
+        let empty: VirtioConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, VirtioConfig::default());
+    }
+}
