@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::block::BlockState;
 use crate::net::NetState;
 use crate::rng::RngState;
+use crate::vsock::VsockState;
 use crate::{GuestMemory, Interrupt};
 
 /// Everything a device needs to start serving its queues.
@@ -63,4 +64,5 @@ pub enum DeviceState {
     Block(BlockState),
     Net(NetState),
     Rng(RngState),
+    Vsock(VsockState),
 }

@@ -68,6 +68,7 @@ mod queue;
 pub mod rng;
 #[cfg(test)]
 mod testutil;
+pub mod vsock;
 mod worker;
 
 pub use device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
@@ -85,6 +86,7 @@ pub mod device_type {
     pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const RNG: u32 = 4;
+    pub const VSOCK: u32 = 19;
 }
 
 /// Feature bits shared by all devices (virtio 1.2, 6).
