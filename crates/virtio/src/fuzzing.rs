@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueState, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 use vmr_block::{BlockError, DiskImage, ImageFormat};
 use vmr_devices::BusDevice;
@@ -133,6 +133,42 @@ pub fn rng(data: &[u8]) {
     crate::queue::drain(&mut q, &mem, &irq, |chain| crate::rng::RngHandler::fill(&mem, &mut buf, chain));
 }
 
+/// virtio-vsock: arbitrary guest memory, transmit queue (config from the first 8 bytes) and
+/// receive queue (the next 8), through a live muxer whose listening socket is in the temp dir
+/// (guest connects find no `_PORT` listener and are refused).
+pub fn vsock(data: &[u8]) {
+    use crate::vsock::handler::{receive_chain, transmit_chain};
+    let mem = memory(data);
+    let Some(mut tx) = queue(data, &mem) else { return };
+    let Some(mut rx) = queue(data.get(8..).unwrap_or(&[]), &mem) else { return };
+    let Some(mut muxer) = crate::vsock::fuzz_muxer(3) else { return };
+    let irq = interrupt();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        let (m, b) = (&mut muxer, &mut buf);
+        if crate::queue::drain(&mut tx, &mem, &irq, |chain| transmit_chain(&mem, m, b, chain))
+            == Drained::Broken
+        {
+            return;
+        }
+        for _ in 0..crate::queue::BUDGET {
+            let chain = match rx.iter(&mem) {
+                Ok(mut it) => it.next(),
+                Err(_) => return,
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let Some(len) = receive_chain(&mem, &mut muxer, &mut buf, chain) else {
+                rx.go_to_previous_position();
+                break;
+            };
+            if rx.add_used(&mem, head, len).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// A device that serves its queue synchronously inside `activate` (rng semantics), so the
 /// transport fuzzer needs no threads.
 struct SyncRng {
@@ -247,6 +283,11 @@ mod tests {
     #[test]
     fn rng_random_inputs() {
         run(super::rng, 3000, 0x0fed_cba9_8765_4321);
+    }
+
+    #[test]
+    fn vsock_random_inputs() {
+        run(super::vsock, 2000, 0x7777_1111_2222_9999);
     }
 
     #[test]

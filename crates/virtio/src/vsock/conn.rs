@@ -50,6 +50,9 @@ pub(crate) struct Conn {
     pub peer_fwd_cnt: u32,
     /// Guest -> host bytes not yet written to the socket.
     pub to_host: VecDeque<u8>,
+    /// Bytes at the front of `to_host` that vmr wrote itself (the `OK <port>\n` line): not
+    /// the guest's, so not counted in `fwd_cnt` nor against its credit.
+    pub own_bytes: usize,
     /// Guest -> host bytes written to the socket.
     pub fwd_cnt: u32,
     /// `fwd_cnt` as last told to the guest.
@@ -82,6 +85,7 @@ impl Conn {
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
             to_host: VecDeque::new(),
+            own_bytes: 0,
             fwd_cnt: 0,
             last_fwd_cnt_sent: 0,
             credit_update_wanted: false,
@@ -187,9 +191,9 @@ impl Conn {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.to_host.drain(..n);
-                    if self.state == State::Established {
-                        self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
-                    }
+                    let own = n.min(self.own_bytes);
+                    self.own_bytes -= own;
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add((n - own) as u32);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -201,6 +205,11 @@ impl Conn {
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
         Ok(())
+    }
+
+    /// Guest bytes held for the host socket.
+    pub(crate) fn guest_bytes_held(&self) -> usize {
+        self.to_host.len() - self.own_bytes
     }
 
     /// Reads the `CONNECT <port>\n` line one byte at a time, so no stream byte after it is taken.

@@ -21,8 +21,8 @@
 
 mod config;
 mod conn;
-mod handler;
-mod muxer;
+pub(crate) mod handler;
+pub(crate) mod muxer;
 pub mod packet;
 #[cfg(test)]
 mod tests;
@@ -64,6 +64,15 @@ pub struct VsockState {
     pub cid: u64,
     pub socket: PathBuf,
     pub acked_features: u64,
+}
+
+/// A muxer with cid `cid` listening on a fresh path in the temp dir (fuzzing: no worker).
+pub(crate) fn fuzz_muxer(cid: u64) -> Option<Muxer> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = format!("vmr-vsock-fuzz-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let host = HostSocket::bind(&std::env::temp_dir().join(name)).ok()?;
+    Muxer::new(cid, host).ok()
 }
 
 /// The listening host socket; the path is removed when it is dropped.

@@ -221,13 +221,14 @@ impl Muxer {
                 conn.state = State::Established;
                 let ok = format!("OK {}\n", conn.local_port);
                 conn.to_host.extend(ok.as_bytes());
+                conn.own_bytes = conn.to_host.len();
                 if conn.flush_host().is_err() {
                     return self.kill(token);
                 }
             }
             OP_RW if conn.state == State::Established && conn.guest_shut & SHUTDOWN_SEND == 0 => {
                 // The guest must respect the credit we advertised.
-                if conn.to_host.len() + payload.len() > BUF_ALLOC as usize {
+                if conn.guest_bytes_held() + payload.len() > BUF_ALLOC as usize {
                     tracing::debug!("vsock: guest exceeded its credit on port {}", hdr.src_port);
                     return self.kill(token);
                 }
@@ -323,8 +324,11 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return tracing::warn!("vsock: accept failed: {e}"),
             };
-            if self.conns.len() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
-                tracing::debug!("vsock: host connection refused (table full)");
+            // Also refused while the guest does not take the packets queued for it: each
+            // client costs up to two (REQUEST, RST) whatever the guest does.
+            let full = self.conns.len() >= MAX_CONNECTIONS || self.control_pending >= MAX_PENDING_CONTROL;
+            if full || stream.set_nonblocking(true).is_err() {
+                tracing::debug!("vsock: host connection refused (table or queue full)");
                 continue;
             }
             let token = self.insert(Conn::new(stream, State::AwaitingConnect(Vec::new()), 0, 0), false);

@@ -216,6 +216,7 @@ fn host_initiated_stream_carries_data_both_ways_and_closes() {
     client.shutdown(std::net::Shutdown::Write).unwrap();
     let (h, _) = g.recv();
     assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+    assert_eq!(h.fwd_cnt, 5, "only the guest's bytes count, not the OK line");
     g.send(g.hdr(1234, port, OP_RW), b"late");
     assert_eq!(read_exact_timeout(&mut client, 4), b"late");
     // Guest closes: the host sees EOF, the guest gets the RST it waits for.
@@ -275,6 +276,36 @@ fn guest_initiated_stream_to_a_listening_port() {
     g.expect_nothing();
     g.send(g.hdr(1000, 52, OP_RW), b"x");
     assert_eq!(g.recv().0.op, OP_RST);
+}
+
+#[test]
+fn everything_a_host_client_sent_before_closing_reaches_the_guest() {
+    let mut g = Guest::new();
+    let (client, port) = g.host_connect(77);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let data = data.clone();
+        let mut client = client;
+        std::thread::spawn(move || {
+            client.write_all(&data).unwrap();
+        }) // the client is closed when the thread ends
+    };
+    let mut got = Vec::new();
+    let shutdown = loop {
+        let (h, d) = g.recv();
+        assert_eq!(h.dst_port, 77);
+        if h.op != OP_RW {
+            break h;
+        }
+        got.extend(d);
+        // The guest application reads everything at once and says so.
+        g.fwd_cnt = got.len() as u32;
+        g.send(g.hdr(77, port, OP_CREDIT_UPDATE), &[]);
+    };
+    writer.join().unwrap();
+    assert_eq!((shutdown.op, shutdown.flags), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "stream corrupted");
 }
 
 #[test]
