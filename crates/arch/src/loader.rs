@@ -5,7 +5,7 @@
 //! truncated file or a too-small guest gets a precise error instead of a generic read failure.
 
 use std::fs::File;
-use std::io::{Cursor, Read};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use linux_loader::loader::bootparam::setup_header;
@@ -83,14 +83,55 @@ pub fn detect_format(image: &[u8]) -> Option<KernelFormat> {
 
 /// Loads the kernel at `path` into `mem`: an ELF at its physical addresses (PVH entry if it has
 /// the note, else its 64-bit entry), a bzImage's protected-mode part at 1 MiB.
+///
+/// Only the headers are read into VMM memory; segments go straight from the file into guest
+/// memory, so loading a 60+ MiB vmlinux costs no heap (it would count against the VMM's
+/// memory overhead and double the page faults of the boot).
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel> {
-    let image = std::fs::read(path).map_err(|source| ArchError::KernelRead { path: path.into(), source })?;
+    let read_err = |source| ArchError::KernelRead { path: path.into(), source };
+    let mut file = File::open(path).map_err(read_err)?;
+    let len = file.metadata().map_err(read_err)?.len();
+    let mut head = read_head(&mut file, HEAD_SIZE).map_err(read_err)?;
     let mem_size = crate::memory_size(mem);
-    match detect_format(&image) {
-        Some(KernelFormat::Elf) => load_elf(mem, mem_size, path, &image),
-        Some(KernelFormat::BzImage) => load_bzimage(mem, mem_size, path, &image),
-        None => Err(ArchError::NotAKernel { path: path.into() }),
+    let format = detect_format(&head).ok_or_else(|| ArchError::NotAKernel { path: path.into() })?;
+    if format == KernelFormat::Elf {
+        // The program header table may lie past the first block.
+        if let Some(end) = elf_phdr_end(&head).filter(|&end| end > head.len() as u64 && end <= MAX_ELF_HEAD) {
+            file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+            head = read_head(&mut file, end).map_err(read_err)?;
+        }
     }
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let image = KernelFile { head: &head, len, file: &mut file };
+    match format {
+        KernelFormat::Elf => load_elf(mem, mem_size, path, image),
+        KernelFormat::BzImage => load_bzimage(mem, mem_size, path, image),
+    }
+}
+
+/// How much of a kernel file is read to detect and check it.
+const HEAD_SIZE: u64 = 64 * 1024;
+/// An ELF whose program headers end beyond this is refused as malformed.
+const MAX_ELF_HEAD: u64 = 1 << 20;
+
+/// The headers of a kernel file, its length, and the file to load the rest from.
+struct KernelFile<'a> {
+    head: &'a [u8],
+    len: u64,
+    file: &'a mut File,
+}
+
+fn read_head(file: &mut File, size: u64) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    file.take(size).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// End offset of an ELF's program header table, from its header.
+fn elf_phdr_end(head: &[u8]) -> Option<u64> {
+    let phoff = read_u64(head, 0x20)?;
+    let phnum = u64::from(read_u16(head, 0x38)?);
+    phnum.checked_mul(56)?.checked_add(phoff)
 }
 
 fn read_u16(b: &[u8], off: usize) -> Option<u16> {
@@ -106,7 +147,7 @@ fn read_u64(b: &[u8], off: usize) -> Option<u64> {
 }
 
 /// Checks an ELF's headers against the file and the memory; returns the end of its segments.
-fn check_elf(image: &[u8], path: &Path, mem_size: u64) -> Result<u64> {
+fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<u64> {
     let truncated = |what: String| ArchError::TruncatedKernel { path: path.into(), format: "ELF", what };
     let unsupported =
         |reason: &str| ArchError::UnsupportedKernel { path: path.into(), reason: reason.into() };
@@ -123,7 +164,7 @@ fn check_elf(image: &[u8], path: &Path, mem_size: u64) -> Result<u64> {
         return Err(unsupported("the ELF has no usable program headers"));
     }
     let table_end = phnum.checked_mul(56).and_then(|n| n.checked_add(phoff));
-    if table_end.is_none_or(|end| end > image.len() as u64) {
+    if table_end.is_none_or(|end| end > file_len) {
         return Err(truncated("the program header table lies past the end of the file".into()));
     }
     let mut kernel_end = 0u64;
@@ -134,7 +175,7 @@ fn check_elf(image: &[u8], path: &Path, mem_size: u64) -> Result<u64> {
             continue; // only PT_LOAD segments occupy memory
         }
         let (offset, paddr, filesz, memsz) = (field(8), field(0x18), field(0x20), field(0x28));
-        if offset.checked_add(filesz).is_none_or(|end| end > image.len() as u64) {
+        if offset.checked_add(filesz).is_none_or(|end| end > file_len) {
             return Err(truncated(format!("segment {i} lies past the end of the file")));
         }
         if paddr < HIMEM_START {
@@ -153,9 +194,9 @@ fn check_elf(image: &[u8], path: &Path, mem_size: u64) -> Result<u64> {
     Ok(kernel_end)
 }
 
-fn load_elf(mem: &GuestMemory, mem_size: u64, path: &Path, image: &[u8]) -> Result<LoadedKernel> {
-    let kernel_end = check_elf(image, path, mem_size)?;
-    let result = Elf::load(mem, None, &mut Cursor::new(image), Some(GuestAddress(HIMEM_START)))
+fn load_elf(mem: &GuestMemory, mem_size: u64, path: &Path, kernel: KernelFile) -> Result<LoadedKernel> {
+    let kernel_end = check_elf(kernel.head, kernel.len, path, mem_size)?;
+    let result = Elf::load(mem, None, kernel.file, Some(GuestAddress(HIMEM_START)))
         .map_err(|source| ArchError::KernelLoad { path: path.into(), source })?;
     let (protocol, entry) = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => (BootProtocol::Pvh, addr),
@@ -169,7 +210,8 @@ fn align_up(v: u64, align: u64) -> Option<u64> {
     v.checked_add(align - 1).map(|x| x / align * align)
 }
 
-fn load_bzimage(mem: &GuestMemory, mem_size: u64, path: &Path, image: &[u8]) -> Result<LoadedKernel> {
+fn load_bzimage(mem: &GuestMemory, mem_size: u64, path: &Path, kernel: KernelFile) -> Result<LoadedKernel> {
+    let image = kernel.head;
     let truncated = |what: String| ArchError::TruncatedKernel { path: path.into(), format: "bzImage", what };
     let unsupported = |reason: String| ArchError::UnsupportedKernel { path: path.into(), reason };
     let version = read_u16(image, 0x206).ok_or_else(|| truncated("the setup header is incomplete".into()))?;
@@ -188,8 +230,8 @@ fn load_bzimage(mem: &GuestMemory, mem_size: u64, path: &Path, image: &[u8]) -> 
     };
     let syssize = u64::from(read_u32(image, 0x1f4).unwrap_or(0));
     let expected = (setup_sects + 1) * 512 + syssize * 16;
-    if (image.len() as u64) < expected {
-        return Err(truncated(format!("{} bytes, the header describes {expected}", image.len())));
+    if kernel.len < expected {
+        return Err(truncated(format!("{} bytes, the header describes {expected}", kernel.len)));
     }
     let kernel_alignment = u64::from(read_u32(image, 0x230).unwrap_or(0));
     let pref_address = read_u64(image, 0x258).unwrap_or(0);
@@ -197,11 +239,11 @@ fn load_bzimage(mem: &GuestMemory, mem_size: u64, path: &Path, image: &[u8]) -> 
     // A relocatable kernel decompresses at the load address aligned up, but never below its
     // preferred address; it needs init_size bytes from there.
     let run_addr = align_up(HIMEM_START, kernel_alignment).unwrap_or(HIMEM_START).max(pref_address);
-    let kernel_end = run_addr.saturating_add(init_size).max(HIMEM_START + image.len() as u64);
+    let kernel_end = run_addr.saturating_add(init_size).max(HIMEM_START.saturating_add(kernel.len));
     if kernel_end > low_ram_end(mem_size) {
         return Err(ArchError::MemoryTooSmallForKernel { mem_mib: mem_size / MIB, needed_end: kernel_end });
     }
-    let result = BzImage::load(mem, None, &mut Cursor::new(image), Some(GuestAddress(HIMEM_START)))
+    let result = BzImage::load(mem, None, kernel.file, Some(GuestAddress(HIMEM_START)))
         .map_err(|source| ArchError::KernelLoad { path: path.into(), source })?;
     let entry = GuestAddress(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET);
     Ok(LoadedKernel {
@@ -250,13 +292,9 @@ pub fn load_initrd(mem: &GuestMemory, path: &Path, kernel: &LoadedKernel) -> Res
     let size = file.metadata().map_err(read_err)?.len();
     let mem_size = crate::memory_size(mem);
     let addr = place_initrd(size, kernel.kernel_end, initrd_limit(kernel, mem_size), mem_size)?;
-    let mut data = Vec::with_capacity(size as usize);
-    file.read_to_end(&mut data).map_err(read_err)?;
-    if data.len() as u64 != size {
-        let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file changed size while being read");
-        return Err(read_err(e));
-    }
-    mem.write_slice(&data, addr).map_err(write_err("initrd"))?;
+    // Straight from the file into guest memory: no copy of the initrd on the VMM's heap.
+    let len = usize::try_from(size).unwrap_or(usize::MAX);
+    mem.read_exact_volatile_from(addr, &mut file, len).map_err(write_err("initrd"))?;
     Ok(InitrdInfo { addr, size })
 }
 
