@@ -21,6 +21,7 @@
 //! let blk = vmr_virtio::block::Block::new(&disk, 0)?;        // opens + locks the image
 //! let net = vmr_virtio::net::Net::new(&"tap=tap0".parse()?, 0)?;  // opens the tap
 //! let rng = vmr_virtio::rng::Rng::new(0);
+//! let vsock = vmr_virtio::vsock::Vsock::new(&"cid=3,socket=/run/v.sock".parse()?, 0)?; // binds
 //! // 2. Per device: interrupt, transport, bus, ioeventfds, cmdline.
 //! let (base, gsi) = vmr_arch::layout::virtio_mmio_device(i)?;
 //! let irqfd = EventFd::new(EFD_NONBLOCK)?;
@@ -41,8 +42,9 @@
 //! # Threading
 //!
 //! Each activated device runs one worker thread (`vmr-virtio-blk0`, `vmr-virtio-net0`,
-//! `vmr-virtio-rng0`; the number is the `index` given at construction) that waits with epoll on
-//! its queue EventFds, a stop EventFd and, for net, the tap. The vCPU thread only writes an EventFd (or KVM does,
+//! `vmr-virtio-rng0`, `vmr-virtio-vsock0`; the number is the `index` given at construction) that
+//! waits with epoll on its queue EventFds, a stop EventFd and, for net, the tap (for vsock, an
+//! epoll fd holding its sockets). The vCPU thread only writes an EventFd (or KVM does,
 //! for ioeventfd), so a slow disk never stalls a vCPU, and one device's hang or hostile guest
 //! queue cannot delay another device. One thread per device rather than a shared event loop
 //! (rust-vmm `event-manager`) because the block device does blocking file I/O (fdatasync can take

@@ -143,8 +143,11 @@ impl Muxer {
         // A closed socket is not polled (its HUP would fire for ever): what it still holds
         // is read here, as the guest makes room.
         while conn.host_closed && !conn.host_eof && conn.read_room() > 0 {
-            if conn.read_host(&mut self.scratch).is_err() {
-                conn.host_eof = true;
+            let before = conn.to_guest.len();
+            match conn.read_host(&mut self.scratch) {
+                Ok(_) if conn.host_eof || conn.to_guest.len() > before => {}
+                // No progress (not expected from a closed peer): give up on the rest.
+                _ => conn.host_eof = true,
             }
         }
         if conn.finished() {

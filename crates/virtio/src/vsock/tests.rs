@@ -193,7 +193,10 @@ fn read_exact_timeout(s: &mut UnixStream, n: usize) -> Vec<u8> {
 fn is_eof(s: &mut UnixStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut b = [0u8; 16];
-    matches!(s.read(&mut b), Ok(0) | Err(_))
+    match s.read(&mut b) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset, // not a timeout
+    }
 }
 
 #[test]
@@ -499,4 +502,44 @@ fn random_packets_never_break_the_device() {
     let mut host = g.guest_connect(&listener, 4000, 99);
     g.send(g.hdr(4000, 99, OP_RW), b"still");
     assert_eq!(read_exact_timeout(&mut host, 5), b"still");
+}
+
+#[test]
+fn guest_that_stops_reading_pushes_back_on_the_host_client() {
+    let mut g = Guest::new();
+    g.buf_alloc = u32::MAX; // claims endless room, but posts no more receive buffers
+    let (client, _) = g.host_connect(90);
+    client.set_nonblocking(true).unwrap();
+    let chunk = [3u8; 4096];
+    let mut accepted = 0usize;
+    let mut idle_since = Instant::now();
+    // Write until the host socket stays full for a while: vmr stopped reading.
+    while idle_since.elapsed() < Duration::from_millis(300) {
+        match (&client).write(&chunk) {
+            Ok(n) => {
+                accepted += n;
+                idle_since = Instant::now();
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+        assert!(accepted < 8 << 20, "vmr keeps reading: {accepted} bytes");
+    }
+    // Guest buffers (32 x 4 KiB) + read-ahead + the socket's own buffer, nothing unbounded.
+    assert!(accepted >= TO_GUEST_CAP, "{accepted}");
+}
+
+#[test]
+fn connection_table_is_bounded() {
+    let g = Guest::new();
+    let clients: Vec<UnixStream> =
+        (0..MAX_CONNECTIONS).map(|_| UnixStream::connect(&g.path).unwrap()).collect();
+    let mut extra = UnixStream::connect(&g.path).unwrap();
+    assert!(is_eof(&mut extra), "connection beyond the limit kept");
+    // Freeing a slot lets a new client in.
+    drop(clients);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = UnixStream::connect(&g.path).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut b = [0u8; 1];
+    assert!(matches!(c.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
 }
