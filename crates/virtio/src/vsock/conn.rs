@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -71,6 +72,9 @@ pub(crate) struct Conn {
     pub queued: bool,
     /// Events registered with the muxer's epoll (None: not registered).
     pub registered: Option<EventSet>,
+    /// When a host client that has not sent its CONNECT line, or the guest that has not
+    /// answered its REQUEST, gives up.
+    pub deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -96,6 +100,7 @@ impl Conn {
             host_write_shut: false,
             queued: false,
             registered: None,
+            deadline: None,
         }
     }
 

@@ -37,7 +37,7 @@ use vmm_sys_util::epoll::EventSet;
 
 pub use config::{VsockConfig, VsockConfigError};
 pub use conn::{BUF_ALLOC, TO_GUEST_CAP};
-pub use muxer::{MAX_CONNECTIONS, MAX_PAYLOAD, MAX_PENDING_CONTROL};
+pub use muxer::{CONNECT_TIMEOUT, MAX_CONNECTIONS, MAX_PAYLOAD, MAX_PENDING_CONTROL};
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
 use crate::worker::Worker;

@@ -7,8 +7,10 @@ use std::io;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::conn::{Conn, ConnectLine, State, BUF_ALLOC};
 use super::packet::*;
@@ -23,7 +25,13 @@ pub const MAX_PENDING_CONTROL: usize = 1024;
 pub const MAX_PAYLOAD: usize = 64 << 10;
 /// First port given to host-initiated connections (as Firecracker).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// How long a host client may take to send `CONNECT <port>\n`, and the guest to answer the
+/// REQUEST that follows (Firecracker's 2 s): then the client is closed (and the guest reset).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline check period while any deadline is pending.
+const TIMER_TICK: Duration = Duration::from_millis(250);
 const LISTENER_TOKEN: u64 = 0;
+const TIMER_TOKEN: u64 = u64::MAX;
 const EVENTS_PER_POLL: usize = 32;
 
 enum RxItem {
@@ -37,6 +45,9 @@ pub(crate) struct Muxer {
     cid: u64,
     host: HostSocket,
     epoll: Epoll,
+    /// Ticks while a connection has a deadline.
+    timer: TimerFd,
+    timer_armed: bool,
     conns: HashMap<u64, Conn>,
     /// (local port, peer port) -> token.
     by_ports: HashMap<(u32, u32), u64>,
@@ -85,10 +96,18 @@ impl Muxer {
             host.listener.as_raw_fd(),
             EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
         )?;
+        let timer = TimerFd::new()?;
+        // SAFETY: F_SETFL on an fd this function owns; no memory is involved.
+        if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        epoll.ctl(ControlOperation::Add, timer.as_raw_fd(), EpollEvent::new(EventSet::IN, TIMER_TOKEN))?;
         Ok(Muxer {
             cid,
             host,
             epoll,
+            timer,
+            timer_armed: false,
             conns: HashMap::new(),
             by_ports: HashMap::new(),
             rxq: VecDeque::new(),
@@ -222,6 +241,7 @@ impl Muxer {
             OP_RST => return self.remove(token, true),
             OP_RESPONSE if conn.state == State::LocalInit => {
                 conn.state = State::Established;
+                conn.deadline = None;
                 let ok = format!("OK {}\n", conn.local_port);
                 conn.to_host.extend(ok.as_bytes());
                 conn.own_bytes = conn.to_host.len();
@@ -313,6 +333,7 @@ impl Muxer {
         for ev in &events[..n] {
             match ev.data() {
                 LISTENER_TOKEN => self.accept(),
+                TIMER_TOKEN => self.expire(),
                 token => self.conn_event(token, ev.event_set()),
             }
         }
@@ -335,6 +356,7 @@ impl Muxer {
                 continue;
             }
             let token = self.insert(Conn::new(stream, State::AwaitingConnect(Vec::new()), 0, 0), false);
+            self.set_deadline(token);
             self.refresh(token);
         }
     }
@@ -377,9 +399,41 @@ impl Muxer {
         conn.local_port = local_port;
         conn.peer_port = port;
         self.by_ports.insert((local_port, port), token);
+        self.set_deadline(token);
         let request = self.header(local_port, port, OP_REQUEST);
         self.push_control(request);
         self.refresh(token);
+    }
+
+    fn set_deadline(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        conn.deadline = Some(Instant::now() + CONNECT_TIMEOUT);
+        if !self.timer_armed {
+            match self.timer.reset(TIMER_TICK, Some(TIMER_TICK)) {
+                Ok(()) => self.timer_armed = true,
+                Err(e) => tracing::warn!("vsock: cannot arm the connect timer: {e}"),
+            }
+        }
+    }
+
+    /// Closes host clients whose CONNECT line or guest answer is overdue.
+    fn expire(&mut self) {
+        let _ = self.timer.wait();
+        let now = Instant::now();
+        let overdue: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(&t, _)| t)
+            .collect();
+        for token in overdue {
+            tracing::debug!("vsock: host connection timed out before it was established");
+            self.kill(token);
+        }
+        if !self.conns.values().any(|c| c.deadline.is_some()) {
+            let _ = self.timer.clear();
+            self.timer_armed = false;
+        }
     }
 
     fn alloc_local_port(&mut self, peer_port: u32) -> u32 {

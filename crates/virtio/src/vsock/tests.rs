@@ -543,3 +543,24 @@ fn connection_table_is_bounded() {
     let mut b = [0u8; 1];
     assert!(matches!(c.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
 }
+
+#[test]
+fn silent_clients_and_unanswered_requests_time_out() {
+    let mut g = Guest::new();
+    let mut silent = UnixStream::connect(&g.path).unwrap();
+    let mut waiting = UnixStream::connect(&g.path).unwrap();
+    waiting.write_all(b"CONNECT 5\n").unwrap();
+    let (req, _) = g.recv();
+    assert_eq!(req.op, OP_REQUEST);
+    let start = Instant::now();
+    // The guest never answers: the client is closed and the guest gets an RST.
+    assert!(is_eof(&mut waiting));
+    assert!(is_eof(&mut silent));
+    let elapsed = start.elapsed();
+    assert!(elapsed >= CONNECT_TIMEOUT / 2 && elapsed < CONNECT_TIMEOUT * 3, "{elapsed:?}");
+    let (h, _) = g.recv();
+    assert_eq!((h.op, h.src_port, h.dst_port), (OP_RST, req.src_port, 5));
+    // A late RESPONSE is refused.
+    g.send(g.hdr(5, req.src_port, OP_RESPONSE), &[]);
+    assert_eq!(g.recv().0.op, OP_RST);
+}
