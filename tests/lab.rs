@@ -126,3 +126,38 @@ fn sigterm_and_sigint_stop_the_vm_cleanly() {
 fn console_input_reaches_the_guest_shell() {
     expect_pass("console-input");
 }
+
+#[test]
+fn guest_makes_a_filesystem_on_a_blank_raw_disk() {
+    expect_pass("disk-raw");
+}
+
+#[test]
+fn qcow2_overlay_keeps_its_base_unchanged_and_passes_qemu_img_check() {
+    expect_pass("disk-qcow2-overlay");
+}
+
+#[test]
+fn root_filesystem_on_virtio_blk_boots() {
+    expect_pass("root-on-disk");
+}
+
+#[test]
+fn fsynced_guest_writes_survive_sigkill_of_vmr() {
+    expect_pass("disk-sigkill");
+}
+
+#[test]
+fn virtio_rng_feeds_the_guest_hwrng() {
+    expect_pass("rng");
+}
+
+#[test]
+fn missing_corrupt_and_locked_images_fail_before_the_guest_starts() {
+    expect_pass("disk-errors");
+}
+
+#[test]
+fn reboot_restart_reopens_the_disk() {
+    expect_pass("disk-reboot-restart");
+}

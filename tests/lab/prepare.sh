@@ -68,15 +68,34 @@ extract_kernel() {
     rm -rf "$tmp"
 }
 
-# The L2 guest initramfs: static busybox + the lab /init.
+# L2_MODULES: virtio and ext4 modules for the L2 guest, in load order (insmod does no deps).
+L2_MODULES="virtio_ring virtio virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net
+    mbcache jbd2 crc16 crc32c_generic ext4 tun"
+# extract_l2_modules DEB DIR: the L2_MODULES .ko files plus DIR/order (their load order).
+extract_l2_modules() {
+    local deb=$1 dir=$2 tmp m
+    [ "$(cat "$dir/order" 2>/dev/null)" = "$(echo $L2_MODULES)" ] && return
+    tmp=$(mktemp -d); mkdir -p "$dir"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards './lib/modules/*.ko'
+    for m in $L2_MODULES; do
+        cp "$(find "$tmp/lib/modules" -name "$m.ko" | head -1)" "$dir/$m.ko" || die "no $m.ko in $deb"
+    done
+    echo $L2_MODULES > "$dir/order.tmp" && mv "$dir/order.tmp" "$dir/order"
+    rm -rf "$tmp"
+}
+
+# The L2 guest initramfs: static busybox + the lab /init + virtio/ext4 modules (loaded by the
+# tests that need them).
 build_l2_initramfs() {
-    local out=$LAB_CACHE/l2-initramfs.cpio.gz tmp
-    if [ -s "$out" ] && [ "$out" -nt "$LAB_DIR/guest/init" ] && [ "$out" -nt /bin/busybox ]; then return; fi
+    local out=$LAB_CACHE/l2-initramfs.cpio.gz tmp mods=$LAB_CACHE/generic/l2-modules
+    if [ -s "$out" ] && [ "$out" -nt "$LAB_DIR/guest/init" ] && [ "$out" -nt /bin/busybox ] &&
+        [ "$out" -nt "$mods/order" ]; then return; fi
     tmp=$(mktemp -d)
     mkdir -p "$tmp"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp}
     cp /bin/busybox "$tmp/bin/busybox"
     ln -s busybox "$tmp/bin/sh"
     install -m 755 "$LAB_DIR/guest/init" "$tmp/init"
+    mkdir -p "$tmp/lib/modules" && cp "$mods"/*.ko "$mods/order" "$tmp/lib/modules/"
     (cd "$tmp" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -6 > "$out.tmp")
     mv "$out.tmp" "$out"; rm -rf "$tmp"
 }
@@ -89,6 +108,7 @@ main() {
     [ -n "$generic" ] && [ -n "$cloud" ] || die "apt-cache knows no linux-image-amd64 (apt-get update?)"
     extract_kernel "$(fetch_deb "$generic")" "$LAB_CACHE/generic" with-kvm
     extract_kernel "$(fetch_deb "$cloud")" "$LAB_CACHE/cloud"
+    extract_l2_modules "$(fetch_deb "$generic")" "$LAB_CACHE/generic/l2-modules"
     echo "$generic" > "$LAB_CACHE/generic/package"; echo "$cloud" > "$LAB_CACHE/cloud/package"
     build_l2_initramfs
     log "ready in $LAB_CACHE ($generic, $cloud)"

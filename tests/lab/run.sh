@@ -73,6 +73,10 @@ build_l1_initramfs() {
     cp -rL /usr/share/qemu "$ROOT/usr/share/qemu"
     [ -d /usr/share/seabios ] && cp -r /usr/share/seabios "$ROOT/usr/share/seabios"
     [ -n "$VMR_BIN" ] && copy_bin "$VMR_BIN" lab/vmr
+    # Host-side disk tools for the virtio-blk scenarios (make and check images inside L1).
+    for t in qemu-img mke2fs debugfs; do copy_bin "$(command -v $t)" usr/bin/$t; done
+    ln -sf mke2fs "$ROOT/usr/bin/mkfs.ext4"
+    install -D -m 644 /etc/mke2fs.conf "$ROOT/etc/mke2fs.conf"
     cat > "$ROOT/lab/config" <<CFG
 LAB_MODE=$MODE
 LAB_VMM=$VMM
