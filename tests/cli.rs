@@ -1,7 +1,11 @@
 //! The `vmr` command line on bad input: one clear line on stderr, exit code 1, never a panic or
 //! a hang. These run on any host: input is checked before a backend is opened.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::tiny_pvh_kernel;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -29,42 +33,6 @@ fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
-}
-
-/// A minimal ELF64 x86-64 kernel: one 4 KiB PT_LOAD at 16 MiB and a PVH entry note.
-fn tiny_pvh_kernel(path: &Path) {
-    const LOAD: u64 = 0x100_0000;
-    let mut f = vec![0u8; 0x2000];
-    let put = |f: &mut Vec<u8>, off: usize, bytes: &[u8]| f[off..off + bytes.len()].copy_from_slice(bytes);
-    put(&mut f, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
-    put(&mut f, 16, &2u16.to_le_bytes()); // ET_EXEC
-    put(&mut f, 18, &0x3eu16.to_le_bytes()); // x86-64
-    put(&mut f, 20, &1u32.to_le_bytes());
-    put(&mut f, 24, &LOAD.to_le_bytes()); // e_entry
-    put(&mut f, 32, &64u64.to_le_bytes()); // e_phoff
-    put(&mut f, 52, &64u16.to_le_bytes()); // e_ehsize
-    put(&mut f, 54, &56u16.to_le_bytes()); // e_phentsize
-    put(&mut f, 56, &2u16.to_le_bytes()); // e_phnum
-    let note = [
-        &4u32.to_le_bytes()[..],
-        &4u32.to_le_bytes(),
-        &18u32.to_le_bytes(),
-        b"Xen\0",
-        &(LOAD as u32).to_le_bytes(),
-    ]
-    .concat();
-    // PT_LOAD: file 0x1000..0x2000 at LOAD.
-    let load = [1u32.to_le_bytes(), 5u32.to_le_bytes()].concat();
-    let load_rest = [0x1000u64, LOAD, LOAD, 0x1000, 0x1000, 0x1000].map(u64::to_le_bytes).concat();
-    put(&mut f, 64, &[load, load_rest].concat());
-    // PT_NOTE at 0x200.
-    let pnote = [4u32.to_le_bytes(), 4u32.to_le_bytes()].concat();
-    let len = note.len() as u64;
-    let pnote_rest = [0x200u64, 0, 0, len, len, 4].map(u64::to_le_bytes).concat();
-    put(&mut f, 120, &[pnote, pnote_rest].concat());
-    put(&mut f, 0x200, &note);
-    put(&mut f, 0x1000, &[0xf4]); // hlt
-    std::fs::write(path, f).unwrap();
 }
 
 #[test]

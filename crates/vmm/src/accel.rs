@@ -23,7 +23,10 @@ pub fn select_backend(accel: Accel) -> Result<BackendChoice, VmmError> {
                 .map_err(|why| VmmError::NoAccelerator(format!("--accel kvm: {why}")))?;
             Ok(BackendChoice { hypervisor: Arc::new(kvm), reason: "requested with --accel kvm".into() })
         }
-        Accel::Emu => Err(emu_unavailable("--accel emu")),
+        Accel::Emu => Ok(BackendChoice {
+            hypervisor: Arc::new(vmr_emu::EmuHypervisor::new()),
+            reason: format!("requested with --accel emu; {EMU_LIMITS}"),
+        }),
         Accel::Auto => {
             let kvm_problem = match vmr_kvm::Kvm::new() {
                 Ok(kvm) => match vmr_kvm::can_run_unmodified_guests() {
@@ -38,13 +41,12 @@ pub fn select_backend(accel: Accel) -> Result<BackendChoice, VmmError> {
                 Err(e) => e.to_string(),
             };
             Err(VmmError::NoAccelerator(format!(
-                "no usable accelerator: {kvm_problem}; and {}",
-                emu_unavailable("the software CPU")
+                "no usable accelerator: {kvm_problem}; {EMU_LIMITS} (--accel emu runs small guests)"
             )))
         }
     }
 }
 
-fn emu_unavailable(what: &str) -> VmmError {
-    VmmError::NoAccelerator(format!("{what} cannot run guests yet in this build of vmr"))
-}
+/// What the software CPU cannot do yet; `auto` does not choose it until it boots Linux.
+const EMU_LIMITS: &str =
+    "the software CPU has no x87/SSE arithmetic or interrupt controllers yet and cannot boot Linux";

@@ -1,0 +1,49 @@
+//! Helpers shared by the integration tests: tiny hand-made kernels.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+/// Where the tiny kernels load and start.
+pub const LOAD: u64 = 0x100_0000;
+
+/// A minimal ELF64 x86-64 kernel: one 4 KiB PT_LOAD at 16 MiB and a PVH entry note.
+pub fn tiny_pvh_kernel(path: &Path) {
+    tiny_pvh_kernel_with(path, &[0xf4], &[]);
+}
+
+/// Like [`tiny_pvh_kernel`] with `code` at the entry (16 MiB, 32-bit protected mode, flat
+/// segments) and `data` at 16 MiB + 0x100.
+pub fn tiny_pvh_kernel_with(path: &Path, code: &[u8], data: &[u8]) {
+    let mut f = vec![0u8; 0x2000];
+    let put = |f: &mut Vec<u8>, off: usize, bytes: &[u8]| f[off..off + bytes.len()].copy_from_slice(bytes);
+    put(&mut f, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+    put(&mut f, 16, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut f, 18, &0x3eu16.to_le_bytes()); // x86-64
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 24, &LOAD.to_le_bytes()); // e_entry
+    put(&mut f, 32, &64u64.to_le_bytes()); // e_phoff
+    put(&mut f, 52, &64u16.to_le_bytes()); // e_ehsize
+    put(&mut f, 54, &56u16.to_le_bytes()); // e_phentsize
+    put(&mut f, 56, &2u16.to_le_bytes()); // e_phnum
+    let note = [
+        &4u32.to_le_bytes()[..],
+        &4u32.to_le_bytes(),
+        &18u32.to_le_bytes(),
+        b"Xen\0",
+        &(LOAD as u32).to_le_bytes(),
+    ]
+    .concat();
+    // PT_LOAD: file 0x1000..0x2000 at LOAD.
+    let load = [1u32.to_le_bytes(), 5u32.to_le_bytes()].concat();
+    let load_rest = [0x1000u64, LOAD, LOAD, 0x1000, 0x1000, 0x1000].map(u64::to_le_bytes).concat();
+    put(&mut f, 64, &[load, load_rest].concat());
+    // PT_NOTE at 0x200.
+    let pnote = [4u32.to_le_bytes(), 4u32.to_le_bytes()].concat();
+    let len = note.len() as u64;
+    let pnote_rest = [0x200u64, 0, 0, len, len, 4].map(u64::to_le_bytes).concat();
+    put(&mut f, 120, &[pnote, pnote_rest].concat());
+    put(&mut f, 0x200, &note);
+    put(&mut f, 0x1000, code);
+    put(&mut f, 0x1100, data);
+    std::fs::write(path, f).unwrap();
+}

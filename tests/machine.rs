@@ -1,0 +1,123 @@
+//! The whole VMM on this host, whatever its KVM: tiny hand-made kernels run on the software CPU
+//! (`--accel emu`) through the real machine (PVH boot, 16550 serial, ACPI power management,
+//! i8042), checking what a user sees: console output, exit codes, crash reports, signals.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{tiny_pvh_kernel_with, LOAD};
+
+const MSG: &[u8] = b"hello from a tiny guest\n\0";
+const MSG_ADDR: u32 = LOAD as u32 + 0x100;
+const IDT0_ADDR: u32 = LOAD as u32 + 0x200;
+
+/// Prints MSG on COM1, then runs `action`.
+fn print_then(action: &[u8]) -> Vec<u8> {
+    let mut code = vec![0xbe]; // mov esi, MSG_ADDR
+    code.extend_from_slice(&MSG_ADDR.to_le_bytes());
+    code.extend_from_slice(&[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xac, // loop: lodsb
+        0x84, 0xc0, // test al, al
+        0x74, 0x03, // jz done
+        0xee, // out dx, al
+        0xeb, 0xf8, // jmp loop
+    ]);
+    code.extend_from_slice(action);
+    code
+}
+
+/// ACPI sleep control (port 0x600): SLP_TYP=5 | SLP_EN, as Linux's poweroff writes it.
+const POWEROFF: &[u8] = &[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd];
+/// i8042 command 0xfe (pulse reset), as Linux's reboot=k writes it.
+const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+/// Spin for ever.
+const SPIN: &[u8] = &[0xeb, 0xfe];
+
+fn triple_fault() -> Vec<u8> {
+    let mut code = vec![0x0f, 0x01, 0x1d]; // lidt [IDT0_ADDR] (limit 0)
+    code.extend_from_slice(&IDT0_ADDR.to_le_bytes());
+    code.extend_from_slice(&[0x0f, 0x0b]); // ud2: #UD -> #GP -> #DF -> shutdown
+    code
+}
+
+fn kernel(name: &str, code: &[u8]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("machine");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let mut data = MSG.to_vec();
+    data.resize(0x100, 0);
+    data.extend_from_slice(&[0; 6]); // IDT0 at +0x200: limit 0, base 0
+    tiny_pvh_kernel_with(&path, code, &data);
+    path
+}
+
+fn run_emu(kernel: &PathBuf) -> Output {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmr"))
+        .args(["run", "--accel", "emu", "--memory", "64M", "--kernel"])
+        .arg(kernel)
+        .stdin(Stdio::null())
+        .output()
+        .expect("vmr did not start");
+    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
+    out
+}
+
+#[test]
+fn guest_poweroff_ends_vmr_with_0_and_console_output_arrives() {
+    let out = run_emu(&kernel("poweroff", &print_then(POWEROFF)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a tiny guest\n");
+    assert!(stderr.contains("vmr: accelerator: emu"), "stderr: {stderr}");
+}
+
+#[test]
+fn guest_reset_ends_vmr_with_2() {
+    let out = run_emu(&kernel("reset", &print_then(RESET)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("guest rebooted"), "stderr: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from a tiny guest"));
+}
+
+#[test]
+fn triple_fault_ends_vmr_with_3_and_names_vcpu_and_registers() {
+    let out = run_emu(&kernel("triple", &triple_fault()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(stderr.contains("vCPU 0: triple fault"), "stderr: {stderr}");
+    assert!(stderr.contains("rip=0x"), "stderr: {stderr}");
+    assert!(stderr.contains("cr0="), "stderr: {stderr}");
+}
+
+#[test]
+fn sigterm_stops_a_spinning_guest_with_143() {
+    let path = kernel("spin", &print_then(SPIN));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmr"))
+        .args(["run", "--accel", "emu", "--memory", "64M", "--cpus", "2", "--kernel"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "vmr did not stop within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(143), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from a tiny guest"));
+}
