@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use vmr_image::{PullOptions, StderrProgress};
 use vmr_vmm::config::parse_memory_size;
 use vmr_vmm::devices::vmr_block::{self, ImageFormat};
-use vmr_vmm::devices::{DiskConfig, NetConfig, VirtioConfig};
+use vmr_vmm::devices::{DiskConfig, NetConfig, VirtioConfig, VsockConfig};
 use vmr_vmm::{Accel, ExitReason, RebootPolicy, VmConfig, EXIT_ERROR};
 
 #[derive(Parser)]
@@ -95,6 +95,10 @@ struct RunArgs {
     /// A virtio network card on a tap: tap=NAME[,mac=52:54:00:12:34:56] (repeatable).
     #[arg(long = "net", value_name = "OPTIONS")]
     nets: Vec<NetConfig>,
+    /// A virtio-vsock device: cid=N,socket=PATH (Firecracker's convention: host clients send
+    /// "CONNECT <port>" on PATH; guest connections to host port P go to PATH_P).
+    #[arg(long, value_name = "OPTIONS")]
+    vsock: Option<VsockConfig>,
     /// A virtio entropy device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -145,7 +149,7 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         memory: args.memory,
         accel: args.accel,
         reboot: args.reboot,
-        virtio: VirtioConfig { disks: args.disks, nets: args.nets, rng: args.rng },
+        virtio: VirtioConfig { disks: args.disks, nets: args.nets, vsock: args.vsock, rng: args.rng },
     };
     let reason = vmr_vmm::run(&config)?;
     vmr_vmm::console::restore_terminal();

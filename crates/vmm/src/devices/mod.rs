@@ -18,6 +18,7 @@ pub use vmr_virtio::block::DiskConfig;
 pub use vmr_virtio::net::NetConfig;
 /// Disk images: `vmr image create` is [`vmr_block::create`].
 pub use vmr_virtio::vmr_block;
+pub use vmr_virtio::vsock::VsockConfig;
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
 use vmr_virtio::block::{Block, BlockDeviceError};
 use vmr_virtio::net::{Net, TapError};
 use vmr_virtio::rng::Rng;
+use vmr_virtio::vsock::{Vsock, VsockError};
 use vmr_virtio::{Interrupt, IrqTrigger, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
 /// Why the virtio devices could not be set up (each one line, before the guest starts).
@@ -39,6 +41,8 @@ pub enum DeviceError {
     Disk(#[from] BlockDeviceError),
     #[error(transparent)]
     Tap(#[from] TapError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("{count} virtio devices requested; the machine has room for {max}")]
     TooMany { count: usize, max: usize },
     #[error("cannot create the virtio-mmio transport of {name}: {source}")]
@@ -69,6 +73,8 @@ pub struct VirtioConfig {
     pub disks: Vec<DiskConfig>,
     /// `--net`, in order.
     pub nets: Vec<NetConfig>,
+    /// `--vsock` (one per VM: the guest has one CID).
+    pub vsock: Option<VsockConfig>,
     /// `--rng`.
     pub rng: bool,
 }
@@ -76,7 +82,7 @@ pub struct VirtioConfig {
 impl VirtioConfig {
     /// Number of devices (and virtio-mmio slots) this config needs.
     pub fn count(&self) -> usize {
-        self.disks.len() + self.nets.len() + usize::from(self.rng)
+        self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng)
     }
 }
 
@@ -87,8 +93,8 @@ pub struct OpenDevice {
     pub device: Box<dyn VirtioDevice>,
 }
 
-/// Opens every backend: images (taking their locks) and taps. Disks come first, then network
-/// cards, then the rng, which is the order of their MMIO slots.
+/// Opens every backend: images (taking their locks), taps, the vsock socket. Disks come first,
+/// then network cards, vsock and rng: the order of their MMIO slots.
 pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceError> {
     let max = layout::VIRTIO_MMIO_MAX_DEVICES;
     if config.count() > max {
@@ -105,6 +111,10 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
     for (i, net) in config.nets.iter().enumerate() {
         let device = Net::new(net, i)?;
         devices.push(OpenDevice { name: format!("net{i} ({})", net.tap), device: Box::new(device) });
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock, 0)?;
+        devices.push(OpenDevice { name: format!("vsock0 (cid {})", vsock.cid), device: Box::new(device) });
     }
     if config.rng {
         devices.push(OpenDevice { name: "rng0".into(), device: Box::new(Rng::new(0)) });

@@ -5,6 +5,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vmr_virtio::block::DiskConfig;
 use vmr_virtio::net::NetConfig;
+use vmr_virtio::vsock::VsockConfig;
 
 use super::VirtioConfig;
 
@@ -33,12 +34,19 @@ pub fn net_option(net: &NetConfig) -> String {
     text
 }
 
+/// `--vsock` text for `vsock` (parses back to the same config).
+pub fn vsock_option(vsock: &VsockConfig) -> String {
+    format!("cid={},socket={}", vsock.cid, vsock.socket.display())
+}
+
 #[derive(Serialize, Deserialize)]
 struct Repr {
     #[serde(default)]
     disks: Vec<String>,
     #[serde(default)]
     nets: Vec<String>,
+    #[serde(default)]
+    vsock: Option<String>,
     #[serde(default)]
     rng: bool,
 }
@@ -48,6 +56,7 @@ impl Serialize for VirtioConfig {
         Repr {
             disks: self.disks.iter().map(disk_option).collect(),
             nets: self.nets.iter().map(net_option).collect(),
+            vsock: self.vsock.as_ref().map(vsock_option),
             rng: self.rng,
         }
         .serialize(s)
@@ -60,7 +69,8 @@ impl<'de> Deserialize<'de> for VirtioConfig {
         let disks =
             repr.disks.iter().map(|t| t.parse().map_err(D::Error::custom)).collect::<Result<_, _>>()?;
         let nets = repr.nets.iter().map(|t| t.parse().map_err(D::Error::custom)).collect::<Result<_, _>>()?;
-        Ok(VirtioConfig { disks, nets, rng: repr.rng })
+        let vsock = repr.vsock.map(|t| t.parse().map_err(D::Error::custom)).transpose()?;
+        Ok(VirtioConfig { disks, nets, vsock, rng: repr.rng })
     }
 }
 
@@ -76,6 +86,7 @@ mod tests {
                 "path=data.img".parse().unwrap(),
             ],
             nets: vec!["tap=tap0,mac=52:54:00:ab:cd:ef".parse().unwrap(), "tap=tap1".parse().unwrap()],
+            vsock: Some("cid=3,socket=/run/vm1.vsock".parse().unwrap()),
             rng: true,
         };
         assert_eq!(
@@ -83,6 +94,7 @@ mod tests {
             "path=/img/root.qcow2,readonly=on,format=qcow2,serial=root-1"
         );
         assert_eq!(net_option(&config.nets[0]), "tap=tap0,mac=52:54:00:ab:cd:ef");
+        assert_eq!(vsock_option(config.vsock.as_ref().unwrap()), "cid=3,socket=/run/vm1.vsock");
         let json = serde_json::to_string(&config).unwrap();
         assert!(json.contains("\"path=data.img\""), "{json}");
         let back: VirtioConfig = serde_json::from_str(&json).unwrap();

@@ -89,29 +89,31 @@ fn wait_threads(prefix: &str, want: usize) -> usize {
 #[test]
 fn devices_get_slots_in_order_with_ioeventfds_and_irqfds() {
     let dir = tempfile::tempdir().unwrap();
+    let vsock = format!("cid=3,socket={}", dir.path().join("v.sock").display()).parse().unwrap();
     let config = VirtioConfig {
         disks: vec![raw_disk(&dir, "a.img"), raw_disk(&dir, "b.img")],
         nets: vec![],
+        vsock: Some(vsock),
         rng: true,
     };
     let (vm, mem, bus) = (RecordingVm::default(), memory(), Bus::new());
     let devices = open_devices(&config).unwrap();
-    assert_eq!(devices.len(), 3);
+    assert_eq!(devices.len(), 4);
     assert!(devices[0].name.starts_with("disk0 (") && devices[0].name.ends_with("a.img)"));
     let slots = attach_devices(&vm, &mem, &bus, devices).unwrap();
-    assert_eq!(slots, vmr_arch::virtio_mmio_slots(3).unwrap());
+    assert_eq!(slots, vmr_arch::virtio_mmio_slots(4).unwrap());
 
     let irqs: Vec<u32> = vm.irqfds.lock().unwrap().iter().map(|(gsi, _)| *gsi).collect();
     assert_eq!(irqs, slots.iter().map(|s| s.irq).collect::<Vec<_>>());
     let ioevents = vm.ioevents.lock().unwrap();
-    // One queue each (blk, blk, rng): QueueNotify of each slot, datamatch 0.
+    // QueueNotify of each slot, datamatch = queue index: blk 1 queue, blk 1, vsock 3, rng 1.
     let notify: Vec<_> = ioevents.iter().map(|(a, d, _)| (*a, *d)).collect();
-    let want: Vec<_> = slots.iter().map(|s| (IoEventAddress::Mmio(s.addr.0 + 0x50), Some(0))).collect();
-    assert_eq!(notify, want);
+    let at = |slot: usize, q: u64| (IoEventAddress::Mmio(slots[slot].addr.0 + 0x50), Some(q));
+    assert_eq!(notify, [at(0, 0), at(1, 0), at(2, 0), at(2, 1), at(2, 2), at(3, 0)]);
 
-    // Each window answers with the virtio magic and its device type (blk 2, blk 2, rng 4).
+    // Each window answers with the virtio magic and its device type (blk 2, vsock 19, rng 4).
     let types: Vec<u32> = slots.iter().map(|s| read32(&bus, s.addr.0 + 8)).collect();
-    assert_eq!(types, [2, 2, 4]);
+    assert_eq!(types, [2, 2, 19, 4]);
     assert!(slots.iter().all(|s| read32(&bus, s.addr.0) == 0x7472_6976));
 }
 
