@@ -121,3 +121,45 @@ fn sigterm_stops_a_spinning_guest_with_143() {
     assert_eq!(status.code(), Some(143), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from a tiny guest"));
 }
+
+#[test]
+fn reboot_restart_boots_the_guest_again() {
+    let path = kernel("reset-restart", &print_then(RESET));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmr"))
+        .args(["run", "--accel", "emu", "--memory", "64M", "--reboot", "restart", "--kernel"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the console until the guest has booted three times.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).matches("hello from a tiny guest").count() >= 3 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).matches("hello from a tiny guest").count()
+    });
+    let start = Instant::now();
+    while !reader.is_finished() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the guest did not boot three times");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reader.join().unwrap() >= 3);
+    assert!(child.try_wait().unwrap().is_none(), "vmr exited instead of restarting the VM");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "stderr: {stderr}");
+    assert!(stderr.contains("restarting the VM"), "stderr: {stderr}");
+}
