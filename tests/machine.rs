@@ -163,3 +163,62 @@ fn reboot_restart_boots_the_guest_again() {
     assert_eq!(out.status.code(), Some(143), "stderr: {stderr}");
     assert!(stderr.contains("restarting the VM"), "stderr: {stderr}");
 }
+
+/// On an interactive terminal (a tmux pane): the guest's output shows, the terminal is raw while
+/// the VM runs, `Ctrl-A x` ends vmr with 0, and the terminal settings are restored afterwards.
+#[test]
+fn ctrl_a_x_quits_and_the_terminal_is_restored() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "tmux is missing (tests/setup.sh installs it)");
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let path = kernel("spin-tty", &print_then(SPIN));
+    let dir = path.parent().unwrap();
+    let report = dir.join("tty-report");
+    let _ = std::fs::remove_file(&report);
+    let session = format!("vmr-test-{}", std::process::id());
+    let script = format!(
+        "stty -g > {r}.before; {vmr} run --accel emu --memory 64M --kernel {k}; echo \"exit=$?\" >> {r}; \
+         stty -g > {r}.after; sleep 30",
+        r = report.display(),
+        vmr = env!("CARGO_BIN_EXE_vmr"),
+        k = path.display()
+    );
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().expect("tmux");
+    assert!(tmux(&["new-session", "-d", "-s", &session, "-x", "120", "-y", "30", &script]).status.success());
+    let pane = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned();
+    let start = Instant::now();
+    while !pane().contains("hello from a tiny guest") {
+        if start.elapsed() > Duration::from_secs(20) {
+            tmux(&["kill-session", "-t", &session]);
+            panic!("no guest output in the pane: {}", pane());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While the VM runs, the pane's terminal is in raw mode (no canonical input, no echo).
+    let tty = String::from_utf8_lossy(&tmux(&["display", "-p", "-t", &session, "#{pane_tty}"]).stdout)
+        .trim()
+        .to_string();
+    let settings = Command::new("stty").arg("-a").stdin(std::fs::File::open(&tty).unwrap()).output().unwrap();
+    let settings = String::from_utf8_lossy(&settings.stdout).into_owned();
+    assert!(settings.contains("-icanon") && settings.contains("-echo "), "not raw while running: {settings}");
+    tmux(&["send-keys", "-t", &session, "C-a", "x"]);
+    let start = Instant::now();
+    while !std::fs::read_to_string(&report).is_ok_and(|r| r.contains("exit="))
+        || !report.with_extension("after").exists()
+    {
+        if start.elapsed() > Duration::from_secs(20) {
+            tmux(&["kill-session", "-t", &session]);
+            panic!("Ctrl-A x did not end vmr: {}", pane());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    tmux(&["kill-session", "-t", &session]);
+    assert_eq!(std::fs::read_to_string(&report).unwrap().trim(), "exit=0");
+    let before = std::fs::read_to_string(report.with_extension("before")).unwrap();
+    let after = std::fs::read_to_string(report.with_extension("after")).unwrap();
+    assert!(!before.is_empty());
+    assert_eq!(before, after, "terminal settings were not restored");
+}
