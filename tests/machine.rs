@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{tiny_pvh_kernel_with, LOAD};
@@ -57,14 +57,23 @@ fn kernel(name: &str, code: &[u8]) -> PathBuf {
 
 fn run_emu(kernel: &PathBuf) -> Output {
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmr"))
-        .args(["run", "--accel", "emu", "--memory", "64M", "--kernel"])
-        .arg(kernel)
-        .stdin(Stdio::null())
-        .output()
-        .expect("vmr did not start");
+    let out = spawn_emu(kernel, &[]).wait_with_output().expect("vmr output");
     assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
     out
+}
+
+/// Starts `vmr run --accel emu` on `kernel` with `extra` options, output piped.
+fn spawn_emu(kernel: &PathBuf, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vmr"))
+        .args(["run", "--accel", "emu", "--memory", "64M"])
+        .args(extra)
+        .arg("--kernel")
+        .arg(kernel)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vmr did not start")
 }
 
 #[test]
@@ -98,14 +107,7 @@ fn triple_fault_ends_vmr_with_3_and_names_vcpu_and_registers() {
 #[test]
 fn sigterm_stops_a_spinning_guest_with_143() {
     let path = kernel("spin", &print_then(SPIN));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmr"))
-        .args(["run", "--accel", "emu", "--memory", "64M", "--cpus", "2", "--kernel"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_emu(&path, &["--cpus", "2"]);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
@@ -125,14 +127,7 @@ fn sigterm_stops_a_spinning_guest_with_143() {
 #[test]
 fn reboot_restart_boots_the_guest_again() {
     let path = kernel("reset-restart", &print_then(RESET));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmr"))
-        .args(["run", "--accel", "emu", "--memory", "64M", "--reboot", "restart", "--kernel"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_emu(&path, &["--reboot", "restart"]);
     // Read the console until the guest has booted three times.
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
