@@ -161,3 +161,8 @@ fn missing_corrupt_and_locked_images_fail_before_the_guest_starts() {
 fn reboot_restart_reopens_the_disk() {
     expect_pass("disk-reboot-restart");
 }
+
+#[test]
+fn virtio_net_on_a_tap_pings_and_carries_tcp_both_ways() {
+    expect_pass("net-tap");
+}
