@@ -36,7 +36,7 @@ fn x87_check(cpu: &Cpu) -> Ex {
 }
 
 /// LDMXCSR/STMXCSR: #UD without CR4.OSFXSR or with CR0.EM, #NM with CR0.TS.
-fn sse_check(cpu: &Cpu) -> Ex {
+pub(super) fn sse_check(cpu: &Cpu) -> Ex {
     if cpu.cr0 & CR0_EM != 0 || cpu.cr4 & CR4_OSFXSR == 0 {
         return Err(Exc::ud());
     }

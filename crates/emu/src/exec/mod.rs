@@ -8,6 +8,7 @@ mod far;
 mod fpu;
 mod muldiv;
 mod shift;
+mod sse;
 mod stack;
 mod string;
 mod system;
@@ -23,6 +24,9 @@ use crate::mem::Access;
 pub fn handler_for(ins: &Instruction) -> Handler {
     if ins.is_invalid() {
         return invalid;
+    }
+    if sse::has_vector_operand(ins) {
+        return sse::handler(ins).unwrap_or(unimplemented_insn);
     }
     if let Some(h) = alu::handler(ins).or_else(|| data::handler(ins)).or_else(|| control::handler(ins)) {
         return h;
