@@ -43,7 +43,6 @@ pub enum Needs {
 fn missing(hv: &dyn Hypervisor, need: Needs) -> Option<&'static str> {
     match (hv.name(), need) {
         ("emu", Needs::InterruptControllers) => Some("the software CPU has no PIC/IOAPIC/LAPIC yet"),
-        ("emu", Needs::Sse) => Some("the software CPU does not implement SSE arithmetic yet"),
         _ => None,
     }
 }
