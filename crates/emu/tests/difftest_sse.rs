@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions};
-use vmr_emu::cpu::{CR0_EM, CR0_TS, CR4_OSFXSR, GP, NM, UD};
+use vmr_emu::cpu::{CR0_EM, CR0_TS, CR4_OSFXSR, CR4_OSXMMEXCPT, GP, NM, UD, XM};
 use vmr_emu::decode::make_op;
 use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 
@@ -24,6 +24,9 @@ struct State {
     rax: u64,
     rcx: u64,
     r15: u64,
+    mxcsr: u32,
+    host_mxcsr: u32,
+    flags: u64,
 }
 
 struct Rng(u64);
@@ -45,6 +48,30 @@ impl Rng {
             0 => EDGE[self.below(6) as usize],
             _ => self.next() as u8,
         }
+    }
+    /// Four f32 or two f64 lanes: specials, small integers, fractions or random bits.
+    fn float_xmm(&mut self) -> u128 {
+        let double = self.below(2) == 0;
+        let mut r = 0u128;
+        let (n, bits) = if double { (2, 64) } else { (4, 32) };
+        for i in 0..n {
+            let v: f64 = match self.below(6) {
+                0 => [0.0, -0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1e-310, 1e300, -2.5e9]
+                    [self.below(8) as usize],
+                1 | 2 => (self.below(2001) as f64 - 1000.0) / [1.0, 3.0, 7.0, 0.5][self.below(4) as usize],
+                3 => (self.next() as i64) as f64,
+                _ => f64::NAN,
+            };
+            let lane = if self.below(6) == 5 {
+                self.next() & if double { u64::MAX } else { 0xffff_ffff }
+            } else if double {
+                v.to_bits()
+            } else {
+                (v as f32).to_bits() as u64
+            };
+            r |= (lane as u128) << (bits * i);
+        }
+        r
     }
     fn xmm(&mut self) -> u128 {
         let mut b = [0u8; 16];
@@ -91,6 +118,10 @@ impl Native {
         };
         let mut a = CodeAssembler::new(64).unwrap();
         a.push(r15).unwrap();
+        a.stmxcsr(dword_ptr(rdi + 284)).unwrap();
+        a.ldmxcsr(dword_ptr(rdi + 280)).unwrap();
+        a.push(qword_ptr(rdi + 288)).unwrap();
+        a.popfq().unwrap();
         for (i, x) in XMMS.iter().enumerate() {
             a.movdqu(*x, xmmword_ptr(rdi + 16 * i as i32)).unwrap();
         }
@@ -104,6 +135,10 @@ impl Native {
         }
         a.mov(qword_ptr(rdi + 256), rax).unwrap();
         a.mov(qword_ptr(rdi + 264), rcx).unwrap();
+        a.pushfq().unwrap();
+        a.pop(qword_ptr(rdi + 288)).unwrap();
+        a.stmxcsr(dword_ptr(rdi + 280)).unwrap();
+        a.ldmxcsr(dword_ptr(rdi + 284)).unwrap();
         a.pop(r15).unwrap();
         a.ret().unwrap();
         let epilogue = a.assemble(0).unwrap();
@@ -249,6 +284,51 @@ fn forms() -> Vec<Form> {
     ] {
         v.push(Form { op: Box::leak(Box::new([0x0f, op])), ..f(name, pfx, &[], Xmm, XmmOrMem, true) });
     }
+    // Floating point: 0F xx with none/66/F3/F2 for PS/PD/SS/SD.
+    for (name, op) in [
+        ("add", 0x58),
+        ("mul", 0x59),
+        ("sub", 0x5c),
+        ("min", 0x5d),
+        ("div", 0x5e),
+        ("max", 0x5f),
+        ("sqrt", 0x51),
+    ] {
+        for (sfx, pfx) in [("ps", 0), ("pd", 0x66), ("ss", 0xf3), ("sd", 0xf2)] {
+            let n: &'static str = Box::leak(format!("{name}{sfx}").into_boxed_str());
+            v.push(Form { op: Box::leak(Box::new([0x0f, op])), ..f(n, pfx, &[], Xmm, XmmOrMem, true) });
+        }
+    }
+    for (name, pfx, op) in [
+        ("cvtps2pd", 0, 0x5a),
+        ("cvtpd2ps", 0x66, 0x5a),
+        ("cvtss2sd", 0xf3, 0x5a),
+        ("cvtsd2ss", 0xf2, 0x5a),
+        ("cvtdq2ps", 0, 0x5b),
+        ("cvtps2dq", 0x66, 0x5b),
+        ("cvttps2dq", 0xf3, 0x5b),
+        ("cvttpd2dq", 0x66, 0xe6),
+        ("cvtdq2pd", 0xf3, 0xe6),
+        ("cvtpd2dq", 0xf2, 0xe6),
+        ("ucomiss", 0, 0x2e),
+        ("comiss", 0, 0x2f),
+        ("ucomisd", 0x66, 0x2e),
+        ("comisd", 0x66, 0x2f),
+    ] {
+        v.push(Form { op: Box::leak(Box::new([0x0f, op])), ..f(name, pfx, &[], Xmm, XmmOrMem, true) });
+    }
+    for (name, pfx, op, reg, rm) in [
+        ("cvtsi2ss", 0xf3, 0x2a, Xmm, GprOrMem),
+        ("cvtsi2sd", 0xf2, 0x2a, Xmm, GprOrMem),
+        ("cvttss2si", 0xf3, 0x2c, Gpr, XmmOrMem),
+        ("cvtss2si", 0xf3, 0x2d, Gpr, XmmOrMem),
+        ("cvttsd2si", 0xf2, 0x2c, Gpr, XmmOrMem),
+        ("cvtsd2si", 0xf2, 0x2d, Gpr, XmmOrMem),
+    ] {
+        let op: &'static [u8] = Box::leak(Box::new([0x0f, op]));
+        v.push(Form { op, ..f(name, pfx, &[], reg, rm, false) });
+        v.push(w(Form { op, ..f(name, pfx, &[], reg, rm, false) }));
+    }
     v.extend([
         // Moves.
         f("movaps load", 0, &[0x0f, 0x28], Xmm, XmmOrMem, true),
@@ -350,8 +430,9 @@ fn encode(form: &Form, rng: &mut Rng) -> Vec<u8> {
 
 fn random_state(rng: &mut Rng, buf: &mut [u8; BUF]) -> State {
     let mut s = State::default();
+    let float = rng.below(2) == 0;
     for x in s.xmm.iter_mut() {
-        *x = rng.xmm();
+        *x = if float { rng.float_xmm() } else { rng.xmm() };
         if rng.below(4) == 0 {
             // Small values in the low quadword: shift counts by register take effect.
             *x = (*x & !(u64::MAX as u128)) | rng.below(72) as u128;
@@ -368,6 +449,18 @@ fn random_state(rng: &mut Rng, buf: &mut [u8; BUF]) -> State {
             buf[at..at + 8].copy_from_slice(&rng.below(72).to_le_bytes());
         }
     }
+    if float {
+        for at in (0..BUF).step_by(16) {
+            buf[at..at + 16].copy_from_slice(&rng.float_xmm().to_le_bytes());
+        }
+        if rng.below(2) == 0 {
+            s.rax = (rng.below(2001) as i64 - 1000) as u64;
+        }
+    }
+    // Any rounding mode, FTZ (no DAZ: not in MXCSR_MASK), random sticky flags; exceptions masked (an unmasked
+    // one would trap on the host).
+    s.mxcsr = 0x1f80 | (rng.next() as u32 & 0xe03f);
+    s.flags = 2 | (rng.next() & 0x8d5);
     s.r15 = 128;
     s
 }
@@ -382,6 +475,8 @@ fn emulate(g: &mut Guest, bytes: &[u8], input: &State, buf: &[u8; BUF]) -> (Stat
     cpu.gpr[0] = input.rax;
     cpu.gpr[1] = input.rcx;
     cpu.gpr[15] = GUEST_BUF + input.r15;
+    cpu.fpu.mxcsr = input.mxcsr;
+    cpu.flags.set(input.flags);
     let mut dec = Decoder::with_ip(64, bytes, CODE, DecoderOptions::NONE);
     let ins = dec.decode();
     assert!(!ins.is_invalid(), "invalid encoding {bytes:02x?}");
@@ -391,8 +486,14 @@ fn emulate(g: &mut Guest, bytes: &[u8], input: &State, buf: &[u8; BUF]) -> (Stat
     if let Err(e) = (op.exec)(cpu, &op) {
         panic!("unexpected exception {e:?} for {bytes:02x?} ({ins})");
     }
-    let mut out =
-        State { rax: cpu.gpr[0], rcx: cpu.gpr[1], r15: cpu.gpr[15] - GUEST_BUF, ..State::default() };
+    let mut out = State {
+        rax: cpu.gpr[0],
+        rcx: cpu.gpr[1],
+        r15: cpu.gpr[15] - GUEST_BUF,
+        mxcsr: cpu.fpu.mxcsr,
+        flags: cpu.rflags() & 0x8d5,
+        ..State::default()
+    };
     for (i, x) in out.xmm.iter_mut().enumerate() {
         *x = u128::from_le_bytes(cpu.fpu.xmm[i]);
     }
@@ -413,6 +514,7 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         let mut host_buf = buf;
         native.run(&bytes, &mut host, &mut host_buf);
         host.r15 -= native.buf as u64;
+        host.flags &= 0x8d5;
         let ctx = || format!("{} bytes {bytes:02x?} input {input:x?}", form.name);
         for i in 0..16 {
             assert_eq!(
@@ -426,6 +528,8 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         }
         assert_eq!((emu.rax, emu.rcx), (host.rax, host.rcx), "rax/rcx differ: {}", ctx());
         assert!(emu_buf == host_buf, "memory differs: {}", ctx());
+        assert_eq!(emu.mxcsr, host.mxcsr, "mxcsr differs: {}", ctx());
+        assert_eq!(emu.flags, host.flags, "flags differ: {}", ctx());
     }
 }
 
@@ -495,4 +599,27 @@ fn sse_fault_rules() {
     assert_eq!(back, [0xaa; 32]);
     // MMX-register forms are not implemented: #UD, not a wrong result.
     assert_eq!(fault_of(&mut g, &[0x0f, 0xef, 0xc1], 0), Some(UD), "pxor mm0, mm1");
+}
+
+#[test]
+fn sse_unmasked_exceptions_fault_and_leave_the_destination() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let divss = [0xf3, 0x0f, 0x5e, 0xc1]; // divss xmm0, xmm1
+    let one = 1.0f32.to_bits() as u128;
+    let cpu = g.cpu();
+    cpu.cr4 |= CR4_OSFXSR | CR4_OSXMMEXCPT;
+    cpu.fpu.xmm[0] = one.to_le_bytes();
+    cpu.fpu.xmm[1] = [0; 16];
+    cpu.fpu.mxcsr = 0x1f80 & !(1 << 9); // divide-by-zero unmasked
+    assert_eq!(fault_of(&mut g, &divss, 0), Some(XM));
+    assert_eq!(g.cpu().fpu.xmm[0], one.to_le_bytes(), "destination unchanged");
+    assert_eq!(g.cpu().fpu.mxcsr & 0x3f, 1 << 2, "ZE flag set");
+    g.cpu().cr4 &= !CR4_OSXMMEXCPT;
+    assert_eq!(fault_of(&mut g, &divss, 0), Some(UD), "#UD without CR4.OSXMMEXCPT");
+    // Masked: infinity and the sticky flag.
+    g.cpu().fpu.mxcsr = 0x1f80;
+    assert_eq!(fault_of(&mut g, &divss, 0), None);
+    assert_eq!(u32::from_le_bytes(g.cpu().fpu.xmm[0][..4].try_into().unwrap()), f32::INFINITY.to_bits());
+    assert_eq!(g.cpu().fpu.mxcsr, 0x1f80 | 1 << 2);
 }

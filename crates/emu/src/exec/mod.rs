@@ -9,6 +9,8 @@ mod fpu;
 mod muldiv;
 mod shift;
 mod sse;
+#[cfg(target_arch = "x86_64")]
+mod sse_float;
 mod stack;
 mod string;
 mod system;
@@ -26,7 +28,16 @@ pub fn handler_for(ins: &Instruction) -> Handler {
         return invalid;
     }
     if sse::has_vector_operand(ins) {
-        return sse::handler(ins).unwrap_or(unimplemented_insn);
+        #[cfg(target_arch = "x86_64")]
+        let h = sse::handler(ins).or_else(|| sse_float::handler(ins));
+        #[cfg(not(target_arch = "x86_64"))]
+        let h = sse::handler(ins);
+        return h.unwrap_or(unimplemented_insn);
+    }
+    // CVT(T)SS2SI/CVT(T)SD2SI with a memory source have no vector register operand.
+    #[cfg(target_arch = "x86_64")]
+    if let Some(h) = sse_float::handler(ins) {
+        return h;
     }
     if let Some(h) = alu::handler(ins).or_else(|| data::handler(ins)).or_else(|| control::handler(ins)) {
         return h;

@@ -62,7 +62,7 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
 
 /// Reads a source operand (XMM, GPR, memory of the instruction's memory size, immediate) as
 /// a 128-bit value; `align` requires 16-byte alignment of a 16-byte memory operand.
-fn src(cpu: &mut Cpu, op: &Op, i: u32, align: bool) -> Ex<u128> {
+pub(super) fn src(cpu: &mut Cpu, op: &Op, i: u32, align: bool) -> Ex<u128> {
     if let Some(x) = xreg(&op.ins, i) {
         return Ok(u128::from_le_bytes(cpu.fpu.xmm[x]));
     }
@@ -84,7 +84,7 @@ fn src(cpu: &mut Cpu, op: &Op, i: u32, align: bool) -> Ex<u128> {
 
 /// Writes `v` to operand `i`: an XMM register gets all 128 bits, a GPR `size` bytes
 /// (zero-extended by the register rules), memory `size` bytes.
-fn dst(cpu: &mut Cpu, op: &Op, i: u32, v: u128, size: usize, align: bool) -> Ex {
+pub(super) fn dst(cpu: &mut Cpu, op: &Op, i: u32, v: u128, size: usize, align: bool) -> Ex {
     if let Some(x) = xreg(&op.ins, i) {
         cpu.fpu.xmm[x] = v.to_le_bytes();
         return Ok(());
@@ -102,7 +102,7 @@ fn dst(cpu: &mut Cpu, op: &Op, i: u32, v: u128, size: usize, align: bool) -> Ex 
     }
 }
 
-fn xmm(cpu: &Cpu, op: &Op, i: u32) -> u128 {
+pub(super) fn xmm(cpu: &Cpu, op: &Op, i: u32) -> u128 {
     xreg(&op.ins, i).map_or(0, |x| u128::from_le_bytes(cpu.fpu.xmm[x]))
 }
 

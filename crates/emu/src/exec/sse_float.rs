@@ -1,0 +1,210 @@
+//! SSE/SSE2 floating point: ADD/SUB/MUL/DIV/SQRT/MIN/MAX in SS/SD/PS/PD forms, the
+//! conversions between integers and floats and between precisions, and (U)COMISS/SD.
+//!
+//! Each operation runs as the same instruction on the host, under the guest's MXCSR (rounding
+//! mode, FTZ, DAZ) with every exception masked, so results, NaN propagation and the sticky
+//! exception flags are exactly the hardware's. Flags then raised that the guest left unmasked
+//! raise #XM (or #UD without CR4.OSXMMEXCPT) and the destination is left unchanged.
+
+use std::arch::asm;
+use std::arch::x86_64::__m128i;
+
+use iced_x86::{Instruction, Mnemonic as M, OpKind};
+
+use super::fpu::{sse_check, MXCSR_MASK};
+use super::sse::{dst, src, xmm};
+use crate::cpu::{Cpu, Ex, Exc, CR4_OSXMMEXCPT, XM};
+use crate::decode::{Handler, Op};
+use crate::flags::{AF, CF, OF, PF, SF, ZF};
+
+/// A host operation: `(dst, src, gpr source, mxcsr) -> (result xmm, result gpr, mxcsr after)`.
+type HostOp = fn(u128, u128, u64, u32) -> (u128, u64, u32);
+
+/// Defines a host operation running `insn` between loading `csr` and storing it back.
+/// `$body` names the operand template; operands: `{x}` dst xmm (in/out), `{y}` src xmm,
+/// `{g}` a 64-bit GPR (in/out), `{f}` rflags out.
+macro_rules! host_op {
+    ($name:ident, $insn:literal) => {
+        fn $name(a: u128, b: u128, g: u64, csr: u32) -> (u128, u64, u32) {
+            // SAFETY: u128 and __m128i are both 16 plain bytes.
+            let mut x: __m128i = unsafe { std::mem::transmute::<u128, __m128i>(a) };
+            // SAFETY: as above.
+            let y: __m128i = unsafe { std::mem::transmute::<u128, __m128i>(b) };
+            let mut g = g;
+            let mut c = [csr, 0];
+            // SAFETY: the block saves the host MXCSR in c[1], loads the guest's (all exceptions
+            // masked, so nothing traps), runs one SSE instruction on registers only, stores the
+            // resulting MXCSR in c[0] and restores the host's. It touches only `c`.
+            unsafe {
+                asm!(
+                    "stmxcsr [{c} + 4]",
+                    "ldmxcsr [{c}]",
+                    $insn,
+                    "stmxcsr [{c}]",
+                    "ldmxcsr [{c} + 4]",
+                    "/* {x} {y} {g} */",
+                    c = in(reg) c.as_mut_ptr(),
+                    x = inout(xmm_reg) x,
+                    y = in(xmm_reg) y,
+                    g = inout(reg) g,
+                );
+            }
+            let _ = y;
+            // SAFETY: as above.
+            (unsafe { std::mem::transmute::<__m128i, u128>(x) }, g, c[0])
+        }
+    };
+}
+
+host_op!(addss, "addss {x}, {y}");
+host_op!(addsd, "addsd {x}, {y}");
+host_op!(addps, "addps {x}, {y}");
+host_op!(addpd, "addpd {x}, {y}");
+host_op!(subss, "subss {x}, {y}");
+host_op!(subsd, "subsd {x}, {y}");
+host_op!(subps, "subps {x}, {y}");
+host_op!(subpd, "subpd {x}, {y}");
+host_op!(mulss, "mulss {x}, {y}");
+host_op!(mulsd, "mulsd {x}, {y}");
+host_op!(mulps, "mulps {x}, {y}");
+host_op!(mulpd, "mulpd {x}, {y}");
+host_op!(divss, "divss {x}, {y}");
+host_op!(divsd, "divsd {x}, {y}");
+host_op!(divps, "divps {x}, {y}");
+host_op!(divpd, "divpd {x}, {y}");
+host_op!(sqrtss, "sqrtss {x}, {y}");
+host_op!(sqrtsd, "sqrtsd {x}, {y}");
+host_op!(sqrtps, "sqrtps {x}, {y}");
+host_op!(sqrtpd, "sqrtpd {x}, {y}");
+host_op!(minss, "minss {x}, {y}");
+host_op!(minsd, "minsd {x}, {y}");
+host_op!(minps, "minps {x}, {y}");
+host_op!(minpd, "minpd {x}, {y}");
+host_op!(maxss, "maxss {x}, {y}");
+host_op!(maxsd, "maxsd {x}, {y}");
+host_op!(maxps, "maxps {x}, {y}");
+host_op!(maxpd, "maxpd {x}, {y}");
+host_op!(cvtss2sd, "cvtss2sd {x}, {y}");
+host_op!(cvtsd2ss, "cvtsd2ss {x}, {y}");
+host_op!(cvtps2pd, "cvtps2pd {x}, {y}");
+host_op!(cvtpd2ps, "cvtpd2ps {x}, {y}");
+host_op!(cvtdq2ps, "cvtdq2ps {x}, {y}");
+host_op!(cvtps2dq, "cvtps2dq {x}, {y}");
+host_op!(cvttps2dq, "cvttps2dq {x}, {y}");
+host_op!(cvtdq2pd, "cvtdq2pd {x}, {y}");
+host_op!(cvtpd2dq, "cvtpd2dq {x}, {y}");
+host_op!(cvttpd2dq, "cvttpd2dq {x}, {y}");
+host_op!(cvtsi2ss32, "cvtsi2ss {x}, {g:e}");
+host_op!(cvtsi2ss64, "cvtsi2ss {x}, {g}");
+host_op!(cvtsi2sd32, "cvtsi2sd {x}, {g:e}");
+host_op!(cvtsi2sd64, "cvtsi2sd {x}, {g}");
+host_op!(cvtss2si32, "cvtss2si {g:e}, {y}");
+host_op!(cvtss2si64, "cvtss2si {g}, {y}");
+host_op!(cvttss2si32, "cvttss2si {g:e}, {y}");
+host_op!(cvttss2si64, "cvttss2si {g}, {y}");
+host_op!(cvtsd2si32, "cvtsd2si {g:e}, {y}");
+host_op!(cvtsd2si64, "cvtsd2si {g}, {y}");
+host_op!(cvttsd2si32, "cvttsd2si {g:e}, {y}");
+host_op!(cvttsd2si64, "cvttsd2si {g}, {y}");
+// The compares leave RFLAGS in {g}.
+host_op!(ucomiss, "ucomiss {x}, {y}\npushfq\npop {g}");
+host_op!(comiss, "comiss {x}, {y}\npushfq\npop {g}");
+host_op!(ucomisd, "ucomisd {x}, {y}\npushfq\npop {g}");
+host_op!(comisd, "comisd {x}, {y}\npushfq\npop {g}");
+
+/// How the result of a host operation is written back.
+#[derive(Clone, Copy, PartialEq)]
+enum Out {
+    Xmm,
+    Gpr,
+    Flags,
+}
+
+fn pick(ins: &Instruction) -> Option<(HostOp, Out)> {
+    let wide = |i: u32| ins.op_kind(i) == OpKind::Register && ins.op_register(i).size() == 8;
+    let x = Out::Xmm;
+    Some(match ins.mnemonic() {
+        M::Addss => (addss, x),
+        M::Addsd => (addsd, x),
+        M::Addps => (addps, x),
+        M::Addpd => (addpd, x),
+        M::Subss => (subss, x),
+        M::Subsd => (subsd, x),
+        M::Subps => (subps, x),
+        M::Subpd => (subpd, x),
+        M::Mulss => (mulss, x),
+        M::Mulsd => (mulsd, x),
+        M::Mulps => (mulps, x),
+        M::Mulpd => (mulpd, x),
+        M::Divss => (divss, x),
+        M::Divsd => (divsd, x),
+        M::Divps => (divps, x),
+        M::Divpd => (divpd, x),
+        M::Sqrtss => (sqrtss, x),
+        M::Sqrtsd => (sqrtsd, x),
+        M::Sqrtps => (sqrtps, x),
+        M::Sqrtpd => (sqrtpd, x),
+        M::Minss => (minss, x),
+        M::Minsd => (minsd, x),
+        M::Minps => (minps, x),
+        M::Minpd => (minpd, x),
+        M::Maxss => (maxss, x),
+        M::Maxsd => (maxsd, x),
+        M::Maxps => (maxps, x),
+        M::Maxpd => (maxpd, x),
+        M::Cvtss2sd => (cvtss2sd, x),
+        M::Cvtsd2ss => (cvtsd2ss, x),
+        M::Cvtps2pd => (cvtps2pd, x),
+        M::Cvtpd2ps => (cvtpd2ps, x),
+        M::Cvtdq2ps => (cvtdq2ps, x),
+        M::Cvtps2dq => (cvtps2dq, x),
+        M::Cvttps2dq => (cvttps2dq, x),
+        M::Cvtdq2pd => (cvtdq2pd, x),
+        M::Cvtpd2dq => (cvtpd2dq, x),
+        M::Cvttpd2dq => (cvttpd2dq, x),
+        M::Cvtsi2ss => (if ins.memory_size().size() == 8 || wide(1) { cvtsi2ss64 } else { cvtsi2ss32 }, x),
+        M::Cvtsi2sd => (if ins.memory_size().size() == 8 || wide(1) { cvtsi2sd64 } else { cvtsi2sd32 }, x),
+        M::Cvtss2si => (if wide(0) { cvtss2si64 } else { cvtss2si32 }, Out::Gpr),
+        M::Cvttss2si => (if wide(0) { cvttss2si64 } else { cvttss2si32 }, Out::Gpr),
+        M::Cvtsd2si => (if wide(0) { cvtsd2si64 } else { cvtsd2si32 }, Out::Gpr),
+        M::Cvttsd2si => (if wide(0) { cvttsd2si64 } else { cvttsd2si32 }, Out::Gpr),
+        M::Ucomiss => (ucomiss, Out::Flags),
+        M::Comiss => (comiss, Out::Flags),
+        M::Ucomisd => (ucomisd, Out::Flags),
+        M::Comisd => (comisd, Out::Flags),
+        _ => return None,
+    })
+}
+
+pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
+    pick(ins).map(|_| float_op as Handler)
+}
+
+fn float_op(cpu: &mut Cpu, op: &Op) -> Ex {
+    sse_check(cpu)?;
+    let (f, out) = pick(&op.ins).ok_or_else(Exc::ud)?;
+    let (a, b, g) = match op.ins.mnemonic() {
+        M::Cvtsi2ss | M::Cvtsi2sd => (xmm(cpu, op, 0), 0, src(cpu, op, 1, true)? as u64),
+        _ => (xmm(cpu, op, 0), src(cpu, op, 1, true)?, 0),
+    };
+    let guest = cpu.fpu.mxcsr & MXCSR_MASK;
+    // All exceptions masked, sticky flags cleared: the flags after are this operation's.
+    let (r, g, after) = f(a, b, g, (guest & !0x3f) | 0x1f80);
+    let raised = after & 0x3f;
+    cpu.fpu.mxcsr = guest | raised;
+    let unmasked = raised & !(guest >> 7) & 0x3f;
+    if unmasked != 0 {
+        return Err(if cpu.cr4 & CR4_OSXMMEXCPT != 0 { Exc::new(XM) } else { Exc::ud() });
+    }
+    match out {
+        Out::Xmm => dst(cpu, op, 0, r, 16, false),
+        Out::Gpr => {
+            let size = cpu.opnd_size(op, 0);
+            cpu.wr(op, 0, size, g)
+        }
+        Out::Flags => {
+            cpu.flags.set_arith(ZF | PF | CF | OF | SF | AF, g & (ZF | PF | CF));
+            Ok(())
+        }
+    }
+}
