@@ -211,7 +211,16 @@ use Reg::{Digit, Gpr, Xmm};
 use Rm::{GprOrMem, MemOnly, XmmOnly, XmmOrMem};
 
 /// Packed binary forms `66 0F xx /r` (all with aligned m128).
-const BINARY_66: [(&str, u8); 41] = [
+const BINARY_66: [(&str, u8); 50] = [
+    ("pmulhw", 0xe5),
+    ("pmulhuw", 0xe4),
+    ("pmuludq", 0xf4),
+    ("pmaddwd", 0xf5),
+    ("psadbw", 0xf6),
+    ("paddsb", 0xec),
+    ("paddsw", 0xed),
+    ("psubsb", 0xe8),
+    ("psubsw", 0xe9),
     ("pand", 0xdb),
     ("pandn", 0xdf),
     ("por", 0xeb),
@@ -316,6 +325,9 @@ fn forms() -> Vec<Form> {
         ("comisd", 0x66, 0x2f),
     ] {
         v.push(Form { op: Box::leak(Box::new([0x0f, op])), ..f(name, pfx, &[], Xmm, XmmOrMem, true) });
+    }
+    for (name, pfx) in [("cmpps", 0), ("cmppd", 0x66), ("cmpss", 0xf3), ("cmpsd", 0xf2)] {
+        v.push(ib(f(name, pfx, &[0x0f, 0xc2], Xmm, XmmOrMem, true)));
     }
     for (name, pfx, op, reg, rm) in [
         ("cvtsi2ss", 0xf3, 0x2a, Xmm, GprOrMem),

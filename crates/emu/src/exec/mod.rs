@@ -36,8 +36,8 @@ pub fn handler_for(ins: &Instruction) -> Handler {
     }
     // CVT(T)SS2SI/CVT(T)SD2SI with a memory source have no vector register operand.
     #[cfg(target_arch = "x86_64")]
-    if let Some(h) = sse_float::handler(ins) {
-        return h;
+    if matches!(ins.mnemonic(), M::Cvtss2si | M::Cvttss2si | M::Cvtsd2si | M::Cvttsd2si) {
+        return sse_float::handler(ins).unwrap_or(unimplemented_insn);
     }
     if let Some(h) = alu::handler(ins).or_else(|| data::handler(ins)).or_else(|| control::handler(ins)) {
         return h;

@@ -335,6 +335,21 @@ fn binary_op(m: M, a: u128, b: u128) -> Option<u128> {
         M::Pavgb => map_lanes(a, b, 1, |x, y| (x + y + 1) >> 1),
         M::Pavgw => map_lanes(a, b, 2, |x, y| (x + y + 1) >> 1),
         M::Pmullw => map_lanes(a, b, 2, u64::wrapping_mul),
+        M::Pmulhw => map_lanes(a, b, 2, |x, y| ((sext(x, 16) * sext(y, 16)) >> 16) as u64),
+        M::Pmulhuw => map_lanes(a, b, 2, |x, y| (x * y) >> 16),
+        M::Pmuludq => map_lanes(a, b, 8, |x, y| (x & 0xffff_ffff) * (y & 0xffff_ffff)),
+        M::Pmaddwd => map_lanes(a, b, 4, |x, y| {
+            let lo = sext(x & 0xffff, 16) * sext(y & 0xffff, 16);
+            let hi = sext(x >> 16, 16) * sext(y >> 16, 16);
+            (lo as i32).wrapping_add(hi as i32) as u32 as u64
+        }),
+        M::Psadbw => map_lanes(a, b, 8, |x, y| {
+            (0..8).map(|i| ((x >> (8 * i)) as u8).abs_diff((y >> (8 * i)) as u8) as u64).sum()
+        }),
+        M::Paddsb => map_lanes(a, b, 1, |x, y| (sext(x, 8) + sext(y, 8)).clamp(-128, 127) as u64),
+        M::Paddsw => map_lanes(a, b, 2, |x, y| (sext(x, 16) + sext(y, 16)).clamp(-32768, 32767) as u64),
+        M::Psubsb => map_lanes(a, b, 1, |x, y| (sext(x, 8) - sext(y, 8)).clamp(-128, 127) as u64),
+        M::Psubsw => map_lanes(a, b, 2, |x, y| (sext(x, 16) - sext(y, 16)).clamp(-32768, 32767) as u64),
         M::Punpcklbw => unpack(a, b, 1, false),
         M::Punpcklwd => unpack(a, b, 2, false),
         M::Punpckldq | M::Unpcklps => unpack(a, b, 4, false),

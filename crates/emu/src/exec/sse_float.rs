@@ -1,4 +1,4 @@
-//! SSE/SSE2 floating point: ADD/SUB/MUL/DIV/SQRT/MIN/MAX in SS/SD/PS/PD forms, the
+//! SSE/SSE2 floating point: ADD/SUB/MUL/DIV/SQRT/MIN/MAX/CMP in SS/SD/PS/PD forms, the
 //! conversions between integers and floats and between precisions, and (U)COMISS/SD.
 //!
 //! Each operation runs as the same instruction on the host, under the guest's MXCSR (rounding
@@ -112,6 +112,44 @@ host_op!(comiss, "comiss {x}, {y}\npushfq\npop {g}");
 host_op!(ucomisd, "ucomisd {x}, {y}\npushfq\npop {g}");
 host_op!(comisd, "comisd {x}, {y}\npushfq\npop {g}");
 
+// CMPxx with each of the eight predicates (the immediate selects the function).
+host_op!(cmpps_0, "cmpps {x}, {y}, 0");
+host_op!(cmpps_1, "cmpps {x}, {y}, 1");
+host_op!(cmpps_2, "cmpps {x}, {y}, 2");
+host_op!(cmpps_3, "cmpps {x}, {y}, 3");
+host_op!(cmpps_4, "cmpps {x}, {y}, 4");
+host_op!(cmpps_5, "cmpps {x}, {y}, 5");
+host_op!(cmpps_6, "cmpps {x}, {y}, 6");
+host_op!(cmpps_7, "cmpps {x}, {y}, 7");
+const CMPPS: [HostOp; 8] = [cmpps_0, cmpps_1, cmpps_2, cmpps_3, cmpps_4, cmpps_5, cmpps_6, cmpps_7];
+host_op!(cmppd_0, "cmppd {x}, {y}, 0");
+host_op!(cmppd_1, "cmppd {x}, {y}, 1");
+host_op!(cmppd_2, "cmppd {x}, {y}, 2");
+host_op!(cmppd_3, "cmppd {x}, {y}, 3");
+host_op!(cmppd_4, "cmppd {x}, {y}, 4");
+host_op!(cmppd_5, "cmppd {x}, {y}, 5");
+host_op!(cmppd_6, "cmppd {x}, {y}, 6");
+host_op!(cmppd_7, "cmppd {x}, {y}, 7");
+const CMPPD: [HostOp; 8] = [cmppd_0, cmppd_1, cmppd_2, cmppd_3, cmppd_4, cmppd_5, cmppd_6, cmppd_7];
+host_op!(cmpss_0, "cmpss {x}, {y}, 0");
+host_op!(cmpss_1, "cmpss {x}, {y}, 1");
+host_op!(cmpss_2, "cmpss {x}, {y}, 2");
+host_op!(cmpss_3, "cmpss {x}, {y}, 3");
+host_op!(cmpss_4, "cmpss {x}, {y}, 4");
+host_op!(cmpss_5, "cmpss {x}, {y}, 5");
+host_op!(cmpss_6, "cmpss {x}, {y}, 6");
+host_op!(cmpss_7, "cmpss {x}, {y}, 7");
+const CMPSS: [HostOp; 8] = [cmpss_0, cmpss_1, cmpss_2, cmpss_3, cmpss_4, cmpss_5, cmpss_6, cmpss_7];
+host_op!(cmpsd_0, "cmpsd {x}, {y}, 0");
+host_op!(cmpsd_1, "cmpsd {x}, {y}, 1");
+host_op!(cmpsd_2, "cmpsd {x}, {y}, 2");
+host_op!(cmpsd_3, "cmpsd {x}, {y}, 3");
+host_op!(cmpsd_4, "cmpsd {x}, {y}, 4");
+host_op!(cmpsd_5, "cmpsd {x}, {y}, 5");
+host_op!(cmpsd_6, "cmpsd {x}, {y}, 6");
+host_op!(cmpsd_7, "cmpsd {x}, {y}, 7");
+const CMPSD: [HostOp; 8] = [cmpsd_0, cmpsd_1, cmpsd_2, cmpsd_3, cmpsd_4, cmpsd_5, cmpsd_6, cmpsd_7];
+
 /// How the result of a host operation is written back.
 #[derive(Clone, Copy, PartialEq)]
 enum Out {
@@ -168,6 +206,10 @@ fn pick(ins: &Instruction) -> Option<(HostOp, Out)> {
         M::Cvttss2si => (if wide(0) { cvttss2si64 } else { cvttss2si32 }, Out::Gpr),
         M::Cvtsd2si => (if wide(0) { cvtsd2si64 } else { cvtsd2si32 }, Out::Gpr),
         M::Cvttsd2si => (if wide(0) { cvttsd2si64 } else { cvttsd2si32 }, Out::Gpr),
+        M::Cmpps => (CMPPS[(ins.immediate(2) & 7) as usize], x),
+        M::Cmppd => (CMPPD[(ins.immediate(2) & 7) as usize], x),
+        M::Cmpss => (CMPSS[(ins.immediate(2) & 7) as usize], x),
+        M::Cmpsd => (CMPSD[(ins.immediate(2) & 7) as usize], x),
         M::Ucomiss => (ucomiss, Out::Flags),
         M::Comiss => (comiss, Out::Flags),
         M::Ucomisd => (ucomisd, Out::Flags),
