@@ -194,8 +194,20 @@ impl Machine {
     /// Where console input goes.
     pub fn console_sink(&self) -> InputSink {
         let serial = self.serial.clone();
+        // The 16550 FIFO holds 64 bytes: a paste waits for the guest to drain it rather than
+        // losing what the user typed; only a guest that reads nothing for 1 s loses input.
         Arc::new(move |bytes: &[u8]| {
-            serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes);
+            let mut rest = bytes;
+            let mut last_progress = Instant::now();
+            while !rest.is_empty() && last_progress.elapsed() < Duration::from_secs(1) {
+                let taken = serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(rest);
+                rest = &rest[taken.min(rest.len())..];
+                if taken > 0 {
+                    last_progress = Instant::now();
+                } else {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
         })
     }
 
