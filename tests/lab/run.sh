@@ -11,6 +11,7 @@ set -euo pipefail
 
 VMR_BIN="" VMM="" OUT="" ONLY="" MODE=scenarios
 L1_TIMEOUT=${VMR_LAB_L1_TIMEOUT:-1500}     # whole L1 boot, seconds
+TOTAL_TIMEOUT=${VMR_LAB_TOTAL_TIMEOUT:-2700} # all L1 boots of this run (retries included)
 SCENARIO_TIMEOUT=${VMR_LAB_SCENARIO_TIMEOUT:-240}
 BOOT_TIMEOUT=${VMR_LAB_BOOT_TIMEOUT:-180}  # one L2 boot inside L1
 L1_CPUS=${VMR_LAB_L1_CPUS:-2}
@@ -74,7 +75,7 @@ build_l1_initramfs() {
     [ -d /usr/share/seabios ] && cp -r /usr/share/seabios "$ROOT/usr/share/seabios"
     [ -n "$VMR_BIN" ] && copy_bin "$VMR_BIN" lab/vmr
     # Host-side disk tools for the virtio-blk scenarios (make and check images inside L1).
-    for t in qemu-img mke2fs debugfs; do copy_bin "$(command -v $t)" usr/bin/$t; done
+    for t in qemu-img mke2fs debugfs socat; do copy_bin "$(command -v $t)" usr/bin/$t; done
     ln -sf mke2fs "$ROOT/usr/bin/mkfs.ext4"
     install -D -m 644 /etc/mke2fs.conf "$ROOT/etc/mke2fs.conf"
     cat > "$ROOT/lab/config" <<CFG
@@ -87,18 +88,24 @@ LAB_BOOT_TIMEOUT=$BOOT_TIMEOUT
 LAB_BENCH_RUNS=$BENCH_RUNS
 LAB_HAVE_VMR=$([ -n "$VMR_BIN" ] && echo 1 || echo 0)
 CFG
-    # Uncompressed: unpacking a gzip archive of ~170 MB under TCG costs more than reading it.
-    (cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc --quiet > "$OUT/l1.cpio")
-    rm -rf "$ROOT"
+    # Packed per boot by boot_l1 (uncompressed: unpacking a gzip archive of ~170 MB under TCG
+    # costs more than reading it).
 }
 
-# boot_l1 LOG: one L1 boot with a hard timeout; LAB lines are shown as they come.
+# boot_l1 LOG ONLY: one L1 boot running the scenarios in ONLY (all if empty), with a hard timeout
+# and a progress watchdog: under TCG an L1 kernel (or its nested KVM) can wedge for good, and then
+# no timeout inside L1 fires. No LAB line for STALL_TIMEOUT seconds ends the boot.
 L1_PID=""
 cleanup() { if [ -n "$L1_PID" ]; then kill "$L1_PID" 2>/dev/null || true; fi; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+STALL_TIMEOUT=${VMR_LAB_STALL_TIMEOUT:-$((SCENARIO_TIMEOUT + 120))}
 boot_l1() {
-    local log=$1
+    local log=$1 only=$2
+    sed -i "s/^LAB_ONLY=.*/LAB_ONLY=\"$only\"/" "$OUT/l1-root/lab/config"
+    (cd "$OUT/l1-root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet > "$OUT/l1.cpio")
+    local budget=$((TOTAL_TIMEOUT - ($(date +%s) - start)))
+    [ "$budget" -lt "$L1_TIMEOUT" ] && L1_TIMEOUT=$budget
     timeout -k 5 "$L1_TIMEOUT" qemu-system-x86_64 -accel tcg -M microvm -cpu max \
         -smp "$L1_CPUS" -m "$L1_MEM" -nodefaults -no-user-config -display none -serial stdio \
         -no-reboot -kernel "$LAB_CACHE/generic/vmlinux" -initrd "$OUT/l1.cpio" \
@@ -106,42 +113,82 @@ boot_l1() {
     L1_PID=$!
     tail -n +1 -f --pid="$L1_PID" "$log.raw" 2>/dev/null |
         grep --line-buffered -aE '^LAB' | sed -u 's/\r$//' >&2 &
+    local seen=0 now last n stalled=0
+    last=$(date +%s)
+    while kill -0 "$L1_PID" 2>/dev/null; do
+        sleep 2
+        n=$(grep -ac '^LAB' "$log.raw" || true); now=$(date +%s)
+        if [ "$n" != "$seen" ]; then seen=$n; last=$now; continue; fi
+        if [ $((now - last)) -ge "$STALL_TIMEOUT" ]; then
+            log "L1 made no progress for ${STALL_TIMEOUT}s (wedged under TCG); killing it"
+            stalled=1; kill "$L1_PID" 2>/dev/null || true; break
+        fi
+    done
     local rc=0
     wait "$L1_PID" || rc=$?
     L1_PID=""
     wait || true
     tr -d '\r' < "$log.raw" > "$log" && rm -f "$log.raw"
     [ "$rc" = 124 ] && log "L1 killed after ${L1_TIMEOUT}s"
+    [ "$stalled" = 1 ] && echo "LAB-L1 stalled" >> "$log"
     return 0
 }
 
+# The scenarios of this run, in order (names without the number prefix).
+SCENARIOS=""
+for f in "$LAB_DIR"/scenarios/*.sh; do
+    n=$(basename "$f" .sh); n=${n#[0-9][0-9]-}
+    case " $ONLY " in "  "|*" $n "*) SCENARIOS="$SCENARIOS $n" ;; esac
+done
+results() { cat "$OUT"/l1-serial.*.log 2>/dev/null | grep -aE '^LAB [^ ]+ (PASS|FAIL|SKIP)' || true; }
+has_result() { grep -aqE "^LAB $1 (PASS|FAIL|SKIP)" "$OUT"/l1-serial.*.log 2>/dev/null; }
+
 start=$(date +%s)
 build_l1_initramfs
-log "L1 initramfs $(du -m "$OUT/l1.cpio" | cut -f1) MiB, vmm=$VMM, built in $(( $(date +%s) - start ))s"
-attempt=1
+log "L1 initramfs $(du -sm "$OUT/l1-root" | cut -f1) MiB, vmm=$VMM, built in $(( $(date +%s) - start ))s"
+rm -f "$OUT"/l1-serial.*.log
+# A wedged L1 costs one boot: the scenarios without a result run again in a fresh L1. The one
+# that was running when L1 wedged gets one more chance; if L1 wedges in it again it fails.
+MAX_BOOTS=${VMR_LAB_MAX_BOOTS:-4}
+attempt=0 hung_once="" only="$ONLY"
 while :; do
-    log="$OUT/l1-serial.$attempt.log"
-    boot_l1 "$log"
-    # Retry once only if L1 itself never got KVM going (a boot hang), not for slow scenarios.
-    grep -q '^LAB-L1 kvm ready' "$log" || grep -q '^LAB-L1 no /dev/kvm' "$log" && break
-    [ $attempt -ge 2 ] && { log "L1 did not come up twice (see $OUT/l1-serial.*.log)"; break; }
-    log "L1 boot $attempt hung before KVM was ready; retrying once"
     attempt=$((attempt + 1))
+    log="$OUT/l1-serial.$attempt.log"
+    boot_l1 "$log" "$only"
+    [ "$MODE" = bench ] && break
+    grep -q '^LAB-END' "$log" && break
+    remaining=""
+    for n in $SCENARIOS; do has_result "$n" || remaining="$remaining $n"; done
+    [ -z "$remaining" ] && break
+    [ $attempt -ge "$MAX_BOOTS" ] && { log "giving up after $attempt L1 boots"; break; }
+    [ $(($(date +%s) - start)) -ge $((TOTAL_TIMEOUT - 120)) ] && { log "out of time after $attempt L1 boots"; break; }
+    if ! grep -q '^LAB-L1 kvm ready' "$log" && ! grep -q '^LAB-L1 no /dev/kvm' "$log"; then
+        log "L1 boot $attempt hung before KVM was ready; retrying"
+    else
+        first=${remaining# }; first=${first%% *}
+        if [ "$first" = "$hung_once" ]; then
+            echo "LAB $first FAIL L1 wedged twice while running it (logs in $OUT)" | tee -a "$log" >&2
+            remaining=${remaining# }; remaining=${remaining#"$first"}
+            [ -z "${remaining// /}" ] && break
+        else
+            hung_once=$first
+            log "L1 wedged during $first; running the remaining scenarios in a new L1:$remaining"
+        fi
+    fi
+    only=${remaining# }
 done
-rm -f "$OUT/l1.cpio"
-passed=$(grep -cE '^LAB [^ ]+ PASS' "$log" || true)
-failed=$(grep -cE '^LAB [^ ]+ FAIL' "$log" || true)
-skipped=$(grep -cE '^LAB [^ ]+ SKIP' "$log" || true)
+rm -f "$OUT/l1.cpio"; rm -rf "$OUT/l1-root"
+all=$(results)
+passed=$(echo "$all" | grep -cE '^LAB [^ ]+ PASS' || true)
+failed=$(echo "$all" | grep -cE '^LAB [^ ]+ FAIL' || true)
+skipped=$(echo "$all" | grep -cE '^LAB [^ ]+ SKIP' || true)
 if [ "$MODE" = scenarios ]; then
-    expected=0
-    for f in "$LAB_DIR"/scenarios/*.sh; do
-        n=$(basename "$f" .sh); n=${n#[0-9][0-9]-}
-        case " $ONLY " in "  "|*" $n "*) expected=$((expected + 1)) ;; esac
-    done
-    missing=$((expected - passed - failed - skipped))
+    missing=0
+    for n in $SCENARIOS; do has_result "$n" || missing=$((missing + 1)); done
     [ "$missing" -gt 0 ] && { log "$missing scenario(s) produced no result"; failed=$((failed + missing)); }
+else
+    grep -q '^LAB-END' "$log" || { log "L1 did not finish (no LAB-END)"; failed=$((failed + 1)); }
 fi
-grep -q '^LAB-END' "$log" || { log "L1 did not finish (no LAB-END)"; [ "$MODE" = bench ] && failed=$((failed + 1)); }
-log "total $(( $(date +%s) - start ))s, logs in $OUT"
+log "total $(( $(date +%s) - start ))s, $attempt L1 boot(s), logs in $OUT"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
