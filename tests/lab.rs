@@ -166,3 +166,8 @@ fn reboot_restart_reopens_the_disk() {
 fn virtio_net_on_a_tap_pings_and_carries_tcp_both_ways() {
     expect_pass("net-tap");
 }
+
+#[test]
+fn vsock_carries_data_host_to_guest_and_guest_to_host() {
+    expect_pass("vsock");
+}

@@ -5,7 +5,8 @@
 set -euo pipefail
 need=()
 for t in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils busybox:busybox-static cpio:cpio \
-         xz:xz-utils lz4:lz4 mkfs.ext4:e2fsprogs debugfs:e2fsprogs tmux:tmux; do
+         xz:xz-utils lz4:lz4 mkfs.ext4:e2fsprogs debugfs:e2fsprogs tmux:tmux socat:socat fio:fio \
+         iperf3:iperf3; do
     command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
 [ -x /bin/busybox ] || need+=(busybox-static)
@@ -23,4 +24,5 @@ apt-get update -qq
 v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
 pins=(qemu-system-x86="$v" qemu-utils="$v")
 dpkg -s qemu-block-extra >/dev/null 2>&1 && pins+=(qemu-block-extra="$v")
-apt-get install -y -qq --allow-downgrades "${pins[@]}" busybox-static cpio xz-utils lz4 e2fsprogs tmux >/dev/null
+apt-get install -y -qq --allow-downgrades "${pins[@]}" busybox-static cpio xz-utils lz4 e2fsprogs tmux \
+    socat fio iperf3 >/dev/null

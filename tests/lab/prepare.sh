@@ -7,7 +7,7 @@ set -euo pipefail
 install_packages() {
     local need=() t
     for t in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils busybox:busybox-static \
-             cpio:cpio xz:xz-utils lz4:lz4 dpkg-deb:dpkg; do
+             cpio:cpio xz:xz-utils lz4:lz4 dpkg-deb:dpkg socat:socat fio:fio iperf3:iperf3; do
         command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
     done
     [ -e /bin/busybox ] && /bin/busybox --list | grep -qx taskset || need+=(busybox-static)
@@ -70,7 +70,8 @@ extract_kernel() {
 
 # L2_MODULES: virtio and ext4 modules for the L2 guest, in load order (insmod does no deps).
 L2_MODULES="virtio_ring virtio virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net
-    mbcache jbd2 crc16 crc32c_generic ext4 tun"
+    mbcache jbd2 crc16 crc32c_generic ext4 tun vsock vmw_vsock_virtio_transport_common
+    vmw_vsock_virtio_transport"
 # extract_l2_modules DEB DIR: the L2_MODULES .ko files plus DIR/order (their load order).
 extract_l2_modules() {
     local deb=$1 dir=$2 tmp m
@@ -84,20 +85,39 @@ extract_l2_modules() {
     rm -rf "$tmp"
 }
 
-# The L2 guest initramfs: static busybox + the lab /init + virtio/ext4 modules (loaded by the
-# tests that need them).
-build_l2_initramfs() {
-    local out=$LAB_CACHE/l2-initramfs.cpio.gz tmp mods=$LAB_CACHE/generic/l2-modules
+# copy_tool ROOT NAME: the host's NAME plus every shared library ldd names, at their paths.
+copy_tool() {
+    local root=$1 src lib
+    src=$(command -v "$2") || die "$2 is not installed (tests/setup.sh installs it)"
+    install -D -m 755 "$src" "$root/usr/bin/$2"
+    for lib in $(ldd "$src" 2>/dev/null | grep -o '/[^ ]*'); do
+        [ -e "$root$lib" ] || install -D -m 755 "$(readlink -f "$lib")" "$root$lib"
+    done
+}
+
+# L2_TOOLS: host binaries in every L2 initramfs (socat: vsock both ways); L2_BENCH_TOOLS only
+# in the benchmark's (fio and its ~80 MB of libraries would slow every scenario boot).
+L2_TOOLS="socat"
+L2_BENCH_TOOLS="fio iperf3"
+# build_initramfs OUT TOOLS...: static busybox + the lab /init + virtio/ext4/vsock modules
+# (loaded by the tests that need them) + TOOLS with their libraries.
+build_initramfs() {
+    local out=$1 tmp mods=$LAB_CACHE/generic/l2-modules t; shift
     if [ -s "$out" ] && [ "$out" -nt "$LAB_DIR/guest/init" ] && [ "$out" -nt /bin/busybox ] &&
-        [ "$out" -nt "$mods/order" ]; then return; fi
+        [ "$out" -nt "$mods/order" ] && [ "$(cat "$out.tools" 2>/dev/null)" = "$*" ]; then return; fi
     tmp=$(mktemp -d)
     mkdir -p "$tmp"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp}
     cp /bin/busybox "$tmp/bin/busybox"
     ln -s busybox "$tmp/bin/sh"
     install -m 755 "$LAB_DIR/guest/init" "$tmp/init"
     mkdir -p "$tmp/lib/modules" && cp "$mods"/*.ko "$mods/order" "$tmp/lib/modules/"
+    for t in "$@"; do copy_tool "$tmp" "$t"; done
     (cd "$tmp" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -6 > "$out.tmp")
-    mv "$out.tmp" "$out"; rm -rf "$tmp"
+    mv "$out.tmp" "$out"; echo "$*" > "$out.tools"; rm -rf "$tmp"
+}
+build_l2_initramfs() {
+    build_initramfs "$LAB_CACHE/l2-initramfs.cpio.gz" $L2_TOOLS
+    build_initramfs "$LAB_CACHE/l2-bench-initramfs.cpio.gz" $L2_TOOLS $L2_BENCH_TOOLS
 }
 
 main() {
