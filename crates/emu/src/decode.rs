@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, OpKind, Register};
+use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, OpKind, Register};
 
 use crate::cpu::{reg_slot, Cpu, Ex, RegSlot};
 use crate::exec;
@@ -151,6 +151,13 @@ fn op_size(ins: &Instruction, bitness: u32) -> u8 {
         M::Cbw | M::Cwd => return 2,
         M::Cwde | M::Cdq => return 4,
         M::Cdqe | M::Cqo => return 8,
+        _ => {}
+    }
+    // Implicit stack operand sizes iced does not express as an operand or a fixed RSP change.
+    match ins.code() {
+        Code::Leavew | Code::Enterw_imm16_imm8 | Code::Pushaw | Code::Popaw => return 2,
+        Code::Leaved | Code::Enterd_imm16_imm8 | Code::Pushad | Code::Popad => return 4,
+        Code::Leaveq | Code::Enterq_imm16_imm8 => return 8,
         _ => {}
     }
     let k = ins.op0_kind();

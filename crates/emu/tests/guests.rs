@@ -553,3 +553,40 @@ fn rep_outsb_and_insb_move_bytes() {
     assert_eq!(g.read_u64(0x1200), 0x5a5a_5a5a_5a5a_5a5a);
     assert_eq!(g.engine.cpu.gpr[7] & 0xffff, 0x1208);
 }
+
+#[test]
+fn enter_and_leave_use_the_64_bit_stack_size() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.asm(64, CODE, |a| {
+        a.mov(rbp, 0x1111_2222_3333_4444u64).unwrap();
+        a.mov(rbx, rsp).unwrap();
+        a.push(rbp).unwrap();
+        a.mov(rbp, rsp).unwrap();
+        a.sub(rsp, 0x20).unwrap();
+        a.leave().unwrap();
+        // RSP is back where it was and RBP holds all 64 bits again.
+        a.mov(rax, rsp).unwrap();
+        a.sub(rax, rbx).unwrap();
+        out(a, 0xf0);
+        a.mov(rax, rbp).unwrap();
+        out(a, 0xf1);
+        a.shr(rax, 32).unwrap();
+        out(a, 0xf2);
+        a.enter(0x10, 0).unwrap();
+        a.mov(rax, rbx).unwrap();
+        a.sub(rax, rsp).unwrap(); // 8 (saved RBP) + 0x10
+        out(a, 0xf3);
+        a.leave().unwrap();
+        a.mov(rax, rsp).unwrap();
+        a.sub(rax, rbx).unwrap();
+        out(a, 0xf4);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf0), vec![0]);
+    assert_eq!(g.port_writes(0xf1), vec![0x3333_4444]);
+    assert_eq!(g.port_writes(0xf2), vec![0x1111_2222]);
+    assert_eq!(g.port_writes(0xf3), vec![0x18]);
+    assert_eq!(g.port_writes(0xf4), vec![0]);
+}
