@@ -1,10 +1,10 @@
 //! x87/SSE control state: FNINIT FNSTCW FLDCW FNSTSW FNCLEX WAIT LDMXCSR STMXCSR FXSAVE
-//! FXRSTOR. No x87 or SSE arithmetic yet, so CPUID does not advertise FPU/FXSR/SSE: this is
-//! the state plumbing (and the CR0.TS/EM checks) the arithmetic will build on.
+//! FXRSTOR, the CR0.TS/EM checks and the pending-exception (#MF) rule. The x87 arithmetic is
+//! in `x87.rs`, the environment images in `x87_env.rs`.
 
 use iced_x86::{Instruction, Mnemonic as M};
 
-use crate::cpu::{Cpu, Ex, Exc, CR0_EM, CR0_MP, CR0_TS, CR4_OSFXSR, NM};
+use crate::cpu::{Cpu, Ex, Exc, CR0_EM, CR0_MP, CR0_NE, CR0_TS, CR4_OSFXSR, MF, NM};
 use crate::decode::{Handler, Op};
 use crate::mem::Access;
 
@@ -27,8 +27,32 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
     })
 }
 
+/// FSW bits: exception flags (IE DE ZE OE UE PE), stack fault, error summary, busy.
+pub(super) const FSW_FLAGS: u16 = 0x3f;
+pub(super) const FSW_SF: u16 = 1 << 6;
+pub(super) const FSW_ES: u16 = 1 << 7;
+pub(super) const FSW_B: u16 = 1 << 15;
+
+/// ES and B set exactly when an exception flag is set that FCW leaves unmasked.
+pub(super) fn with_summary(fsw: u16, fcw: u16) -> u16 {
+    if fsw & !fcw & FSW_FLAGS != 0 {
+        fsw | FSW_ES | FSW_B
+    } else {
+        fsw & !(FSW_ES | FSW_B)
+    }
+}
+
+/// #MF before a waiting x87 instruction when an unmasked exception is pending (FSW.ES) and
+/// CR0.NE is set; with CR0.NE clear the pending exception is ignored (no FERR# modelled).
+pub(super) fn pending_check(cpu: &Cpu) -> Ex {
+    if cpu.fpu.fsw & FSW_ES != 0 && cpu.cr0 & CR0_NE != 0 {
+        return Err(Exc::new(MF));
+    }
+    Ok(())
+}
+
 /// #NM for x87 instructions when CR0.EM or CR0.TS is set.
-fn x87_check(cpu: &Cpu) -> Ex {
+pub(super) fn x87_check(cpu: &Cpu) -> Ex {
     if cpu.cr0 & (CR0_EM | CR0_TS) != 0 {
         return Err(Exc::new(NM));
     }
@@ -48,14 +72,20 @@ pub(super) fn sse_check(cpu: &Cpu) -> Ex {
 
 fn fninit(cpu: &mut Cpu, _: &Op) -> Ex {
     x87_check(cpu)?;
+    x87_reset(cpu);
+    Ok(())
+}
+
+/// The FNINIT state. `fpr` holds ST(0)..ST(7), so the registers rotate as TOP goes to 0.
+pub(super) fn x87_reset(cpu: &mut Cpu) {
     let f = &mut cpu.fpu;
+    f.fpr.rotate_left((8 - (f.fsw as usize >> 11 & 7)) & 7);
     f.fcw = 0x37f;
     f.fsw = 0;
     f.ftwx = 0;
     f.last_opcode = 0;
     f.last_ip = 0;
     f.last_dp = 0;
-    Ok(())
 }
 
 fn fnstcw(cpu: &mut Cpu, op: &Op) -> Ex {
@@ -66,7 +96,11 @@ fn fnstcw(cpu: &mut Cpu, op: &Op) -> Ex {
 
 fn fldcw(cpu: &mut Cpu, op: &Op) -> Ex {
     x87_check(cpu)?;
-    cpu.fpu.fcw = (cpu.rd(op, 0, 2)? as u16 & 0x1f3f) | 0x40;
+    let v = cpu.rd(op, 0, 2)? as u16;
+    let f = &mut cpu.fpu;
+    f.fcw = (v & 0x1f3f) | 0x40;
+    // Unmasking a flag that is set makes the exception pending (ES), masking it clears ES.
+    f.fsw = with_summary(f.fsw, f.fcw);
     Ok(())
 }
 
@@ -86,7 +120,7 @@ fn wait(cpu: &mut Cpu, _: &Op) -> Ex {
     if cpu.cr0 & (CR0_MP | CR0_TS) == (CR0_MP | CR0_TS) {
         return Err(Exc::new(NM));
     }
-    Ok(())
+    pending_check(cpu)
 }
 
 fn ldmxcsr(cpu: &mut Cpu, op: &Op) -> Ex {
@@ -180,4 +214,16 @@ fn fxrstor(cpu: &mut Cpu, op: &Op) -> Ex {
         r[..10].copy_from_slice(&b[32 + 16 * i..42 + 16 * i]);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_follows_unmasked_flags() {
+        assert_eq!(with_summary(0x0004, 0x037f), 0x0004);
+        assert_eq!(with_summary(0x0004, 0x037b), 0x8084);
+        assert_eq!(with_summary(0x8084, 0x037f), 0x0004);
+    }
 }

@@ -14,6 +14,9 @@ mod sse_float;
 mod stack;
 mod string;
 mod system;
+#[cfg(target_arch = "x86_64")]
+mod x87;
+mod x87_env;
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
@@ -50,7 +53,12 @@ pub fn handler_for(ins: &Instruction) -> Handler {
         .or_else(|| system::handler(ins))
         .or_else(|| far::handler(ins))
         .or_else(|| fpu::handler(ins))
+        .or_else(|| x87_env::handler(ins))
     {
+        return h;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(h) = x87::handler(ins) {
         return h;
     }
     unimplemented_insn

@@ -1,0 +1,638 @@
+//! Differential tests of the x87 instructions against the host CPU: a random x87 state (FCW
+//! with random precision, rounding and exception masks, TOP, C0-C3, sticky flags, tags, and
+//! registers holding normals, denormals, pseudo-denormals, unnormals, zeros, infinities, NaNs)
+//! and a random memory operand at `[r15 + disp8]`; the instruction runs natively and on the
+//! emulator, and the FCW, FSW, abridged tags, the eight registers, RFLAGS and the buffer must
+//! match. On the emulator the state goes in with the guest's FXRSTOR and comes out with its
+//! FXSAVE, so every case also checks those. Plus the #NM and #MF rules.
+
+mod common;
+
+use common::*;
+use iced_x86::{Decoder, DecoderOptions};
+use vmr_emu::cpu::{CR0_EM, CR0_MP, CR0_NE, CR0_TS, CR4_OSFXSR, MF, NM};
+use vmr_emu::decode::make_op;
+use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
+
+const BUF: usize = 512;
+const R15_OFF: u64 = 256;
+const GUEST_BUF: u64 = 0x20000;
+/// Where the emulator's FXRSTOR/FXSAVE image lives.
+const IMG_GPA: u64 = 0x30000;
+const INSN_SLOT: usize = 16;
+
+/// The native function's argument: guest image in/out, the host's own save area, RFLAGS.
+#[repr(C, align(16))]
+struct State {
+    img: [u8; 512],
+    host: [u8; 512],
+    flags: u64,
+    r15: u64,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// An 80-bit value (mantissa, sign/exponent) of every class the FPU distinguishes.
+    fn f80(&mut self) -> (u64, u16) {
+        let sign = (self.below(2) as u16) << 15;
+        let j = 1u64 << 63;
+        let frac = self.next() >> 1;
+        let (m, e) = match self.below(12) {
+            0 => (0, 0),
+            1 => (j, 0x7fff),
+            2 => (j | frac | 1, 0x7fff),         // NaN (quiet or signalling)
+            3 => (j | (1 << 62) | frac, 0x7fff), // QNaN
+            4 => (frac | 1, 0),                  // denormal
+            5 => (j | frac, 0),                  // pseudo-denormal
+            6 => (frac, 1 + self.below(0x7ffe) as u16), // unnormal / pseudo-zero
+            7 => {
+                let v = self.below(4001) as f64 - 2000.0;
+                return f64_to_f80(v / [1.0, 4.0, 3.0, 10.0][self.below(4) as usize]);
+            }
+            8 => {
+                return f64_to_f80(f64::from_bits(
+                    self.next() & !(0x7ff << 52) | (self.below(0x7fe) + 1) << 52,
+                ))
+            }
+            9 => (j | frac, [1, 2, 0x7ffe, 0x7ffd, 0x3fff, 0x403e][self.below(6) as usize]),
+            _ => (j | frac, 0x3fbf + self.below(0x80) as u16),
+        };
+        (m, e | sign)
+    }
+    fn f80_bytes(&mut self) -> [u8; 10] {
+        let (m, e) = self.f80();
+        let mut b = [0u8; 10];
+        b[..8].copy_from_slice(&m.to_le_bytes());
+        b[8..].copy_from_slice(&e.to_le_bytes());
+        b
+    }
+    fn int(&mut self, bits: u32) -> u64 {
+        let edge = [0u64, 1, u64::MAX, 1 << (bits - 1), (1 << (bits - 1)) - 1, (1 << (bits - 1)) + 1];
+        match self.below(4) {
+            0 => edge[self.below(6) as usize],
+            1 => (self.below(2001) as i64 - 1000) as u64,
+            _ => self.next(),
+        }
+    }
+    fn f64_bits(&mut self) -> u64 {
+        match self.below(5) {
+            0 => [
+                0,
+                1 << 63,
+                0x7ff << 52,
+                0xfff << 52,
+                0x7ff8 << 48,
+                0x7ff0_0000_0000_0001,
+                1,
+                0x000f_ffff_ffff_ffff,
+            ][self.below(8) as usize],
+            1 => ((self.below(2001) as f64 - 1000.0) / 8.0).to_bits(),
+            _ => self.next(),
+        }
+    }
+    fn f32_bits(&mut self) -> u32 {
+        match self.below(5) {
+            0 => [0, 1 << 31, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 0x7f80_0001, 1, 0x007f_ffff]
+                [self.below(8) as usize],
+            1 => ((self.below(2001) as f32 - 1000.0) / 8.0).to_bits(),
+            _ => self.next() as u32,
+        }
+    }
+}
+
+/// A normal or zero f64 as an 80-bit value.
+fn f64_to_f80(v: f64) -> (u64, u16) {
+    let b = v.to_bits();
+    let sign = ((b >> 63) as u16) << 15;
+    let e = (b >> 52) & 0x7ff;
+    if e == 0 {
+        return (0, sign);
+    }
+    ((1 << 63) | (b & ((1 << 52) - 1)) << 11, sign | (e as u16 + 16383 - 1023))
+}
+
+/// What the memory operand holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Data {
+    F32,
+    F64,
+    F80,
+    I16,
+    I32,
+    I64,
+    Bcd,
+    /// FLDENV/FRSTOR images (28/108 bytes), FNSTENV/FNSAVE targets.
+    Env,
+    Save,
+    /// FLDCW source, FNSTCW/FNSTSW targets.
+    Cw,
+}
+
+#[derive(Clone, Copy)]
+enum Enc {
+    /// `opcode modrm`.
+    Fixed(u8),
+    /// `opcode base+i`, i random.
+    Sti(u8),
+    /// `opcode /reg` with the memory operand `[r15 + disp8]`.
+    Mem(u8, Data),
+}
+
+struct Form {
+    name: &'static str,
+    opcode: u8,
+    enc: Enc,
+}
+
+fn forms() -> Vec<Form> {
+    use Data::*;
+    use Enc::*;
+    let mut v = Vec::new();
+    let mut add = |name: &'static str, opcode: u8, enc: Enc| v.push(Form { name, opcode, enc });
+    const ARITH: [&str; 8] = ["add", "mul", "com", "comp", "sub", "subr", "div", "divr"];
+    for (r, n) in ARITH.iter().enumerate() {
+        let r = r as u8;
+        add(Box::leak(format!("f{n} m32fp").into_boxed_str()), 0xd8, Mem(r, F32));
+        add(Box::leak(format!("f{n} m64fp").into_boxed_str()), 0xdc, Mem(r, F64));
+        add(Box::leak(format!("fi{n} m32int").into_boxed_str()), 0xda, Mem(r, I32));
+        add(Box::leak(format!("fi{n} m16int").into_boxed_str()), 0xde, Mem(r, I16));
+        add(Box::leak(format!("D8 group {r} st(i)").into_boxed_str()), 0xd8, Sti(0xc0 + 8 * r));
+        add(Box::leak(format!("DC group {r} st(i)").into_boxed_str()), 0xdc, Sti(0xc0 + 8 * r));
+    }
+    for (name, op, r) in [("faddp", 0xde, 0u8), ("fmulp", 0xde, 1), ("fcomp5", 0xde, 2), ("fsubrp", 0xde, 4)]
+    {
+        add(name, op, Sti(0xc0 + 8 * r));
+    }
+    for (name, r) in [("fsubp", 5u8), ("fdivrp", 6), ("fdivp", 7)] {
+        add(name, 0xde, Sti(0xc0 + 8 * r));
+    }
+    add("fcompp", 0xde, Fixed(0xd9));
+    let loads_stores = [
+        ("fld m32", 0xd9, 0, F32),
+        ("fst m32", 0xd9, 2, F32),
+        ("fstp m32", 0xd9, 3, F32),
+        ("fld m64", 0xdd, 0, F64),
+        ("fst m64", 0xdd, 2, F64),
+        ("fstp m64", 0xdd, 3, F64),
+        ("fld m80", 0xdb, 5, F80),
+        ("fstp m80", 0xdb, 7, F80),
+        ("fild m16", 0xdf, 0, I16),
+        ("fild m32", 0xdb, 0, I32),
+        ("fild m64", 0xdf, 5, I64),
+        ("fist m16", 0xdf, 2, I16),
+        ("fist m32", 0xdb, 2, I32),
+        ("fistp m16", 0xdf, 3, I16),
+        ("fistp m32", 0xdb, 3, I32),
+        ("fistp m64", 0xdf, 7, I64),
+        ("fisttp m16", 0xdf, 1, I16),
+        ("fisttp m32", 0xdb, 1, I32),
+        ("fisttp m64", 0xdd, 1, I64),
+        ("fbld", 0xdf, 4, Bcd),
+        ("fbstp", 0xdf, 6, Bcd),
+        ("fldenv", 0xd9, 4, Env),
+        ("fnstenv", 0xd9, 6, Env),
+        ("frstor", 0xdd, 4, Save),
+        ("fnsave", 0xdd, 6, Save),
+        ("fldcw", 0xd9, 5, Cw),
+        ("fnstcw", 0xd9, 7, Cw),
+        ("fnstsw m16", 0xdd, 7, Cw),
+    ];
+    for (name, op, r, d) in loads_stores {
+        add(name, op, Mem(r, d));
+    }
+    for (name, op, base) in [
+        ("fld st(i)", 0xd9, 0xc0),
+        ("fxch", 0xd9, 0xc8),
+        ("fstp1 alias", 0xd9, 0xd8),
+        ("fcmovb", 0xda, 0xc0),
+        ("fcmove", 0xda, 0xc8),
+        ("fcmovbe", 0xda, 0xd0),
+        ("fcmovu", 0xda, 0xd8),
+        ("fcmovnb", 0xdb, 0xc0),
+        ("fcmovne", 0xdb, 0xc8),
+        ("fcmovnbe", 0xdb, 0xd0),
+        ("fcmovnu", 0xdb, 0xd8),
+        ("fucomi", 0xdb, 0xe8),
+        ("fcomi", 0xdb, 0xf0),
+        ("ffree", 0xdd, 0xc0),
+        ("fxch4 alias", 0xdd, 0xc8),
+        ("fst st(i)", 0xdd, 0xd0),
+        ("fstp st(i)", 0xdd, 0xd8),
+        ("fucom", 0xdd, 0xe0),
+        ("fucomp", 0xdd, 0xe8),
+        ("ffreep", 0xdf, 0xc0),
+        ("fxch7 alias", 0xdf, 0xc8),
+        ("fstp8 alias", 0xdf, 0xd0),
+        ("fstp9 alias", 0xdf, 0xd8),
+        ("fucomip", 0xdf, 0xe8),
+        ("fcomip", 0xdf, 0xf0),
+    ] {
+        add(name, op, Sti(base));
+    }
+    let d9 = [
+        ("fnop", 0xd0),
+        ("fchs", 0xe0),
+        ("fabs", 0xe1),
+        ("ftst", 0xe4),
+        ("fxam", 0xe5),
+        ("fld1", 0xe8),
+        ("fldl2t", 0xe9),
+        ("fldl2e", 0xea),
+        ("fldpi", 0xeb),
+        ("fldlg2", 0xec),
+        ("fldln2", 0xed),
+        ("fldz", 0xee),
+        ("f2xm1", 0xf0),
+        ("fyl2x", 0xf1),
+        ("fptan", 0xf2),
+        ("fpatan", 0xf3),
+        ("fxtract", 0xf4),
+        ("fprem1", 0xf5),
+        ("fdecstp", 0xf6),
+        ("fincstp", 0xf7),
+        ("fprem", 0xf8),
+        ("fyl2xp1", 0xf9),
+        ("fsqrt", 0xfa),
+        ("fsincos", 0xfb),
+        ("frndint", 0xfc),
+        ("fscale", 0xfd),
+        ("fsin", 0xfe),
+        ("fcos", 0xff),
+    ];
+    for (name, m) in d9 {
+        add(name, 0xd9, Fixed(m));
+    }
+    add("fucompp", 0xda, Fixed(0xe9));
+    add("fnclex", 0xdb, Fixed(0xe2));
+    add("fninit", 0xdb, Fixed(0xe3));
+    v
+}
+
+/// The native side: an RWX code page running `save host; load state; insn; store; restore`.
+struct Native {
+    code: *mut u8,
+    buf: *mut u8,
+    prologue: Vec<u8>,
+    epilogue: Vec<u8>,
+}
+
+impl Native {
+    fn new() -> Native {
+        // SAFETY: anonymous private mappings, checked for failure; never unmapped (test process).
+        let (code, buf) = unsafe {
+            let c = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            let b = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert!(c != libc::MAP_FAILED && b != libc::MAP_FAILED, "mmap failed");
+            (c as *mut u8, b as *mut u8)
+        };
+        let prologue = vec![
+            0x41, 0x57, // push r15
+            0x48, 0x0f, 0xae, 0x87, 0x00, 0x02, 0x00, 0x00, // fxsave64 [rdi+512]
+            0x48, 0x0f, 0xae, 0x0f, // fxrstor64 [rdi]
+            0xff, 0xb7, 0x00, 0x04, 0x00, 0x00, // push qword [rdi+1024]
+            0x9d, // popfq
+            0x4c, 0x8b, 0xbf, 0x08, 0x04, 0x00, 0x00, // mov r15, [rdi+1032]
+        ];
+        let epilogue = vec![
+            0x9c, // pushfq
+            0x8f, 0x87, 0x00, 0x04, 0x00, 0x00, // pop qword [rdi+1024]
+            0x48, 0x0f, 0xae, 0x07, // fxsave64 [rdi]
+            0x48, 0x0f, 0xae, 0x8f, 0x00, 0x02, 0x00, 0x00, // fxrstor64 [rdi+512]
+            0x41, 0x5f, // pop r15
+            0xc3, // ret
+        ];
+        Native { code, buf, prologue, epilogue }
+    }
+
+    fn run(&self, insn: &[u8], state: &mut State, buf: &mut [u8; BUF]) {
+        let mut code = self.prologue.clone();
+        code.extend_from_slice(insn);
+        code.resize(self.prologue.len() + INSN_SLOT, 0x90);
+        code.extend_from_slice(&self.epilogue);
+        state.r15 = self.buf as u64 + R15_OFF;
+        // SAFETY: both pages are 4096 bytes, the code is < 4096 bytes, the buffer BUF bytes.
+        // The generated function follows the C ABI (r15 restored, the host FPU/SSE state saved
+        // and restored, RFLAGS status bits are caller-saved, DF stays clear) and only touches
+        // the state and the buffer through r15. The loaded image never has an unmasked
+        // exception pending, and nothing after the instruction waits, so no #MF is raised.
+        unsafe {
+            std::ptr::copy_nonoverlapping(code.as_ptr(), self.code, code.len());
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.buf, BUF);
+            let f: extern "C" fn(*mut State) = std::mem::transmute(self.code);
+            f(state);
+            std::ptr::copy_nonoverlapping(self.buf, buf.as_mut_ptr(), BUF);
+        }
+    }
+}
+
+/// Encodes one random instance of `form`; returns the bytes and the buffer offset of the
+/// memory operand.
+fn encode(form: &Form, rng: &mut Rng) -> (Vec<u8>, usize) {
+    match form.enc {
+        Enc::Fixed(m) => (vec![form.opcode, m], 0),
+        Enc::Sti(base) => (vec![form.opcode, base + rng.below(8) as u8], 0),
+        Enc::Mem(r, d) => {
+            let disp = match d {
+                Data::Save | Data::Env => -(rng.below(129) as i64),
+                _ => rng.below(256) as i64 - 128,
+            };
+            let b = vec![0x41, form.opcode, 0x47 | (r << 3), disp as i8 as u8];
+            (b, (R15_OFF as i64 + disp) as usize)
+        }
+    }
+}
+
+fn put(buf: &mut [u8], at: usize, v: &[u8]) {
+    buf[at..at + v.len()].copy_from_slice(v);
+}
+
+/// Fills the memory operand with a value of its type.
+fn fill_operand(rng: &mut Rng, d: Data, buf: &mut [u8; BUF], at: usize) {
+    match d {
+        Data::F32 => put(buf, at, &rng.f32_bits().to_le_bytes()),
+        Data::F64 => put(buf, at, &rng.f64_bits().to_le_bytes()),
+        Data::F80 => put(buf, at, &rng.f80_bytes()),
+        Data::I16 => put(buf, at, &(rng.int(16) as u16).to_le_bytes()),
+        Data::I32 => put(buf, at, &(rng.int(32) as u32).to_le_bytes()),
+        Data::I64 => put(buf, at, &rng.int(64).to_le_bytes()),
+        Data::Bcd => {
+            let mut b = [0u8; 10];
+            for x in b.iter_mut().take(9) {
+                *x = if rng.below(8) == 0 {
+                    rng.next() as u8
+                } else {
+                    (rng.below(10) * 16 + rng.below(10)) as u8
+                };
+            }
+            b[9] = if rng.below(2) == 0 { 0x80 } else { 0 };
+            put(buf, at, &b);
+        }
+        Data::Cw => put(buf, at, &(rng.next() as u16).to_le_bytes()),
+        Data::Env | Data::Save => {
+            let words = [rng.next() as u16 & 0x1f7f | 0x40, rng.next() as u16, rng.next() as u16];
+            for (i, w) in words.iter().enumerate() {
+                put(buf, at + 4 * i, &w.to_le_bytes());
+            }
+            for i in 0..8 {
+                let v = rng.f80_bytes();
+                put(buf, at + 28 + 10 * i, &v);
+            }
+        }
+    }
+}
+
+/// A random x87 state as an FXSAVE image, with no unmasked exception pending.
+fn random_image(rng: &mut Rng) -> [u8; 512] {
+    let mut img = [0u8; 512];
+    let masks = if rng.below(3) == 0 { 0x3f } else { rng.next() as u16 & 0x3f };
+    let pc = [0u16, 2, 3][rng.below(3) as usize];
+    let fcw = masks | 0x40 | pc << 8 | (rng.below(4) as u16) << 10;
+    let mut flags = rng.next() as u16 & masks & 0x3f;
+    if flags & 1 != 0 && rng.below(2) == 0 {
+        flags |= 0x40;
+    }
+    let fsw = flags | (rng.next() as u16 & 0x4700) | (rng.below(8) as u16) << 11;
+    let tags = match rng.below(4) {
+        0 => 0,
+        1 => 0xff,
+        _ => rng.next() as u8,
+    };
+    img[0..2].copy_from_slice(&fcw.to_le_bytes());
+    img[2..4].copy_from_slice(&fsw.to_le_bytes());
+    img[4] = tags;
+    img[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    for i in 0..8 {
+        let v = rng.f80_bytes();
+        img[32 + 16 * i..42 + 16 * i].copy_from_slice(&v);
+    }
+    img
+}
+
+/// Runs `bytes` on the emulator at `CODE` (the x87 handlers re-read the instruction bytes).
+fn exec(g: &mut Guest, bytes: &[u8]) -> Option<u8> {
+    g.write(CODE, bytes);
+    let mut dec = Decoder::with_ip(64, bytes, CODE, DecoderOptions::NONE);
+    let ins = dec.decode();
+    assert!(!ins.is_invalid(), "invalid encoding {bytes:02x?}");
+    let op = make_op(&ins, 64);
+    let cpu = g.cpu();
+    cpu.rip = CODE;
+    cpu.next_rip = ins.next_ip();
+    (op.exec)(cpu, &op).err().map(|e| e.vector)
+}
+
+const FXRSTOR_RAX: [u8; 4] = [0x48, 0x0f, 0xae, 0x08];
+const FXSAVE_RAX: [u8; 4] = [0x48, 0x0f, 0xae, 0x00];
+
+fn emulate(
+    g: &mut Guest,
+    bytes: &[u8],
+    img: &[u8; 512],
+    flags: u64,
+    buf: &[u8; BUF],
+) -> ([u8; 512], u64, [u8; BUF]) {
+    g.mem.write_slice(buf, GuestAddress(GUEST_BUF)).unwrap();
+    g.mem.write_slice(img, GuestAddress(IMG_GPA)).unwrap();
+    g.cpu().cr4 |= CR4_OSFXSR;
+    g.cpu().gpr[0] = IMG_GPA;
+    g.cpu().gpr[15] = GUEST_BUF + R15_OFF;
+    g.cpu().flags.set(flags);
+    assert_eq!(exec(g, &FXRSTOR_RAX), None, "fxrstor");
+    if let Some(v) = exec(g, bytes) {
+        panic!("unexpected exception {v} for {bytes:02x?}");
+    }
+    assert_eq!(exec(g, &FXSAVE_RAX), None, "fxsave");
+    let mut out = [0u8; 512];
+    g.mem.read_slice(&mut out, GuestAddress(IMG_GPA)).unwrap();
+    let mut out_buf = [0u8; BUF];
+    g.mem.read_slice(&mut out_buf, GuestAddress(GUEST_BUF)).unwrap();
+    (out, g.cpu().rflags() & 0x8d5, out_buf)
+}
+
+/// FCW, FSW, abridged tags and the eight registers (FIP/FDP/FOP are not compared).
+fn x87_part(img: &[u8; 512]) -> Vec<u8> {
+    let mut v = img[0..5].to_vec();
+    for i in 0..8 {
+        v.extend_from_slice(&img[32 + 16 * i..42 + 16 * i]);
+    }
+    v
+}
+
+fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usize) {
+    let mut rng = Rng(seed | 1);
+    for _ in 0..cases {
+        let mut buf = [0u8; BUF];
+        for b in buf.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        let img = random_image(&mut rng);
+        let flags = 2 | (rng.next() & 0x8d5);
+        let (bytes, at) = encode(form, &mut rng);
+        if let Enc::Mem(_, d) = form.enc {
+            fill_operand(&mut rng, d, &mut buf, at);
+        }
+        let (emu_img, emu_flags, emu_buf) = emulate(g, &bytes, &img, flags, &buf);
+        let mut st = State { img, host: [0; 512], flags, r15: 0 };
+        let mut host_buf = buf;
+        native.run(&bytes, &mut st, &mut host_buf);
+        let ctx = || {
+            format!(
+                "{} bytes {bytes:02x?} fcw {:02x?} fsw {:02x?} tags {:#x}",
+                form.name,
+                &img[0..2],
+                &img[2..4],
+                img[4]
+            )
+        };
+        let (e, h) = (x87_part(&emu_img), x87_part(&st.img));
+        assert!(e == h, "x87 state differs:\n emu  {e:02x?}\n host {h:02x?}\n{}", ctx());
+        assert_eq!(emu_flags, st.flags & 0x8d5, "rflags differ: {}", ctx());
+        let mut eb = emu_buf;
+        if let Enc::Mem(_, Data::Env | Data::Save) = form.enc {
+            // FIP, FCS/FOP, FDP, FDS are not modelled bit for bit.
+            eb[at + 12..at + 28].fill(0);
+            host_buf[at + 12..at + 28].fill(0);
+        }
+        assert!(
+            eb == host_buf,
+            "memory differs: {}\n emu  {:02x?}\n host {:02x?}",
+            ctx(),
+            &eb[at..at + 28],
+            &host_buf[at..at + 28]
+        );
+    }
+}
+
+#[test]
+fn x87_differential_against_host_cpu() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let native = Native::new();
+    let cases: usize = std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let forms = forms();
+    for (i, form) in forms.iter().enumerate() {
+        check_form(&mut g, &native, form, 0x87_0f0f_1234_0001 ^ (i as u64 * 0x1000_0001), cases);
+    }
+    eprintln!("x87 differential: {} forms x {cases} cases compared", forms.len());
+}
+
+/// Loads `img` into the emulator's x87 state directly.
+fn set_state(g: &mut Guest, fcw: u16, fsw: u16, tags: u8) {
+    let f = &mut g.cpu().fpu;
+    f.fcw = fcw;
+    f.fsw = fsw;
+    f.ftwx = tags;
+}
+
+#[test]
+fn x87_device_not_available() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let fadd = [0xd8, 0xc1]; // fadd st0, st1
+    let fld_mem = [0x41, 0xdd, 0x07]; // fld qword [r15]
+    let wait = [0x9b];
+    g.cpu().gpr[15] = GUEST_BUF;
+    set_state(&mut g, 0x37f, 0, 0);
+    g.cpu().cr0 |= CR0_TS;
+    assert_eq!(exec(&mut g, &fadd), Some(NM), "CR0.TS: #NM");
+    assert_eq!(exec(&mut g, &fld_mem), Some(NM));
+    assert_eq!(exec(&mut g, &wait), None, "WAIT ignores TS without MP");
+    g.cpu().cr0 |= CR0_MP;
+    assert_eq!(exec(&mut g, &wait), Some(NM), "WAIT with MP and TS: #NM");
+    g.cpu().cr0 &= !(CR0_TS | CR0_MP);
+    g.cpu().cr0 |= CR0_EM;
+    assert_eq!(exec(&mut g, &fadd), Some(NM), "CR0.EM: #NM");
+    assert_eq!(exec(&mut g, &wait), None, "WAIT ignores EM");
+    g.cpu().cr0 &= !CR0_EM;
+    assert_eq!(g.cpu().fpu.fsw, 0, "state untouched by the faults");
+    g.write_u64(GUEST_BUF, 2.5f64.to_bits());
+    assert_eq!(exec(&mut g, &fld_mem), None);
+    let f = &g.cpu().fpu;
+    assert_eq!(f.fsw >> 11 & 7, 7, "TOP decremented");
+    assert_eq!(f.ftwx, 0x80, "physical register 7 valid");
+    assert_eq!(&f.fpr[0][..10], &[0, 0, 0, 0, 0, 0, 0, 0xa0, 0x00, 0x40], "2.5 as 80 bits");
+}
+
+#[test]
+fn x87_pending_exception_raises_mf_only_with_cr0_ne() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let fld1 = [0xd9, 0xe8];
+    let fldz = [0xd9, 0xee];
+    let fdivp = [0xde, 0xf9]; // fdivp st1, st0: 1 / 0
+    let fnstsw_mem = [0x41, 0xdd, 0x3f]; // fnstsw [r15]
+    let fnclex = [0xdb, 0xe2];
+    let wait = [0x9b];
+    g.cpu().gpr[15] = GUEST_BUF;
+    g.cpu().cr0 |= CR0_NE;
+    set_state(&mut g, 0x37f & !(1 << 2), 0, 0); // ZE unmasked
+    assert_eq!(exec(&mut g, &fld1), None);
+    assert_eq!(exec(&mut g, &fldz), None);
+    assert_eq!(exec(&mut g, &fdivp), None, "the faulting instruction completes");
+    let fsw = g.cpu().fpu.fsw;
+    assert_eq!(fsw & 0x80ff, 0x8084, "ZE, ES and B set: {fsw:#x}");
+    assert_eq!(fsw >> 11 & 7, 6, "unmasked ZE: no pop");
+    assert_eq!(exec(&mut g, &fld1), Some(MF), "next waiting instruction: #MF");
+    assert_eq!(exec(&mut g, &wait), Some(MF), "WAIT: #MF");
+    assert_eq!(g.cpu().fpu.fsw, fsw, "#MF left the state alone");
+    assert_eq!(exec(&mut g, &fnstsw_mem), None, "FNSTSW does not wait");
+    assert_eq!(g.read_u64(GUEST_BUF) as u16, fsw);
+    // With CR0.NE clear the pending exception is ignored.
+    g.cpu().cr0 &= !CR0_NE;
+    assert_eq!(exec(&mut g, &wait), None);
+    assert_eq!(exec(&mut g, &fld1), None);
+    assert_eq!(g.cpu().fpu.fsw >> 11 & 7, 5);
+    g.cpu().cr0 |= CR0_NE;
+    assert_eq!(exec(&mut g, &fnclex), None);
+    assert_eq!(g.cpu().fpu.fsw & 0x80ff, 0, "FNCLEX clears flags, ES and B");
+    assert_eq!(exec(&mut g, &fld1), None);
+    // Masked: no ES, the default result, the sticky flag.
+    set_state(&mut g, 0x37f, 0, 0);
+    assert_eq!(exec(&mut g, &fld1), None);
+    assert_eq!(exec(&mut g, &fldz), None);
+    assert_eq!(exec(&mut g, &fdivp), None);
+    let f = &g.cpu().fpu;
+    assert_eq!(f.fsw & 0x80ff, 0x0004);
+    assert_eq!(&f.fpr[0][..10], &[0, 0, 0, 0, 0, 0, 0, 0x80, 0xff, 0x7f], "+infinity");
+}
+
+#[test]
+fn x87_stack_overflow_and_underflow() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let fld1 = [0xd9, 0xe8];
+    let fadd = [0xd8, 0xc1];
+    set_state(&mut g, 0x37f, 0, 0xff); // all registers full
+    assert_eq!(exec(&mut g, &fld1), None);
+    let f = &g.cpu().fpu;
+    assert_eq!(f.fsw & 0x02c1, 0x0241, "IE, SF and C1 (overflow): {:#x}", f.fsw);
+    assert_eq!(&f.fpr[0][..10], &[0, 0, 0, 0, 0, 0, 0, 0xc0, 0xff, 0xff], "QNaN indefinite");
+    set_state(&mut g, 0x37f, 0, 0); // all empty
+    assert_eq!(exec(&mut g, &fadd), None);
+    let f = &g.cpu().fpu;
+    assert_eq!(f.fsw & 0x02c1, 0x0041, "IE and SF, C1 clear (underflow): {:#x}", f.fsw);
+}
