@@ -1,6 +1,5 @@
 //! The `vmr-hypervisor` traits on top of the interpreter: backend "emu".
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,10 +9,15 @@ use vmr_hypervisor::{
     MsrEntry, Regs, Result, SpecialRegs, Vcpu, VcpuExit, VcpuKicker, Vm, VmConfig, VmOps,
 };
 
-use crate::cpu::{Cpu, CR4_PAE, CR4_PGE, CR4_PSE, CS};
+use crate::cpu::{real_mode_segment, Cpu, CR0_CD, CR0_ET, CR0_NW, CR4_PAE, CR4_PGE, CR4_PSE, CS};
 use crate::engine::{Engine, StopReason};
+use crate::irqchip::ioapic::IOAPIC_PINS;
+use crate::irqchip::ops::ChipOps;
+use crate::irqchip::service::Service;
+use crate::irqchip::source::ApicSource;
+use crate::irqchip::{IrqChipCore, LocalApic, Waiter};
 use crate::mem::Memory;
-use crate::msr::IA32_APIC_BASE;
+use crate::msr::{ApicMsrs, IA32_APIC_BASE, IA32_TSC};
 
 /// Instructions per call of the engine between checks of the VMM-visible state.
 const SLICE: u64 = 1 << 20;
@@ -36,9 +40,10 @@ impl EmuHypervisor {
                 self.max_vcpus()
             )));
         }
+        // The MP table and MADT give the IOAPIC the id after the processors' ids.
         Ok(Arc::new(EmuVm {
             memory: Mutex::new(None),
-            irqchip: Arc::new(EmuIrqChip::default()),
+            irqchip: Arc::new(EmuIrqChip::new(config.vcpus)?),
             ioevents: Arc::new(Mutex::new(Vec::new())),
         }))
     }
@@ -62,71 +67,43 @@ impl Hypervisor for EmuHypervisor {
     }
 }
 
-/// Interrupt lines as the devices drive them. The PIC/IOAPIC/LAPIC models that turn them into
-/// vectors are the next milestone; until then lines are only recorded.
-#[derive(Debug, Default)]
+/// The VM's interrupt controllers ([`crate::irqchip`]): what devices drive through
+/// `set_irq_line`/`pulse_irq` and irqfds.
 pub struct EmuIrqChip {
-    lines: Mutex<[bool; 24]>,
-    /// Edges seen per line (rising), for tests and the coming PIC/IOAPIC model.
-    edges: Mutex<[u64; 24]>,
-    /// Registered irqfds: an edge on `gsi` whenever the eventfd is written.
-    irqfds: Mutex<Vec<(EventFd, u32)>>,
+    core: Arc<IrqChipCore>,
+    service: Service,
 }
 
 impl EmuIrqChip {
-    /// Turns signalled irqfds into edges on their lines (called by vCPUs between slices).
-    pub fn poll_irqfds(&self) {
-        let fired: Vec<u32> = {
-            let fds = self.irqfds.lock().unwrap_or_else(|e| e.into_inner());
-            if fds.is_empty() {
-                return;
-            }
-            let mut pfds: Vec<libc::pollfd> = fds
-                .iter()
-                .map(|(fd, _)| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-                .collect();
-            // SAFETY: `pfds` is a valid array of pollfd for the duration of the call; a zero
-            // timeout makes poll return immediately.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) };
-            if n <= 0 {
-                return;
-            }
-            pfds.iter()
-                .zip(fds.iter())
-                .filter(|(p, _)| p.revents & libc::POLLIN != 0)
-                // Readable, so this read does not block; its value (the count) is not needed.
-                .filter_map(|(_, (fd, gsi))| fd.read().ok().map(|_| *gsi))
-                .collect()
-        };
-        for gsi in fired {
-            let _ = self.pulse_irq(gsi);
-        }
+    fn new(ioapic_id: u32) -> Result<Self> {
+        let core =
+            Arc::new(IrqChipCore::new(ioapic_id).map_err(|e| HypervisorError::os("irqchip eventfd", e))?);
+        let service = Service::start(core.clone()).map_err(|e| HypervisorError::os("irqchip thread", e))?;
+        Ok(EmuIrqChip { core, service })
+    }
+
+    /// The controllers themselves.
+    pub fn core(&self) -> &Arc<IrqChipCore> {
+        &self.core
     }
 
     /// Current level of `gsi`.
     pub fn level(&self, gsi: u32) -> bool {
-        let l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        l.get(gsi as usize).copied().unwrap_or(false)
+        self.core.level(gsi)
     }
 
     /// Rising edges seen on `gsi`.
     pub fn edges(&self, gsi: u32) -> u64 {
-        let e = self.edges.lock().unwrap_or_else(|e| e.into_inner());
-        e.get(gsi as usize).copied().unwrap_or(0)
+        self.core.edges(gsi)
     }
 }
 
 impl IrqChip for EmuIrqChip {
     fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()> {
-        let mut l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = l
-            .get_mut(gsi as usize)
-            .ok_or_else(|| HypervisorError::Invalid(format!("GSI {gsi} out of range 0..24")))?;
-        if level && !*slot {
-            let mut e = self.edges.lock().unwrap_or_else(|e| e.into_inner());
-            e[gsi as usize] += 1;
+        if gsi as usize >= IOAPIC_PINS {
+            return Err(HypervisorError::Invalid(format!("GSI {gsi} out of range 0..24")));
         }
-        *slot = level;
+        self.core.set_irq(gsi, level);
         Ok(())
     }
 }
@@ -153,13 +130,30 @@ impl Vm for EmuVm {
         Ok(())
     }
 
+    /// vCPU 0 is the bootstrap processor and runs from its reset (or VMM-set) state; the others
+    /// wait for INIT/SIPI inside `run`, as KVM's application processors do.
     fn create_vcpu(&self, id: u32, ops: Arc<dyn VmOps>) -> Result<Box<dyn Vcpu>> {
         let mem = self.memory.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mem = mem.ok_or_else(|| HypervisorError::Invalid("create_vcpu before set_memory".into()))?;
+        let core = self.irqchip.core.clone();
+        let waiter = Waiter::default();
+        let lapic = Arc::new(LocalApic::new(id, waiter.clone()));
         let ops: Arc<dyn VmOps> = Arc::new(IoEventOps { inner: ops, events: self.ioevents.clone() });
+        let ops: Arc<dyn VmOps> = Arc::new(ChipOps { inner: ops, core: core.clone(), lapic: lapic.clone() });
         let memory = Memory::new(&mem, Some(ops))?;
-        let mut vcpu = EmuVcpu::new(Cpu::new(memory, id), id);
-        vcpu.irqchip = Some(self.irqchip.clone());
+        let mut cpu = Cpu::new(memory, id);
+        cpu.tsc_origin = core.clock.origin;
+        cpu.msr.apic = Some(ApicMsrs { lapic: lapic.clone(), core: core.clone() });
+        cpu.msr.restore(IA32_APIC_BASE, lapic.apic_base());
+        let mut vcpu = EmuVcpu::new(cpu, id);
+        vcpu.waiter = waiter;
+        vcpu.engine.irq_flag = Some(lapic.flag.clone());
+        vcpu.engine.irq = Some(Box::new(ApicSource { lapic: lapic.clone(), core: core.clone() }));
+        vcpu.wait_sipi = id != 0;
+        lapic.waiting_sipi.store(vcpu.wait_sipi, Ordering::Release);
+        core.add_lapic(lapic.clone());
+        vcpu.apic = Some(lapic);
+        vcpu.core = Some(core);
         Ok(Box::new(vcpu))
     }
 
@@ -178,8 +172,7 @@ impl Vm for EmuVm {
             return Err(HypervisorError::Invalid(format!("GSI {gsi} out of range 0..24")));
         }
         let fd = fd.try_clone().map_err(|e| HypervisorError::os("eventfd clone", e))?;
-        self.irqchip.irqfds.lock().unwrap_or_else(|e| e.into_inner()).push((fd, gsi));
-        Ok(())
+        self.irqchip.service.add_irqfd(fd, gsi).map_err(|e| HypervisorError::os("irqfd epoll", e))
     }
 }
 
@@ -226,10 +219,7 @@ impl VmOps for IoEventOps {
     }
 }
 
-/// Sets the kick flag the run loop checks between blocks.
-/// The thread currently inside [`Vcpu::run`], so a kick can wake it from a halt.
-type Waiter = Arc<Mutex<Option<std::thread::Thread>>>;
-
+/// Sets the kick flag the run loop checks between blocks and wakes a halted vCPU.
 struct Kicker {
     flag: Arc<AtomicBool>,
     waiter: Waiter,
@@ -244,17 +234,24 @@ impl VcpuKicker for Kicker {
     }
 }
 
-/// How long a halted vCPU sleeps between looks at its interrupt sources (kicks wake it at
-/// once).
+/// How long a halted vCPU without interrupt controllers (a bare [`EmuVcpu::new`]) sleeps
+/// between looks at its interrupt source.
 const HALT_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// Upper bound of one sleep of a halted vCPU whose LAPIC wakes it (a safety net only: every
+/// interrupt, IPI, timer and kick unparks the thread).
+const HALT_SLEEP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One software vCPU.
 pub struct EmuVcpu {
     id: u32,
     pub engine: Engine,
-    lapic: LapicState,
-    irqchip: Option<Arc<EmuIrqChip>>,
+    /// Snapshot page of a vCPU without a LAPIC model.
+    lapic_page: LapicState,
+    apic: Option<Arc<LocalApic>>,
+    core: Option<Arc<IrqChipCore>>,
     waiter: Waiter,
+    /// Waiting for a startup IPI (application processors until INIT/SIPI).
+    wait_sipi: bool,
 }
 
 impl EmuVcpu {
@@ -262,11 +259,110 @@ impl EmuVcpu {
         EmuVcpu {
             id,
             engine: Engine::new(cpu),
-            lapic: LapicState::default(),
-            irqchip: None,
+            lapic_page: LapicState::default(),
+            apic: None,
+            core: None,
             waiter: Waiter::default(),
+            wait_sipi: false,
         }
     }
+
+    /// True while the vCPU waits for INIT/SIPI.
+    pub fn waiting_for_sipi(&self) -> bool {
+        self.wait_sipi
+    }
+
+    fn set_wait_sipi(&mut self, wait: bool) {
+        self.wait_sipi = wait;
+        if let Some(a) = &self.apic {
+            a.waiting_sipi.store(wait, Ordering::Release);
+        }
+    }
+
+    /// Blocks until a SIPI starts the vCPU (true) or a kick arrives (false).
+    fn wait_for_sipi(&mut self) -> bool {
+        let Some(apic) = self.apic.clone() else { return true };
+        loop {
+            if self.engine.kick.swap(false, Ordering::AcqRel) {
+                return false;
+            }
+            apic.take_init();
+            if let Some(vector) = apic.take_sipi() {
+                start_at_sipi(&mut self.engine, vector);
+                self.set_wait_sipi(false);
+                return true;
+            }
+            std::thread::park_timeout(HALT_SLEEP);
+        }
+    }
+
+    /// INIT: the CPU returns to its reset state; an AP then waits for a SIPI, the BSP runs from
+    /// the reset vector (as KVM does).
+    fn handle_init(&mut self) {
+        self.engine.init_pending = false;
+        let bsp = self.apic.as_ref().is_some_and(|a| {
+            a.take_init();
+            a.apic_base() & (1 << 8) != 0
+        });
+        reset_cpu(&mut self.engine);
+        if !bsp {
+            self.set_wait_sipi(true);
+        }
+    }
+
+    /// The TSC offset the LAPIC uses for TSC-deadline mode follows the CPU's.
+    fn sync_tsc_offset(&self) {
+        if let Some(a) = &self.apic {
+            let off = self.engine.cpu.tsc_offset;
+            a.with(|m| m.tsc_offset = off);
+        }
+    }
+
+    fn halt(&mut self) {
+        if self.apic.is_some() {
+            std::thread::park_timeout(HALT_SLEEP);
+        } else {
+            std::thread::park_timeout(HALT_POLL);
+        }
+    }
+}
+
+/// The architectural INIT state (real mode at F000:FFF0; caches, MSRs and the TSC kept).
+fn reset_cpu(engine: &mut Engine) {
+    let c = &mut engine.cpu;
+    c.gpr = [0; 16];
+    c.gpr[2] = 0x600; // EDX: family 6
+    c.rip = 0xfff0;
+    c.next_rip = 0xfff0;
+    c.flags.set(2);
+    for s in c.seg.iter_mut() {
+        *s = real_mode_segment(0);
+    }
+    c.seg[CS].selector = 0xf000;
+    c.seg[CS].base = 0xffff_0000;
+    c.ldtr = vmr_hypervisor::Segment { type_: 2, present: true, limit: 0xffff, ..Default::default() };
+    c.tr = vmr_hypervisor::Segment { type_: 0xb, present: true, limit: 0xffff, ..Default::default() };
+    c.gdtr = vmr_hypervisor::DescriptorTable { base: 0, limit: 0xffff };
+    c.idtr = vmr_hypervisor::DescriptorTable { base: 0, limit: 0xffff };
+    c.cr0 = CR0_ET | CR0_NW | CR0_CD;
+    (c.cr2, c.cr3, c.cr4, c.cr8, c.efer) = (0, 0, 0, 0, 0);
+    c.dr = [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400];
+    c.halted = false;
+    c.int_shadow = false;
+    c.update_mode();
+    c.flush_tlb();
+    engine.cache.clear();
+}
+
+/// Starts an AP at the SIPI vector: real mode, CS = vector << 8, IP = 0.
+fn start_at_sipi(engine: &mut Engine, vector: u8) {
+    reset_cpu(engine);
+    let c = &mut engine.cpu;
+    c.seg[CS].selector = (vector as u16) << 8;
+    c.seg[CS].base = (vector as u64) << 12;
+    c.rip = 0;
+    c.next_rip = 0;
+    c.update_mode();
 }
 
 impl Vcpu for EmuVcpu {
@@ -275,21 +371,23 @@ impl Vcpu for EmuVcpu {
     }
 
     /// Like KVM with an in-kernel irqchip, HLT waits inside `run` (until an interrupt or a
-    /// kick); `VcpuExit::Hlt` is never returned.
+    /// kick); `VcpuExit::Hlt` is never returned. An AP waits for INIT/SIPI here too.
     fn run(&mut self) -> Result<VcpuExit> {
         *self.waiter.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
         loop {
-            if let Some(chip) = &self.irqchip {
-                chip.poll_irqfds();
+            if self.wait_sipi && !self.wait_for_sipi() {
+                return Ok(VcpuExit::Interrupted);
             }
+            self.sync_tsc_offset();
             match self.engine.run(SLICE) {
                 StopReason::Halt => {
                     if self.engine.kick.swap(false, Ordering::AcqRel) {
                         return Ok(VcpuExit::Interrupted);
                     }
-                    std::thread::park_timeout(HALT_POLL);
+                    self.halt();
                 }
                 StopReason::Shutdown => return Ok(VcpuExit::Shutdown),
+                StopReason::Kicked if self.engine.init_pending => self.handle_init(),
                 StopReason::Kicked => return Ok(VcpuExit::Interrupted),
                 StopReason::Budget => {}
             }
@@ -417,6 +515,12 @@ impl Vcpu for EmuVcpu {
                     c.flush_tlb();
                     true
                 }
+                // Every vCPU the VMM sets to the same TSC value gets the same offset, so the
+                // TSCs agree (Linux checks them against each other).
+                IA32_TSC if self.core.is_some() => {
+                    c.tsc_offset = self.core.as_ref().map_or(0, |k| k.tsc_offset_for(m.data));
+                    true
+                }
                 _ => c.write_msr(m.index, m.data).is_ok() || c.msr.restore(m.index, m.data),
             };
             if !ok {
@@ -430,7 +534,13 @@ impl Vcpu for EmuVcpu {
     }
 
     fn lapic(&self) -> Result<LapicState> {
-        Ok(self.lapic.clone())
+        match (&self.apic, &self.core) {
+            (Some(a), Some(k)) => {
+                let now = k.clock.now();
+                Ok(a.with(|m| m.to_state(now)))
+            }
+            _ => Ok(self.lapic_page.clone()),
+        }
     }
 
     fn set_lapic(&mut self, lapic: &LapicState) -> Result<()> {
@@ -441,7 +551,14 @@ impl Vcpu for EmuVcpu {
                 LapicState::SIZE
             )));
         }
-        self.lapic = lapic.clone();
+        match (&self.apic, &self.core) {
+            (Some(a), Some(k)) => {
+                let now = k.clock.now();
+                a.with(|m| m.load_state(lapic, now));
+                k.timers_changed();
+            }
+            _ => self.lapic_page = lapic.clone(),
+        }
         Ok(())
     }
 }

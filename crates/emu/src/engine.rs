@@ -1,7 +1,7 @@
 //! The run loop: look up (or decode) the block at RIP, execute it, handle exceptions,
 //! interrupts, kicks and code invalidation.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::cpu::{Cpu, CS};
@@ -21,12 +21,34 @@ pub enum StopReason {
     Budget,
 }
 
+/// The NMI vector (delivered without NMI blocking: Linux uses NMIs only for diagnostics).
+const NMI_VECTOR: u8 = 2;
+
+/// What an [`InterruptSource`] hands the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqEvent {
+    /// A maskable interrupt (already acknowledged).
+    Vector(u8),
+    /// NMI.
+    Nmi,
+    /// INIT: the vCPU resets (the backend does it: [`Engine::init_pending`]).
+    Init,
+}
+
 /// Source of external interrupts for one vCPU (the interrupt controller model).
 pub trait InterruptSource: Send {
     /// A pending maskable interrupt vector, if any, without acknowledging it.
     fn pending(&self) -> bool;
     /// Acknowledges and returns the highest-priority pending vector.
     fn acknowledge(&mut self) -> Option<u8>;
+    /// The next event the CPU takes now; `if_set` is RFLAGS.IF (maskable interrupts need it).
+    fn take_event(&mut self, if_set: bool) -> Option<IrqEvent> {
+        if if_set && self.pending() {
+            self.acknowledge().map(IrqEvent::Vector)
+        } else {
+            None
+        }
+    }
 }
 
 /// A CPU with its decoded-block cache.
@@ -35,11 +57,25 @@ pub struct Engine {
     pub cache: BlockCache,
     pub kick: Arc<AtomicBool>,
     pub irq: Option<Box<dyn InterruptSource>>,
+    /// When set, the source is asked only while this is non-zero: bit 0 a maskable interrupt
+    /// is deliverable (taken with IF set), bit 1 NMI/INIT (taken regardless). One relaxed load
+    /// per block instead of a call.
+    pub irq_flag: Option<Arc<AtomicU8>>,
+    /// An INIT arrived: [`Engine::run`] returned `Kicked` without consuming a kick; the
+    /// backend resets the CPU and clears this.
+    pub init_pending: bool,
 }
 
 impl Engine {
     pub fn new(cpu: Cpu) -> Self {
-        Engine { cpu, cache: BlockCache::new(), kick: Arc::new(AtomicBool::new(false)), irq: None }
+        Engine {
+            cpu,
+            cache: BlockCache::new(),
+            kick: Arc::new(AtomicBool::new(false)),
+            irq: None,
+            irq_flag: None,
+            init_pending: false,
+        }
     }
 
     /// Runs until HLT, shutdown, a kick, or about `budget` more instructions.
@@ -57,6 +93,9 @@ impl Engine {
                 return StopReason::Shutdown;
             }
             self.poll_interrupts();
+            if self.init_pending {
+                return StopReason::Kicked;
+            }
             if self.cpu.halted {
                 return StopReason::Halt;
             }
@@ -68,16 +107,29 @@ impl Engine {
         }
     }
 
+    #[inline]
     fn poll_interrupts(&mut self) {
-        let Some(src) = self.irq.as_mut() else { return };
         if self.cpu.int_shadow {
             self.cpu.int_shadow = false;
             return;
         }
-        if self.cpu.flags.if_() && src.pending() {
-            if let Some(v) = src.acknowledge() {
-                self.cpu.interrupt(v);
+        if let Some(flag) = &self.irq_flag {
+            let f = flag.load(Ordering::Relaxed);
+            if f == 0 || (f == 1 && !self.cpu.flags.if_()) {
+                return;
             }
+        }
+        self.take_interrupt();
+    }
+
+    #[cold]
+    fn take_interrupt(&mut self) {
+        let Some(src) = self.irq.as_mut() else { return };
+        match src.take_event(self.cpu.flags.if_()) {
+            Some(IrqEvent::Vector(v)) => self.cpu.interrupt(v),
+            Some(IrqEvent::Nmi) => self.cpu.interrupt(NMI_VECTOR),
+            Some(IrqEvent::Init) => self.init_pending = true,
+            None => {}
         }
     }
 

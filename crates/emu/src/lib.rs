@@ -20,6 +20,7 @@ mod error;
 pub mod exec;
 pub mod flags;
 pub mod interrupt;
+pub mod irqchip;
 pub mod mem;
 pub mod msr;
 pub mod segment;

@@ -1,6 +1,9 @@
 //! Model-specific registers the CPU model implements.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::irqchip::{IrqChipCore, LocalApic};
 
 /// MSR numbers.
 pub const IA32_TSC: u32 = 0x10;
@@ -27,12 +30,28 @@ pub const IA32_FS_BASE: u32 = 0xc000_0100;
 pub const IA32_GS_BASE: u32 = 0xc000_0101;
 pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const IA32_TSC_AUX: u32 = 0xc000_0103;
+pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// The MSRs a vCPU's local APIC owns (APIC base, TSC deadline), reached from RDMSR/WRMSR.
+#[derive(Clone)]
+pub struct ApicMsrs {
+    pub lapic: Arc<LocalApic>,
+    pub core: Arc<IrqChipCore>,
+}
+
+impl std::fmt::Debug for ApicMsrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApicMsrs(apic {})", self.lapic.id)
+    }
+}
 
 /// Plain storage for MSRs without side effects. MSRs with side effects (EFER, FS/GS base,
 /// TSC, APIC base) are handled by the CPU itself and only mirrored here for snapshots.
 #[derive(Clone, Debug)]
 pub struct MsrFile {
     values: BTreeMap<u32, u64>,
+    /// The LAPIC behind IA32_APIC_BASE and IA32_TSC_DEADLINE, when the vCPU has one.
+    pub apic: Option<ApicMsrs>,
 }
 
 /// Whether `index` is an MSR the model stores (with no side effects).
@@ -69,11 +88,14 @@ impl MsrFile {
         values.insert(IA32_MISC_ENABLE, 1);
         values.insert(IA32_MTRR_DEF_TYPE, 0);
         values.insert(IA32_MTRRCAP, 0);
-        MsrFile { values }
+        MsrFile { values, apic: None }
     }
 
     /// Reads a plain MSR; None if the model does not implement it.
     pub fn get(&self, index: u32) -> Option<u64> {
+        if index == IA32_TSC_DEADLINE {
+            return self.apic.as_ref().map(|a| a.lapic.with(|m| m.r.tsc_deadline));
+        }
         if is_plain(index) {
             Some(self.values.get(&index).copied().unwrap_or(0))
         } else {
@@ -83,6 +105,12 @@ impl MsrFile {
 
     /// Writes a plain MSR; false if the model does not implement it (or it is read-only).
     pub fn set(&mut self, index: u32, value: u64) -> bool {
+        if index == IA32_TSC_DEADLINE {
+            let Some(a) = &self.apic else { return false };
+            a.lapic.with(|m| m.set_tsc_deadline(value));
+            a.core.timers_changed();
+            return true;
+        }
         if !is_plain(index) || matches!(index, IA32_MTRRCAP | IA32_PLATFORM_ID | IA32_MCG_CAP) {
             return false;
         }
@@ -92,6 +120,18 @@ impl MsrFile {
 
     /// Loads a value regardless of writability (state restore).
     pub fn restore(&mut self, index: u32, value: u64) -> bool {
+        if index == IA32_APIC_BASE {
+            if let Some(a) = &self.apic {
+                a.lapic.set_apic_base(value);
+                self.values.insert(index, a.lapic.apic_base());
+            } else {
+                self.values.insert(index, value);
+            }
+            return true;
+        }
+        if index == IA32_TSC_DEADLINE {
+            return self.set(index, value);
+        }
         if !is_plain(index) {
             return false;
         }

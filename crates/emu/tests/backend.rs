@@ -134,12 +134,12 @@ fn state_round_trips() {
 
 #[test]
 fn ioevent_replaces_the_pio_callback() {
-    // mov al, 7; out 0x20, al; mov al, 8; out 0x20, al; hlt
+    // mov al, 7; out 0x30, al; mov al, 8; out 0x30, al; hlt
     let (vm, _vcpu, ops, _mem) = setup(&[]);
     let fd = EventFd::new(EFD_NONBLOCK).unwrap();
-    vm.register_ioevent(&fd, IoEventAddress::Pio(0x20), Some(8)).unwrap();
+    vm.register_ioevent(&fd, IoEventAddress::Pio(0x30), Some(8)).unwrap();
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    mem.write_slice(&[0xb0, 7, 0xe6, 0x20, 0xb0, 8, 0xe6, 0x20, 0xf4], GuestAddress(0x1000)).unwrap();
+    mem.write_slice(&[0xb0, 7, 0xe6, 0x30, 0xb0, 8, 0xe6, 0x30, 0xf4], GuestAddress(0x1000)).unwrap();
     vm.set_memory(&mem).unwrap();
     let mut vcpu = vm.create_vcpu(0, ops.clone()).unwrap();
     let mut s = vcpu.sregs().unwrap();
@@ -148,7 +148,7 @@ fn ioevent_replaces_the_pio_callback() {
     vcpu.set_sregs(&s).unwrap();
     vcpu.set_regs(&Regs { rip: 0x1000, rflags: 2, ..Default::default() }).unwrap();
     assert_eq!(run_then_kick(&mut vcpu), VcpuExit::Interrupted);
-    assert_eq!(*ops.pio.lock().unwrap(), vec![(0x20, 7)], "the matching write went to the eventfd");
+    assert_eq!(*ops.pio.lock().unwrap(), vec![(0x30, 7)], "the matching write went to the eventfd");
     assert_eq!(fd.read().unwrap(), 1);
 }
 
