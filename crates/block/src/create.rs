@@ -81,6 +81,6 @@ fn backing_format_and_size(path: &Path, backing: &Path) -> Result<(ImageFormat, 
         let file = open_locked(&resolved, false, LockMode::Shared)?;
         probe_format(&file).map_err(|source| BlockError::Open { path: resolved.clone(), source })?
     };
-    let image = open(&resolved, &OpenOptions { read_only: true, format: Some(format) })?;
+    let image = open(&resolved, &OpenOptions { read_only: true, format: Some(format), direct: false })?;
     Ok((format, image.len()))
 }

@@ -25,7 +25,8 @@ const OFFSETS: [u64; 4] = [0, 3 << 20, 600 << 20, (1 << 30) - 65536];
 fn durability_child() {
     let path = std::env::var(ENV_PATH).expect("run by flushed_writes_survive_sigkill");
     let format: ImageFormat = std::env::var(ENV_FORMAT).unwrap().parse().unwrap();
-    let mut disk = open(path.as_ref(), &OpenOptions { read_only: false, format: Some(format) }).unwrap();
+    let mut disk =
+        open(path.as_ref(), &OpenOptions { read_only: false, format: Some(format), direct: false }).unwrap();
     for (i, off) in OFFSETS.iter().enumerate() {
         disk.write_at(&payload(i as u64), *off).unwrap();
     }
@@ -53,7 +54,7 @@ fn kill_after_flush(format: ImageFormat) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(flushed, "child did not reach FLUSHED");
-    let mut disk = open(&img, &OpenOptions { read_only: true, format: Some(format) }).unwrap();
+    let mut disk = open(&img, &OpenOptions { read_only: true, format: Some(format), direct: false }).unwrap();
     for (i, off) in OFFSETS.iter().enumerate() {
         let mut buf = vec![0u8; 65536];
         disk.read_at(&mut buf, *off).unwrap();

@@ -28,6 +28,7 @@
 //! naming a host file into it and read that file on the next boot. Overlays need `format=qcow2`.
 
 mod create;
+mod direct;
 #[cfg(test)]
 mod durability;
 mod lock;
@@ -42,6 +43,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 pub use create::create;
+pub use direct::{AlignedBuf, DIRECT_ALIGN};
 pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
 
@@ -53,6 +55,12 @@ pub const SECTOR_SIZE: u64 = 512;
 pub enum BlockError {
     #[error("cannot open image {path}: {source}")]
     Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open image {path} with cache=none (O_DIRECT): {source}")]
+    OpenDirect {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -152,6 +160,9 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// `None` probes the format (and then refuses qcow2 backing files, see the crate docs).
     pub format: Option<ImageFormat>,
+    /// `cache=none`: bypass the host page cache (O_DIRECT) for the image itself (backing files
+    /// stay cached). Fails to open on filesystems without O_DIRECT (e.g. tmpfs before Linux 6.6).
+    pub direct: bool,
 }
 
 /// Checks that `[offset, offset + len)` lies within a disk of `size` bytes.
@@ -186,8 +197,18 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Box<dyn DiskImage>, Bl
         Some(f) => f,
         None => probe_format(&file).map_err(|source| BlockError::Open { path: path.to_owned(), source })?,
     };
+    if options.direct {
+        if format != ImageFormat::Raw {
+            return Err(BlockError::Unsupported {
+                path: path.to_owned(),
+                reason: format!("cache=none is supported for raw images only, not {format}"),
+            });
+        }
+        direct::set_direct(&file)
+            .map_err(|source| BlockError::OpenDirect { path: path.to_owned(), source })?;
+    }
     Ok(match format {
-        ImageFormat::Raw => Box::new(RawImage::from_file(file, path, options.read_only)?),
+        ImageFormat::Raw => Box::new(RawImage::from_file(file, path, options.read_only, options.direct)?),
         ImageFormat::Qcow2 => Box::new(Qcow2Image::from_file(file, path, options.read_only, !probed)?),
     })
 }

@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::direct::{DirectFile, DIRECT_ALIGN};
 use crate::{check_range, BlockError, DiskImage, ImageFormat};
 
 /// Largest zero buffer written when the filesystem cannot zero a range itself.
@@ -17,16 +18,42 @@ pub struct RawImage {
     path: PathBuf,
     len: u64,
     read_only: bool,
+    /// `Some` when the file was opened with O_DIRECT (`cache=none`).
+    direct: Option<DirectFile>,
 }
 
 impl RawImage {
-    /// Wraps an already opened (and locked) file. The size is fixed at open time.
-    pub fn from_file(mut file: File, path: &Path, read_only: bool) -> Result<Self, BlockError> {
+    /// Wraps an already opened (and locked) file. The size is fixed at open time. `direct`
+    /// says the file was opened with O_DIRECT: its size must then be a multiple of 4 KiB.
+    pub fn from_file(mut file: File, path: &Path, read_only: bool, direct: bool) -> Result<Self, BlockError> {
         // SEEK_END gives the size of regular files and block devices alike.
         let len = file
             .seek(SeekFrom::End(0))
             .map_err(|source| BlockError::Open { path: path.to_owned(), source })?;
-        Ok(RawImage { file, path: path.to_owned(), len, read_only })
+        if direct && !len.is_multiple_of(DIRECT_ALIGN as u64) {
+            return Err(BlockError::Unsupported {
+                path: path.to_owned(),
+                reason: format!(
+                    "cache=none needs a size that is a multiple of {DIRECT_ALIGN} bytes, not {len}"
+                ),
+            });
+        }
+        let direct = direct.then(DirectFile::new);
+        Ok(RawImage { file, path: path.to_owned(), len, read_only, direct })
+    }
+
+    fn pread(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match &mut self.direct {
+            Some(d) => d.read_at(&self.file, buf, offset),
+            None => self.file.read_exact_at(buf, offset),
+        }
+    }
+
+    fn pwrite(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match &mut self.direct {
+            Some(d) => d.write_at(&self.file, buf, offset),
+            None => self.file.write_all_at(buf, offset),
+        }
     }
 
     /// The path the image was opened from.
@@ -47,12 +74,12 @@ impl RawImage {
         }
     }
 
-    fn write_zero_buffer(&self, mut offset: u64, len: u64) -> Result<(), BlockError> {
+    fn write_zero_buffer(&mut self, mut offset: u64, len: u64) -> Result<(), BlockError> {
         let end = offset + len;
         let zeroes = vec![0u8; ZERO_CHUNK.min(len as usize)];
         while offset < end {
             let n = (end - offset).min(zeroes.len() as u64) as usize;
-            self.file.write_all_at(&zeroes[..n], offset).map_err(|source| BlockError::Io {
+            self.pwrite(&zeroes[..n], offset).map_err(|source| BlockError::Io {
                 op: "write zeroes",
                 offset,
                 source,
@@ -85,7 +112,7 @@ impl DiskImage for RawImage {
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
         check_range(offset, buf.len() as u64, self.len)?;
-        self.file.read_exact_at(buf, offset).map_err(|source| BlockError::Io { op: "read", offset, source })
+        self.pread(buf, offset).map_err(|source| BlockError::Io { op: "read", offset, source })
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
@@ -93,7 +120,7 @@ impl DiskImage for RawImage {
             return Err(BlockError::ReadOnly);
         }
         check_range(offset, buf.len() as u64, self.len)?;
-        self.file.write_all_at(buf, offset).map_err(|source| BlockError::Io { op: "write", offset, source })
+        self.pwrite(buf, offset).map_err(|source| BlockError::Io { op: "write", offset, source })
     }
 
     fn flush(&mut self) -> Result<(), BlockError> {
@@ -181,7 +208,7 @@ mod tests {
     #[test]
     fn read_only_refuses_writes_and_leaves_file_alone() {
         let f = image(65536);
-        let mut disk = open(f.path(), &OpenOptions { read_only: true, format: None }).unwrap();
+        let mut disk = open(f.path(), &OpenOptions { read_only: true, ..Default::default() }).unwrap();
         assert!(disk.is_read_only());
         assert!(matches!(disk.write_at(&[1; 512], 0), Err(BlockError::ReadOnly)));
         assert!(matches!(disk.write_zeroes(0, 512, true), Err(BlockError::ReadOnly)));
@@ -198,5 +225,79 @@ mod tests {
         assert_eq!(err.to_string(), format!("image {} is in use by another process", f.path().display()));
         drop(first);
         open(f.path(), &OpenOptions::default()).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod direct_tests {
+    use super::*;
+    use crate::{open, OpenOptions};
+
+    /// A 256 KiB image opened with cache=none, or None where the filesystem of the temp dir
+    /// has no O_DIRECT (then the error must say so).
+    fn direct_image(len: u64) -> Option<(tempfile::NamedTempFile, Box<dyn DiskImage>)> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(len).unwrap();
+        let options = OpenOptions { format: Some(ImageFormat::Raw), direct: true, ..Default::default() };
+        match open(f.path(), &options) {
+            Ok(disk) => Some((f, disk)),
+            Err(e @ BlockError::OpenDirect { .. }) => {
+                assert!(e.to_string().contains("cache=none (O_DIRECT)"), "{e}");
+                eprintln!("skipped: no O_DIRECT in the temp dir: {e}");
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn unaligned_reads_and_writes_match_a_buffered_model() {
+        let len = 256 << 10;
+        let Some((f, mut disk)) = direct_image(len) else { return };
+        let mut model = vec![0u8; len as usize];
+        // (offset, length): aligned, sub-block, straddling blocks, >1 MiB bounce, file edges.
+        let cases = [
+            (0u64, 4096usize),
+            (512, 512),
+            (4000, 200),
+            (4096 * 3 + 17, 9000),
+            (4096 * 7, 4096 * 2 + 1),
+            (100, (200 << 10) + 5),
+            (len - 4096, 4096),
+            (len - 10, 10),
+        ];
+        for (i, &(off, n)) in cases.iter().enumerate() {
+            let data: Vec<u8> =
+                (0..n).map(|j| (j as u8).wrapping_mul(31).wrapping_add(i as u8 + 1)).collect();
+            // Write from a deliberately misaligned slice of a larger buffer.
+            let mut holder = vec![0u8; n + 1];
+            holder[1..].copy_from_slice(&data);
+            disk.write_at(&holder[1..], off).unwrap();
+            model[off as usize..off as usize + n].copy_from_slice(&data);
+        }
+        for &(off, n) in &cases {
+            let mut holder = vec![0u8; n + 3];
+            disk.read_at(&mut holder[3..], off).unwrap();
+            assert_eq!(&holder[3..], &model[off as usize..off as usize + n], "read at {off} len {n}");
+        }
+        disk.write_zeroes(4096 + 512, 1024, false).unwrap();
+        model[4096 + 512..4096 + 1536].fill(0);
+        disk.flush().unwrap();
+        drop(disk);
+        assert!(std::fs::read(f.path()).unwrap() == model, "file differs from the model");
+    }
+
+    #[test]
+    fn direct_needs_a_size_in_whole_blocks() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(4096 + 512).unwrap();
+        let options = OpenOptions { direct: true, ..Default::default() };
+        match open(f.path(), &options) {
+            Err(BlockError::OpenDirect { .. }) => eprintln!("skipped: no O_DIRECT in the temp dir"),
+            Err(e) => {
+                assert!(e.to_string().contains("cache=none needs a size that is a multiple of 4096"), "{e}")
+            }
+            Ok(_) => panic!("opened an image of 4608 bytes with cache=none"),
+        }
     }
 }

@@ -20,7 +20,7 @@ fn check_clean(path: &Path) {
 }
 
 fn qcow2() -> OpenOptions {
-    OpenOptions { read_only: false, format: Some(ImageFormat::Qcow2) }
+    OpenOptions { read_only: false, format: Some(ImageFormat::Qcow2), direct: false }
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -214,4 +214,22 @@ fn corrupt_headers_are_refused_and_left_untouched() {
     // header truncated: bad magic reads as qcow2 only when asked for it
     let e = corrupt_and_open(0, b"XXXX");
     assert!(e.contains("qcow2"), "{e}");
+}
+
+/// cache=none on qcow2 is refused with one line (imago's qcow2 over an O_DIRECT descriptor
+/// fails to open), and the image stays usable.
+#[test]
+fn qcow2_with_cache_none_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("direct.qcow2");
+    create(&img, ImageFormat::Qcow2, Some(1 << 20), None).unwrap();
+    for format in [Some(ImageFormat::Qcow2), None] {
+        let err = open(&img, &OpenOptions { direct: true, format, ..qcow2() }).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!("image {}: cache=none is supported for raw images only, not qcow2", img.display())
+        );
+    }
+    open(&img, &qcow2()).unwrap();
+    check_clean(&img);
 }

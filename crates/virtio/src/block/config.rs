@@ -1,4 +1,4 @@
-//! `--disk path=root.img[,readonly=on][,format=raw|qcow2][,serial=ID]`
+//! `--disk path=root.img[,readonly=on][,format=raw|qcow2][,cache=writeback|none][,serial=ID]`
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -18,6 +18,9 @@ pub struct DiskConfig {
     pub format: Option<ImageFormat>,
     /// Up to 20 printable ASCII characters; `None` derives one from the image path.
     pub serial: Option<String>,
+    /// `cache=none`: O_DIRECT on the image (raw only); `cache=writeback` (default): the host
+    /// page cache, with guest flushes made durable by fdatasync.
+    pub direct: bool,
 }
 
 /// Why a `--disk` option was rejected (one line each).
@@ -27,12 +30,14 @@ pub enum DiskConfigError {
     MissingPath,
     #[error("--disk: '{0}' is not key=value")]
     NotKeyValue(String),
-    #[error("--disk: unknown key '{0}' (expected path, readonly, format, serial)")]
+    #[error("--disk: unknown key '{0}' (expected path, readonly, format, cache, serial)")]
     UnknownKey(String),
     #[error("--disk: key '{0}' given twice")]
     Duplicate(String),
     #[error("--disk: readonly must be on or off, not '{0}'")]
     BadBool(String),
+    #[error("--disk: cache must be writeback or none, not '{0}'")]
+    BadCache(String),
     #[error("--disk: {0}")]
     BadFormat(String),
     #[error("--disk: serial must be 1 to 20 printable ASCII characters without commas")]
@@ -51,7 +56,7 @@ impl FromStr for DiskConfig {
     type Err = DiskConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (mut path, mut read_only, mut format, mut serial) = (None, None, None, None);
+        let (mut path, mut read_only, mut format, mut serial, mut direct) = (None, None, None, None, None);
         for item in s.split(',') {
             let (key, value) =
                 item.split_once('=').ok_or_else(|| DiskConfigError::NotKeyValue(item.to_owned()))?;
@@ -63,6 +68,13 @@ impl FromStr for DiskConfig {
                 "format" if format.is_none() => {
                     format = Some(value.parse().map_err(DiskConfigError::BadFormat)?)
                 }
+                "cache" if direct.is_none() => {
+                    direct = Some(match value {
+                        "none" => true,
+                        "writeback" => false,
+                        other => return Err(DiskConfigError::BadCache(other.to_owned())),
+                    })
+                }
                 "serial" if serial.is_none() => {
                     let ok = !value.is_empty()
                         && value.len() <= SERIAL_MAX_LEN
@@ -72,7 +84,7 @@ impl FromStr for DiskConfig {
                     }
                     serial = Some(value.to_owned());
                 }
-                "path" | "readonly" | "format" | "serial" => return Err(dup()),
+                "path" | "readonly" | "format" | "cache" | "serial" => return Err(dup()),
                 other => return Err(DiskConfigError::UnknownKey(other.to_owned())),
             }
         }
@@ -81,6 +93,7 @@ impl FromStr for DiskConfig {
             read_only: read_only.unwrap_or(false),
             format,
             serial,
+            direct: direct.unwrap_or(false),
         })
     }
 }
@@ -98,11 +111,14 @@ mod tests {
                 path: "/img/root.qcow2".into(),
                 read_only: true,
                 format: Some(ImageFormat::Qcow2),
-                serial: Some("root-1".into())
+                serial: Some("root-1".into()),
+                direct: false,
             }
         );
         let c: DiskConfig = "path=a.img".parse().unwrap();
-        assert_eq!((c.read_only, c.format, c.serial), (false, None, None));
+        assert_eq!((c.read_only, c.format, c.serial, c.direct), (false, None, None, false));
+        assert!("path=a.img,cache=none".parse::<DiskConfig>().unwrap().direct);
+        assert!(!"path=a.img,cache=writeback".parse::<DiskConfig>().unwrap().direct);
     }
 
     #[test]
@@ -111,7 +127,9 @@ mod tests {
             ("readonly=on", DiskConfigError::MissingPath),
             ("path=", DiskConfigError::MissingPath),
             ("path=a,ro", DiskConfigError::NotKeyValue("ro".into())),
-            ("path=a,cache=none", DiskConfigError::UnknownKey("cache".into())),
+            ("path=a,cache=directsync", DiskConfigError::BadCache("directsync".into())),
+            ("path=a,cache=none,cache=none", DiskConfigError::Duplicate("cache".into())),
+            ("path=a,aio=native", DiskConfigError::UnknownKey("aio".into())),
             ("path=a,path=b", DiskConfigError::Duplicate("path".into())),
             ("path=a,readonly=maybe", DiskConfigError::BadBool("maybe".into())),
             ("path=a,serial=123456789012345678901", DiskConfigError::BadSerial),

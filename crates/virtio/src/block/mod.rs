@@ -112,7 +112,8 @@ impl Block {
     /// Opens the image named by `config` (taking its lock). `index` only names the worker thread
     /// (`vmr-virtio-blk<index>`).
     pub fn new(config: &DiskConfig, index: usize) -> Result<Self, BlockDeviceError> {
-        let options = OpenOptions { read_only: config.read_only, format: config.format };
+        let options =
+            OpenOptions { read_only: config.read_only, format: config.format, direct: config.direct };
         let disk = vmr_block::open(&config.path, &options)?;
         let serial = config.serial.clone().unwrap_or_else(|| default_serial(&config.path));
         Ok(Self::with_disk(disk, config.path.display().to_string(), &serial, index))

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vmr_block::{DiskImage, SECTOR_SIZE};
+use vmr_block::{AlignedBuf, DiskImage, SECTOR_SIZE};
 
 use super::{features as blk, SERIAL_LEN};
 use crate::GuestMemory;
@@ -36,7 +36,8 @@ pub(crate) struct Executor {
     pub(crate) disk: Box<dyn DiskImage>,
     pub(crate) serial: [u8; SERIAL_LEN],
     pub(crate) acked_features: u64,
-    buf: Vec<u8>,
+    /// Page-aligned, so aligned guest requests on a `cache=none` disk need no second bounce.
+    buf: AlignedBuf,
 }
 
 /// Outcome of a request: status byte and number of data bytes written to the guest.
@@ -44,7 +45,7 @@ type Outcome = (u8, u32);
 
 impl Executor {
     pub(crate) fn new(disk: Box<dyn DiskImage>, serial: [u8; SERIAL_LEN], acked_features: u64) -> Self {
-        Executor { disk, serial, acked_features, buf: vec![0; CHUNK] }
+        Executor { disk, serial, acked_features, buf: AlignedBuf::new(CHUNK) }
     }
 
     /// Executes the request in `chain` and returns the used length (data written + status byte).

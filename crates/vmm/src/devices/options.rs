@@ -18,6 +18,9 @@ pub fn disk_option(disk: &DiskConfig) -> String {
     if let Some(format) = disk.format {
         text.push_str(&format!(",format={format}"));
     }
+    if disk.direct {
+        text.push_str(",cache=none");
+    }
     if let Some(serial) = &disk.serial {
         text.push_str(&format!(",serial={serial}"));
     }
@@ -83,7 +86,7 @@ mod tests {
         let config = VirtioConfig {
             disks: vec![
                 "path=/img/root.qcow2,readonly=on,format=qcow2,serial=root-1".parse().unwrap(),
-                "path=data.img".parse().unwrap(),
+                "path=data.img,cache=none".parse().unwrap(),
             ],
             nets: vec!["tap=tap0,mac=52:54:00:ab:cd:ef".parse().unwrap(), "tap=tap1".parse().unwrap()],
             vsock: Some("cid=3,socket=/run/vm1.vsock".parse().unwrap()),
@@ -96,7 +99,7 @@ mod tests {
         assert_eq!(net_option(&config.nets[0]), "tap=tap0,mac=52:54:00:ab:cd:ef");
         assert_eq!(vsock_option(config.vsock.as_ref().unwrap()), "cid=3,socket=/run/vm1.vsock");
         let json = serde_json::to_string(&config).unwrap();
-        assert!(json.contains("\"path=data.img\""), "{json}");
+        assert!(json.contains("\"path=data.img,cache=none\""), "{json}");
         let back: VirtioConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, config);
     }
