@@ -426,7 +426,8 @@ fn encode(form: &Form, rng: &mut Rng) -> Vec<u8> {
     }
     b.extend_from_slice(form.op);
     if mem {
-        let disp = if form.align { (rng.below(6) as i8 - 3) * 16 } else { rng.below(200) as i8 - 100 };
+        let disp =
+            if form.align { (rng.below(6) as i8 - 3) * 16 } else { (rng.below(200) as i16 - 100) as i8 };
         b.push(0x40 | ((reg & 7) << 3) | 7);
         b.push(disp as u8);
     } else {
