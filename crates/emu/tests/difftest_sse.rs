@@ -319,6 +319,10 @@ fn forms() -> Vec<Form> {
         ("cvttpd2dq", 0x66, 0xe6),
         ("cvtdq2pd", 0xf3, 0xe6),
         ("cvtpd2dq", 0xf2, 0xe6),
+        ("rcpps", 0, 0x53),
+        ("rcpss", 0xf3, 0x53),
+        ("rsqrtps", 0, 0x52),
+        ("rsqrtss", 0xf3, 0x52),
         ("ucomiss", 0, 0x2e),
         ("comiss", 0, 0x2f),
         ("ucomisd", 0x66, 0x2e),
@@ -635,4 +639,52 @@ fn sse_unmasked_exceptions_fault_and_leave_the_destination() {
     assert_eq!(fault_of(&mut g, &divss, 0), None);
     assert_eq!(u32::from_le_bytes(g.cpu().fpu.xmm[0][..4].try_into().unwrap()), f32::INFINITY.to_bits());
     assert_eq!(g.cpu().fpu.mxcsr, 0x1f80 | 1 << 2);
+}
+
+#[test]
+fn maskmovdqu_against_host_cpu() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.cpu().cr4 |= CR4_OSFXSR;
+    let mut rng = Rng(0x3a5c_0001);
+    for case in 0..500 {
+        let (data, mut mask) = (rng.xmm(), rng.xmm());
+        if case % 5 == 0 {
+            mask = 0;
+        }
+        let mut init = [0u8; 64];
+        for b in init.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        let off = rng.below(48) as usize;
+        let mut host = init;
+        // SAFETY: MASKMOVDQU writes at most 16 bytes at rdi = host[off..], off + 16 <= 64; xmm0/1
+        // are declared clobbered.
+        unsafe {
+            std::arch::asm!(
+                "movdqu xmm0, [{d}]",
+                "movdqu xmm1, [{m}]",
+                "maskmovdqu xmm0, xmm1",
+                d = in(reg) &data,
+                m = in(reg) &mask,
+                in("rdi") host.as_mut_ptr().add(off),
+                out("xmm0") _,
+                out("xmm1") _,
+            );
+        }
+        g.write(GUEST_BUF, &init);
+        let cpu = g.cpu();
+        cpu.fpu.xmm[3] = data.to_le_bytes();
+        cpu.fpu.xmm[12] = mask.to_le_bytes();
+        cpu.gpr[7] = GUEST_BUF + off as u64;
+        // maskmovdqu xmm3, xmm12
+        let bytes = [0x66, 0x41, 0x0f, 0xf7, 0xdc];
+        let mut dec = Decoder::with_ip(64, &bytes, CODE, DecoderOptions::NONE);
+        let ins = dec.decode();
+        let op = make_op(&ins, 64);
+        assert_eq!((op.exec)(cpu, &op).err().map(|e| e.vector), None);
+        let mut emu = [0u8; 64];
+        g.mem.read_slice(&mut emu, GuestAddress(GUEST_BUF)).unwrap();
+        assert_eq!(emu, host, "data {data:#x} mask {mask:#x} off {off}");
+    }
 }

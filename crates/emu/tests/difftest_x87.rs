@@ -9,9 +9,11 @@
 mod common;
 
 use common::*;
+use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions};
 use vmr_emu::cpu::{CR0_EM, CR0_MP, CR0_NE, CR0_TS, CR4_OSFXSR, MF, NM};
 use vmr_emu::decode::make_op;
+use vmr_emu::StopReason;
 use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 
 const BUF: usize = 512;
@@ -275,6 +277,10 @@ fn forms() -> Vec<Form> {
     add("fucompp", 0xda, Fixed(0xe9));
     add("fnclex", 0xdb, Fixed(0xe2));
     add("fninit", 0xdb, Fixed(0xe3));
+    add("fneni", 0xdb, Fixed(0xe0));
+    add("fndisi", 0xdb, Fixed(0xe1));
+    add("fnsetpm", 0xdb, Fixed(0xe4));
+    add("emms", 0x0f, Fixed(0x77));
     v
 }
 
@@ -635,4 +641,56 @@ fn x87_stack_overflow_and_underflow() {
     assert_eq!(exec(&mut g, &fadd), None);
     let f = &g.cpu().fpu;
     assert_eq!(f.fsw & 0x02c1, 0x0041, "IE and SF, C1 clear (underflow): {:#x}", f.fsw);
+}
+
+#[test]
+fn x87_store_fault_leaves_the_state() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let fstp_mem = [0x41, 0xdd, 0x1f]; // fstp qword [r15]
+    let fld1 = [0xd9, 0xe8];
+    set_state(&mut g, 0x37f, 0, 0);
+    assert_eq!(exec(&mut g, &fld1), None);
+    let before = g.cpu().fpu;
+    g.cpu().gpr[15] = 0x8000_0000; // not mapped (1 GiB identity map)
+    assert_eq!(exec(&mut g, &fstp_mem), Some(vmr_emu::cpu::PF_VEC));
+    assert_eq!(g.cpu().fpu, before, "no pop, no flags");
+    g.cpu().gpr[15] = GUEST_BUF;
+    assert_eq!(exec(&mut g, &fstp_mem), None);
+    assert_eq!(g.read_u64(GUEST_BUF), 1.0f64.to_bits());
+    assert_eq!(g.cpu().fpu.ftwx, 0, "popped");
+}
+
+/// A long-mode program through the engine: the handlers find their instruction bytes at RIP.
+#[test]
+fn x87_program_runs_in_the_engine() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.cpu().cr0 |= CR0_NE | CR0_MP;
+    g.write_u64(GUEST_BUF, 3.0f64.to_bits());
+    g.write_u64(GUEST_BUF + 8, 7);
+    g.asm(64, CODE, |a| {
+        a.fninit().unwrap();
+        a.mov(rsi, GUEST_BUF).unwrap();
+        a.fld(qword_ptr(rsi)).unwrap(); // 3
+        a.fild(qword_ptr(rsi + 8)).unwrap(); // 7, 3
+        a.fmulp(st1, st0).unwrap(); // 21
+        a.fldpi().unwrap();
+        a.fcomip(st0, st1).unwrap(); // pi < 21: CF
+        a.fsqrt().unwrap(); // sqrt(21)
+        a.fld1().unwrap();
+        a.faddp(st1, st0).unwrap();
+        a.fistp(dword_ptr(rsi + 16)).unwrap(); // round(5.58) = 6
+        a.setc(al).unwrap();
+        a.movzx(eax, al).unwrap();
+        a.out(0xf0, eax).unwrap();
+        a.fnstsw(ax).unwrap();
+        a.out(0xf1, eax).unwrap();
+        a.out(0xf4, al).unwrap();
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf0), vec![1], "fcomip set CF");
+    assert_eq!(g.read_u64(GUEST_BUF + 16) as u32, 6);
+    assert_eq!(g.port_writes(0xf1)[0] as u16 & 0x3800, 0, "stack empty again, TOP 0");
+    assert_eq!(g.cpu().fpu.ftwx, 0);
 }

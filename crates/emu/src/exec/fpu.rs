@@ -19,6 +19,8 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
         M::Fnstsw => fnstsw,
         M::Fnclex => fnclex,
         M::Wait => wait,
+        M::Emms => emms,
+        M::Fnsetpm | M::Fneni | M::Fndisi => x87_nop,
         M::Ldmxcsr => ldmxcsr,
         M::Stmxcsr => stmxcsr,
         M::Fxsave | M::Fxsave64 => fxsave,
@@ -121,6 +123,26 @@ fn wait(cpu: &mut Cpu, _: &Op) -> Ex {
         return Err(Exc::new(NM));
     }
     pending_check(cpu)
+}
+
+/// EMMS: all x87 registers empty, TOP 0 (#UD with CR0.EM, #NM with CR0.TS, #MF if pending).
+fn emms(cpu: &mut Cpu, _: &Op) -> Ex {
+    if cpu.cr0 & CR0_EM != 0 {
+        return Err(Exc::ud());
+    }
+    x87_check(cpu)?;
+    pending_check(cpu)?;
+    // Like every MMX instruction it also sets TOP to 0 (ST(i) follows the registers).
+    let f = &mut cpu.fpu;
+    f.fpr.rotate_left((8 - (f.fsw as usize >> 11 & 7)) & 7);
+    f.fsw &= !(7 << 11);
+    f.ftwx = 0;
+    Ok(())
+}
+
+/// FNSETPM/FNENI/FNDISI: 80287/8087 controls, no-ops since the 80387.
+fn x87_nop(cpu: &mut Cpu, _: &Op) -> Ex {
+    x87_check(cpu)
 }
 
 fn ldmxcsr(cpu: &mut Cpu, op: &Op) -> Ex {

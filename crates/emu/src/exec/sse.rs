@@ -50,6 +50,7 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
         M::Movss | M::Movsd => movs_scalar,
         M::Movlps | M::Movlpd | M::Movhps | M::Movhpd | M::Movhlps | M::Movlhps => movlh,
         M::Pmovmskb | M::Movmskps | M::Movmskpd => movmsk,
+        M::Maskmovdqu => maskmovdqu,
         M::Pextrw => pextrw,
         M::Pinsrw => pinsrw,
         M::Pshufd | M::Pshuflw | M::Pshufhw | M::Shufps | M::Shufpd => shuffle,
@@ -116,6 +117,28 @@ fn mov_unaligned(cpu: &mut Cpu, op: &Op) -> Ex {
     sse_check(cpu)?;
     let v = src(cpu, op, 1, false)?;
     dst(cpu, op, 0, v, 16, false)
+}
+
+/// MASKMOVDQU: the bytes of operand 1 whose byte in operand 2 has bit 7 set go to
+/// seg:rDI (DS unless overridden, address size from the encoding), byte runs one write each;
+/// no bytes selected, no access. A fault part way is restartable (the writes are idempotent).
+fn maskmovdqu(cpu: &mut Cpu, op: &Op) -> Ex {
+    sse_check(cpu)?;
+    let (data, mask) = (xmm(cpu, op, 1).to_le_bytes(), xmm(cpu, op, 2).to_le_bytes());
+    let lin = cpu.lin(op.m.seg as usize, cpu.gpr[7] & op.m.amask);
+    let mut i = 0;
+    while i < 16 {
+        if mask[i] & 0x80 == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < 16 && mask[i] & 0x80 != 0 {
+            i += 1;
+        }
+        cpu.write_bytes(lin.wrapping_add(start as u64), &data[start..i], Access::WRITE)?;
+    }
+    Ok(())
 }
 
 /// MOVD/MOVQ in all directions: a value moved into an XMM register is zero-extended.

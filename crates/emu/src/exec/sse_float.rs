@@ -1,4 +1,5 @@
-//! SSE/SSE2 floating point: ADD/SUB/MUL/DIV/SQRT/MIN/MAX/CMP in SS/SD/PS/PD forms, the
+//! SSE/SSE2 floating point: ADD/SUB/MUL/DIV/SQRT/MIN/MAX/CMP in SS/SD/PS/PD forms, RCP/RSQRT
+//! PS/SS (the host's approximations), the
 //! conversions between integers and floats and between precisions, and (U)COMISS/SD.
 //!
 //! Each operation runs as the same instruction on the host, under the guest's MXCSR (rounding
@@ -84,6 +85,10 @@ host_op!(maxss, "maxss {x}, {y}");
 host_op!(maxsd, "maxsd {x}, {y}");
 host_op!(maxps, "maxps {x}, {y}");
 host_op!(maxpd, "maxpd {x}, {y}");
+host_op!(rcpps, "rcpps {x}, {y}");
+host_op!(rcpss, "rcpss {x}, {y}");
+host_op!(rsqrtps, "rsqrtps {x}, {y}");
+host_op!(rsqrtss, "rsqrtss {x}, {y}");
 host_op!(cvtss2sd, "cvtss2sd {x}, {y}");
 host_op!(cvtsd2ss, "cvtsd2ss {x}, {y}");
 host_op!(cvtps2pd, "cvtps2pd {x}, {y}");
@@ -190,6 +195,10 @@ fn pick(ins: &Instruction) -> Option<(HostOp, Out)> {
         M::Maxsd => (maxsd, x),
         M::Maxps => (maxps, x),
         M::Maxpd => (maxpd, x),
+        M::Rcpps => (rcpps, x),
+        M::Rcpss => (rcpss, x),
+        M::Rsqrtps => (rsqrtps, x),
+        M::Rsqrtss => (rsqrtss, x),
         M::Cvtss2sd => (cvtss2sd, x),
         M::Cvtsd2ss => (cvtsd2ss, x),
         M::Cvtps2pd => (cvtps2pd, x),
