@@ -59,7 +59,9 @@ impl Hypervisor for EmuHypervisor {
     }
 
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
-        Ok(crate::cpuid::default_cpuid())
+        let mut table = crate::cpuid::default_cpuid();
+        crate::irqchip::add_cpuid(&mut table);
+        Ok(table)
     }
 
     fn create_vm(&self, config: &VmConfig) -> Result<Arc<dyn Vm>> {
@@ -143,6 +145,7 @@ impl Vm for EmuVm {
         let memory = Memory::new(&mem, Some(ops))?;
         let mut cpu = Cpu::new(memory, id);
         cpu.tsc_origin = core.clock.origin;
+        crate::irqchip::add_cpuid(&mut cpu.cpuid);
         cpu.msr.apic = Some(ApicMsrs { lapic: lapic.clone(), core: core.clone() });
         cpu.msr.restore(IA32_APIC_BASE, lapic.apic_base());
         let mut vcpu = EmuVcpu::new(cpu, id);

@@ -272,3 +272,20 @@ fn ap_waits_for_sipi_and_stays_kickable() {
     t.join().unwrap();
     assert_eq!(vcpus[1].regs().unwrap().rip, 0xfff0, "still at the reset state");
 }
+
+#[test]
+fn cr8_is_the_task_priority() {
+    let (g, _vm, mut vcpus, _ops) = setup(1);
+    g.asm(64, CODE, |a| {
+        a.mov(rbx, APIC).unwrap();
+        a.mov(eax, 3u32).unwrap();
+        a.mov(cr8, rax).unwrap();
+        a.mov(r12d, dword_ptr(rbx + 0x80)).unwrap(); // TPR
+        reg(a, 0x80, 0x50);
+        a.mov(r13, cr8).unwrap();
+        done(a);
+    });
+    assert_eq!(vcpus[0].run().unwrap(), VcpuExit::Interrupted);
+    let r = vcpus[0].regs().unwrap();
+    assert_eq!((r.r12, r.r13), (0x30, 5));
+}

@@ -182,7 +182,8 @@ fn mov_from_crdr(cpu: &mut Cpu, op: &Op) -> Ex {
             2 => cpu.cr2,
             3 => cpu.cr3,
             4 => cpu.cr4,
-            8 => cpu.cr8,
+            // CR8 is the LAPIC's TPR[7:4] when the vCPU has a LAPIC.
+            8 => cpu.msr.apic.as_ref().map_or(cpu.cr8, |a| (a.lapic.with(|m| m.r.tpr) >> 4) as u64),
             _ => return Err(Exc::ud()),
         }
     } else {
@@ -213,7 +214,12 @@ fn mov_to_crdr(cpu: &mut Cpu, op: &Op) -> Ex {
         2 => cpu.cr2 = v,
         3 => cpu.write_cr3(v),
         4 => cpu.write_cr4(v)?,
-        8 => cpu.cr8 = v & 15,
+        8 => {
+            cpu.cr8 = v & 15;
+            if let Some(a) = &cpu.msr.apic {
+                a.lapic.with(|m| m.r.tpr = ((v & 15) << 4) as u32);
+            }
+        }
         _ => return Err(Exc::ud()),
     }
     cpu.block_break = true;

@@ -73,6 +73,25 @@ pub fn cpuid_leaves() -> Vec<CpuidEntry> {
     ]
 }
 
+/// Adds [`cpuid_leaves`] and the leaf-1 APIC and TSC-deadline bits to `table`, raising the
+/// maximum basic leaf to 0x16 (what the backend reports as supported).
+pub fn add_cpuid(table: &mut Vec<CpuidEntry>) {
+    let extra = cpuid_leaves();
+    table.retain(|e| !extra.iter().any(|x| x.function == e.function));
+    for e in table.iter_mut() {
+        match e.function {
+            0 => e.eax = e.eax.max(0x16),
+            1 => {
+                e.edx |= CPUID_1_EDX_APIC;
+                e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+            }
+            _ => {}
+        }
+    }
+    table.extend(extra);
+    table.sort_by_key(|e| (e.function, e.index));
+}
+
 /// The VM clock.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {

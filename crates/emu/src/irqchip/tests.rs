@@ -150,3 +150,18 @@ fn cpuid_leaves_describe_the_clocks() {
     assert_eq!(l15.ecx as u64 * l15.ebx as u64 / l15.eax as u64, TSC_HZ);
     assert_eq!(1_000_000_000 / l15.ecx as u64, LAPIC_TICK_NS);
 }
+
+#[test]
+fn add_cpuid_merges_into_the_table() {
+    let mut t = crate::cpuid::default_cpuid();
+    add_cpuid(&mut t);
+    let r = crate::cpuid::lookup(&t, 1, 0, 0);
+    assert_ne!(r[3] & CPUID_1_EDX_APIC, 0);
+    assert_ne!(r[2] & CPUID_1_ECX_TSC_DEADLINE, 0);
+    assert!(crate::cpuid::lookup(&t, 0, 0, 0)[0] >= 0x16);
+    assert_eq!(crate::cpuid::lookup(&t, 0x15, 0, 0)[2] as u64, CRYSTAL_HZ);
+    assert_eq!(crate::cpuid::lookup(&t, 0x8000_0001, 0, 0)[3] & (1 << 29), 1 << 29, "others kept");
+    let n = t.len();
+    add_cpuid(&mut t);
+    assert_eq!(t.len(), n, "idempotent");
+}
