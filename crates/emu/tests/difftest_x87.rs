@@ -136,6 +136,9 @@ enum Data {
     /// FLDENV/FRSTOR images (28/108 bytes), FNSTENV/FNSAVE targets.
     Env,
     Save,
+    /// The same with an operand-size prefix: the 14/94-byte layouts.
+    Env16,
+    Save16,
     /// FLDCW source, FNSTCW/FNSTSW targets.
     Cw,
 }
@@ -205,6 +208,10 @@ fn forms() -> Vec<Form> {
         ("fnstenv", 0xd9, 6, Env),
         ("frstor", 0xdd, 4, Save),
         ("fnsave", 0xdd, 6, Save),
+        ("fldenv o16", 0xd9, 4, Env16),
+        ("fnstenv o16", 0xd9, 6, Env16),
+        ("frstor o16", 0xdd, 4, Save16),
+        ("fnsave o16", 0xdd, 6, Save16),
         ("fldcw", 0xd9, 5, Cw),
         ("fnstcw", 0xd9, 7, Cw),
         ("fnstsw m16", 0xdd, 7, Cw),
@@ -363,10 +370,13 @@ fn encode(form: &Form, rng: &mut Rng) -> (Vec<u8>, usize) {
         Enc::Sti(base) => (vec![form.opcode, base + rng.below(8) as u8], 0),
         Enc::Mem(r, d) => {
             let disp = match d {
-                Data::Save | Data::Env => -(rng.below(129) as i64),
+                Data::Save | Data::Env | Data::Save16 | Data::Env16 => -(rng.below(129) as i64),
                 _ => rng.below(256) as i64 - 128,
             };
-            let b = vec![0x41, form.opcode, 0x47 | (r << 3), disp as i8 as u8];
+            let mut b = vec![0x41, form.opcode, 0x47 | (r << 3), disp as i8 as u8];
+            if matches!(d, Data::Env16 | Data::Save16) {
+                b.insert(0, 0x66);
+            }
             (b, (R15_OFF as i64 + disp) as usize)
         }
     }
@@ -398,14 +408,15 @@ fn fill_operand(rng: &mut Rng, d: Data, buf: &mut [u8; BUF], at: usize) {
             put(buf, at, &b);
         }
         Data::Cw => put(buf, at, &(rng.next() as u16).to_le_bytes()),
-        Data::Env | Data::Save => {
+        Data::Env | Data::Save | Data::Env16 | Data::Save16 => {
+            let (step, len) = if matches!(d, Data::Env | Data::Save) { (4, 28) } else { (2, 14) };
             let words = [rng.next() as u16 & 0x1f7f | 0x40, rng.next() as u16, rng.next() as u16];
             for (i, w) in words.iter().enumerate() {
-                put(buf, at + 4 * i, &w.to_le_bytes());
+                put(buf, at + step * i, &w.to_le_bytes());
             }
             for i in 0..8 {
                 let v = rng.f80_bytes();
-                put(buf, at + 28 + 10 * i, &v);
+                put(buf, at + len + 10 * i, &v);
             }
         }
     }
@@ -440,13 +451,19 @@ fn random_image(rng: &mut Rng) -> [u8; 512] {
 
 /// Runs `bytes` on the emulator at `CODE` (the x87 handlers re-read the instruction bytes).
 fn exec(g: &mut Guest, bytes: &[u8]) -> Option<u8> {
+    exec_bits(g, 64, bytes)
+}
+
+/// [`exec`] for a CPU in `bitness`-bit mode (CS base + RIP = `CODE`).
+fn exec_bits(g: &mut Guest, bitness: u32, bytes: &[u8]) -> Option<u8> {
     g.write(CODE, bytes);
-    let mut dec = Decoder::with_ip(64, bytes, CODE, DecoderOptions::NONE);
+    let rip = CODE - g.cpu().seg[1].base;
+    let mut dec = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
     let ins = dec.decode();
     assert!(!ins.is_invalid(), "invalid encoding {bytes:02x?}");
-    let op = make_op(&ins, 64);
+    let op = make_op(&ins, bitness);
     let cpu = g.cpu();
-    cpu.rip = CODE;
+    cpu.rip = rip;
     cpu.next_rip = ins.next_ip();
     (op.exec)(cpu, &op).err().map(|e| e.vector)
 }
@@ -518,11 +535,14 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         assert!(e == h, "x87 state differs:\n emu  {e:02x?}\n host {h:02x?}\n{}", ctx());
         assert_eq!(emu_flags, st.flags & 0x8d5, "rflags differ: {}", ctx());
         let mut eb = emu_buf;
-        if let Enc::Mem(_, Data::Env | Data::Save) = form.enc {
-            // FIP, FCS/FOP, FDP, FDS are not modelled bit for bit.
-            eb[at + 12..at + 28].fill(0);
-            host_buf[at + 12..at + 28].fill(0);
-        }
+        // FIP, FCS/FOP, FDP, FDS are not modelled bit for bit.
+        let ptrs = match form.enc {
+            Enc::Mem(_, Data::Env | Data::Save) => 12..28,
+            Enc::Mem(_, Data::Env16 | Data::Save16) => 6..14,
+            _ => 0..0,
+        };
+        eb[at + ptrs.start..at + ptrs.end].fill(0);
+        host_buf[at + ptrs.start..at + ptrs.end].fill(0);
         assert!(
             eb == host_buf,
             "memory differs: {}\n emu  {:02x?}\n host {:02x?}",
@@ -693,4 +713,75 @@ fn x87_program_runs_in_the_engine() {
     assert_eq!(g.read_u64(GUEST_BUF + 16) as u32, 6);
     assert_eq!(g.port_writes(0xf1)[0] as u16 & 0x3800, 0, "stack empty again, TOP 0");
     assert_eq!(g.cpu().fpu.ftwx, 0);
+}
+
+/// FNSTENV/FLDENV and FNSAVE/FRSTOR round trips in the four layouts (protected/real mode x
+/// 16/32-bit operand size); the stored control words sit where the layout puts them.
+#[test]
+fn x87_environment_round_trips_in_every_layout() {
+    // (real mode, 16-bit operand size, FIP/FDP that the layout can hold, FOP kept)
+    let layouts = [
+        (false, false, 0x1234_5678u64, true),
+        (false, true, 0x9abc, false),
+        (true, false, 0x0abc_def0, true),
+        (true, true, 0xa_bcde, true),
+    ];
+    for (real, o16, ptr, keeps_fop) in layouts {
+        let mut g = Guest::new();
+        let bits = if real {
+            g.real_mode(0x1000, 0);
+            g.cpu().gpr[3] = 0x8000; // [bx]
+            16
+        } else {
+            g.long_mode();
+            g.cpu().gpr[15] = GUEST_BUF; // [r15]
+            64
+        };
+        let at = if real { 0x8000 } else { GUEST_BUF };
+        let enc = |op: u8, reg: u8| -> Vec<u8> {
+            let mut v = if o16 != real { vec![0x66] } else { vec![] };
+            v.extend(if real { vec![op, reg << 3 | 7] } else { vec![0x41, op, reg << 3 | 7] });
+            v
+        };
+        let f = &mut g.cpu().fpu;
+        f.fcw = 0x0b73;
+        f.fsw = 0x3d61 & !0x80; // TOP 7, C3 C2 C0, SF|IE (masked)
+        f.ftwx = 0b1011_0101;
+        f.last_ip = ptr;
+        f.last_dp = ptr ^ 0x1111;
+        f.last_opcode = 0x5ab;
+        for (i, r) in f.fpr.iter_mut().enumerate() {
+            *r = [i as u8 + 1, 0, 0, 0, 0, 0, 0, 0x80 | i as u8, 0xff - i as u8, 0x3f, 0, 0, 0, 0, 0, 0];
+        }
+        f.fpr[3][..10].fill(0); // a zero and an empty register, tags 01 and 11
+        let saved = g.cpu().fpu;
+        let ctx = format!("real {real} o16 {o16}");
+        let n = if o16 { 14 } else { 28 };
+        assert_eq!(exec_bits(&mut g, bits, &enc(0xd9, 6)), None, "fnstenv {ctx}");
+        let mut img = [0u8; 108];
+        g.mem.read_slice(&mut img, GuestAddress(at)).unwrap();
+        let fsw_at = if n == 28 { 4 } else { 2 };
+        assert_eq!(u16::from_le_bytes([img[0], img[1]]), 0x0b73, "{ctx}");
+        assert_eq!(u16::from_le_bytes([img[fsw_at], img[fsw_at + 1]]), saved.fsw, "{ctx}");
+        assert_eq!(g.cpu().fpu.fcw, 0x0b7f, "FNSTENV masks all exceptions");
+        assert_eq!(exec_bits(&mut g, bits, &[0xd9, 0xf7]), None, "fincstp {ctx}"); // another TOP
+        assert_ne!(g.cpu().fpu.fpr, saved.fpr);
+        g.cpu().fpu.ftwx = 0;
+        assert_eq!(exec_bits(&mut g, bits, &enc(0xd9, 4)), None, "fldenv {ctx}");
+        let f = g.cpu().fpu;
+        assert_eq!((f.fcw, f.fsw, f.ftwx), (saved.fcw, saved.fsw, saved.ftwx), "{ctx}");
+        assert_eq!((f.last_ip, f.last_dp), (saved.last_ip, saved.last_dp), "{ctx}");
+        assert_eq!(f.last_opcode, if keeps_fop { 0x5ab } else { 0 }, "{ctx}");
+        assert_eq!(f.fpr, saved.fpr, "registers stay with TOP restored: {ctx}");
+        // FNSAVE resets, FRSTOR brings everything back.
+        assert_eq!(exec_bits(&mut g, bits, &enc(0xdd, 6)), None, "fnsave {ctx}");
+        let f = g.cpu().fpu;
+        assert_eq!((f.fcw, f.fsw, f.ftwx), (0x37f, 0, 0), "FNSAVE initialises: {ctx}");
+        assert_eq!(exec_bits(&mut g, bits, &enc(0xdd, 4)), None, "frstor {ctx}");
+        let f = g.cpu().fpu;
+        assert_eq!((f.fcw, f.fsw, f.ftwx, f.fpr), (saved.fcw, saved.fsw, saved.ftwx, saved.fpr), "{ctx}");
+        let mut tail = [0u8; 10];
+        g.mem.read_slice(&mut tail, GuestAddress(at + n as u64 + 70)).unwrap();
+        assert_eq!(&tail[..], &saved.fpr[7][..10], "ST(7) is the last register of the image: {ctx}");
+    }
 }

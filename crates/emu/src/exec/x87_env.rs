@@ -60,7 +60,7 @@ struct Layout {
 
 impl Layout {
     fn of(cpu: &Cpu, op: &Op) -> Layout {
-        Layout { wide: op.ins.memory_size().size() >= 28, real: !cpu.protected() }
+        Layout { wide: matches!(op.ins.memory_size().size(), 28 | 108), real: !cpu.protected() }
     }
     fn env_len(self) -> usize {
         if self.wide {
