@@ -58,6 +58,10 @@ pub const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 pub const CPUID_1_EDX_APIC: u32 = 1 << 9;
 /// CPUID leaf-6 EAX bit: APIC timer always running (ARAT).
 pub const CPUID_6_EAX_ARAT: u32 = 1 << 2;
+/// CPUID leaf-7 EBX bit: IA32_TSC_ADJUST.
+pub const CPUID_7_EBX_TSC_ADJUST: u32 = 1 << 1;
+/// CPUID leaf-0x80000007 EDX bit: invariant TSC.
+pub const CPUID_E7_EDX_INVARIANT_TSC: u32 = 1 << 8;
 
 /// The CPUID leaves the interrupt/timer model needs: 0x6 (ARAT), 0x15 (TSC/crystal ratio and
 /// crystal frequency, which Linux also takes as the LAPIC timer rate) and 0x16 (nominal MHz).
@@ -73,8 +77,11 @@ pub fn cpuid_leaves() -> Vec<CpuidEntry> {
     ]
 }
 
-/// Adds [`cpuid_leaves`] and the leaf-1 APIC and TSC-deadline bits to `table`, raising the
-/// maximum basic leaf to 0x16 (what the backend reports as supported).
+/// Adds [`cpuid_leaves`], the leaf-1 APIC and TSC-deadline bits, TSC_ADJUST (leaf 7) and the
+/// invariant TSC (leaf 0x80000007) to `table`, raising the maximum basic leaf to 0x16. With a
+/// known frequency, an invariant TSC and TSC_ADJUST, Linux trusts the TSC without the clocksource
+/// watchdog (which otherwise compares it with jiffies and, when ticks arrive late on a busy
+/// host, marks it unstable).
 pub fn add_cpuid(table: &mut Vec<CpuidEntry>) {
     let extra = cpuid_leaves();
     table.retain(|e| !extra.iter().any(|x| x.function == e.function));
@@ -85,8 +92,17 @@ pub fn add_cpuid(table: &mut Vec<CpuidEntry>) {
                 e.edx |= CPUID_1_EDX_APIC;
                 e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
             }
+            7 if e.index == 0 => e.ebx |= CPUID_7_EBX_TSC_ADJUST,
+            0x8000_0007 => e.edx |= CPUID_E7_EDX_INVARIANT_TSC,
             _ => {}
         }
+    }
+    if !table.iter().any(|e| e.function == 0x8000_0007) {
+        table.push(CpuidEntry {
+            function: 0x8000_0007,
+            edx: CPUID_E7_EDX_INVARIANT_TSC,
+            ..Default::default()
+        });
     }
     table.extend(extra);
     table.sort_by_key(|e| (e.function, e.index));

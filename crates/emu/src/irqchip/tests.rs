@@ -159,6 +159,8 @@ fn add_cpuid_merges_into_the_table() {
     assert_ne!(r[3] & CPUID_1_EDX_APIC, 0);
     assert_ne!(r[2] & CPUID_1_ECX_TSC_DEADLINE, 0);
     assert!(crate::cpuid::lookup(&t, 0, 0, 0)[0] >= 0x16);
+    assert_ne!(crate::cpuid::lookup(&t, 7, 0, 0)[1] & CPUID_7_EBX_TSC_ADJUST, 0);
+    assert_ne!(crate::cpuid::lookup(&t, 0x8000_0007, 0, 0)[3] & CPUID_E7_EDX_INVARIANT_TSC, 0);
     assert_eq!(crate::cpuid::lookup(&t, 0x15, 0, 0)[2] as u64, CRYSTAL_HZ);
     assert_eq!(crate::cpuid::lookup(&t, 0x8000_0001, 0, 0)[3] & (1 << 29), 1 << 29, "others kept");
     let n = t.len();
