@@ -9,7 +9,7 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-VMR_BIN="" VMM="" OUT="" ONLY="" MODE=scenarios
+VMR_BIN="" VMM="" OUT="" ONLY="" MODE=scenarios BENCH=bench-l1.sh
 L1_TIMEOUT=${VMR_LAB_L1_TIMEOUT:-1500}     # whole L1 boot, seconds
 TOTAL_TIMEOUT=${VMR_LAB_TOTAL_TIMEOUT:-2700} # all L1 boots of this run (retries included)
 SCENARIO_TIMEOUT=${VMR_LAB_SCENARIO_TIMEOUT:-240}
@@ -26,6 +26,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
         --bench) MODE=bench; shift ;;
+        --bench-virtio) MODE=bench; BENCH=bench-virtio-l1.sh; BENCH_RUNS=3; shift ;;
         --runs) BENCH_RUNS=$2; shift 2 ;;
         -h|--help) usage ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -56,7 +57,14 @@ build_l1_initramfs() {
     rm -rf "$ROOT"; mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,lab/l2,lab/kvm,usr/share}
     cp /bin/busybox "$ROOT/bin/busybox"; ln -s busybox "$ROOT/bin/sh"
     install -m 755 "$LAB_DIR/l1/init" "$ROOT/init"
-    cp "$LAB_DIR/l1/lib.sh" "$LAB_DIR/bench-l1.sh" "$ROOT/lab/"
+    cp "$LAB_DIR/l1/lib.sh" "$ROOT/lab/"
+    # The benchmark L1 runs (l1/init starts /lab/bench-l1.sh): boot time, or virtio I/O with
+    # fio/iperf3 in L1 and in a larger L2 initramfs.
+    cp "$LAB_DIR/$BENCH" "$ROOT/lab/bench-l1.sh"
+    if [ "$BENCH" = bench-virtio-l1.sh ]; then
+        cp "$LAB_CACHE/l2-bench-initramfs.cpio.gz" "$ROOT/lab/l2/bench-initramfs.cpio.gz"
+        for t in fio iperf3; do copy_bin "$(command -v $t)" usr/bin/$t; done
+    fi
     cp -r "$LAB_DIR/scenarios" "$ROOT/lab/scenarios"
     cp "$LAB_CACHE"/generic/modules/*.ko "$ROOT/lab/kvm/"
     cp "$LAB_CACHE/generic/vmlinux" "$ROOT/lab/l2/generic-vmlinux"
