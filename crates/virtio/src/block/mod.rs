@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue};
 use vmr_block::{BlockError, DiskImage, OpenOptions, SECTOR_SIZE};
 
 pub use config::{DiskConfig, DiskConfigError, SERIAL_MAX_LEN};
@@ -57,6 +57,11 @@ pub struct BlockState {
 }
 
 /// Serves the queue on the worker thread.
+/// How long the worker polls the ring for more requests after serving some (see
+/// [`crate::queue::drain_lingering`]): batches a guest's queue-depth-N submissions into fewer
+/// kicks and interrupts.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+
 struct BlockHandler {
     mem: GuestMemory,
     interrupt: std::sync::Arc<Interrupt>,
@@ -71,8 +76,8 @@ impl QueueHandler for BlockHandler {
             return false;
         }
         let (mem, executor) = (&self.mem, &mut self.executor);
-        match crate::queue::drain(&mut self.queue, mem, &self.interrupt, |chain| executor.execute(mem, chain))
-        {
+        let serve = |chain: DescriptorChain<&GuestMemory>| executor.execute(mem, chain);
+        match crate::queue::drain_lingering(&mut self.queue, mem, &self.interrupt, LINGER, serve) {
             Drained::Idle => false,
             Drained::More => true,
             Drained::Broken => {
