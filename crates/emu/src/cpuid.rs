@@ -9,9 +9,11 @@ use crate::mem::paging::MAX_PHYS_BITS;
 /// Linux x86-64 (6.1 `required-features.h`) refuses to boot without every REQUIRED_MASK0 bit
 /// (FPU PSE MSR PAE CX8 PGE CMOV FXSR SSE SSE2) and REQUIRED_MASK1 (LM, in [`E1_EDX`]); all of
 /// them are here. The x87 arithmetic runs on the host FPU (`exec/x87.rs`) and SSE/SSE2 floats
-/// too (`exec/sse_float.rs`), so FPU/SSE/SSE2 are only advertised on x86-64 hosts. Not here:
-/// MMX (no MMX register forms), SSE3 and later, APIC/TSC-deadline (the interrupt controller
-/// adds those to [`default_cpuid`]).
+/// too (`exec/sse_float.rs`), so FPU/SSE/SSE2 are only advertised on x86-64 hosts. MMX
+/// (`exec/sse_mmx.rs`) is needed by glibc: its x86-64 "baseline" ISA level, which Debian's
+/// libc.so.6 and static binaries require (`CPU ISA level is lower than required` otherwise), is
+/// CMOV CX8 FPU FXSR MMX SSE SSE2. Not here: SSE3 and later, APIC/TSC-deadline (the interrupt
+/// controller adds those to [`default_cpuid`]).
 pub const L1_EDX: u32 = L1_EDX_BASE | L1_EDX_FLOAT;
 /// Leaf 1 EDX bits of the integer and system ISA.
 const L1_EDX_BASE: u32 = (1 << 3) // pse
@@ -23,6 +25,7 @@ const L1_EDX_BASE: u32 = (1 << 3) // pse
     | (1 << 15) // cmov
     | (1 << 16) // pat
     | (1 << 19) // clflush
+    | (1 << 23) // mmx
     | (1 << 24); // fxsr (FXSAVE/FXRSTOR, CR4.OSFXSR)
 /// Leaf 1 EDX floating-point bits: fpu, sse, sse2.
 #[cfg(target_arch = "x86_64")]
@@ -102,25 +105,25 @@ mod tests {
         assert_eq!(lookup(&t, 0x8000_0001, 0, 0)[3] & (1 << 29), 1 << 29);
     }
 
-    /// Linux 6.1 x86-64 REQUIRED_MASK0 (leaf 1 EDX) and REQUIRED_MASK1 (0x8000_0001 EDX).
+    /// Linux 6.1 x86-64 REQUIRED_MASK0 (leaf 1 EDX) and REQUIRED_MASK1 (0x8000_0001 EDX), and
+    /// glibc's x86-64 baseline (adds MMX).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn linux_x86_64_required_features() {
         let t = default_cpuid();
         let edx = lookup(&t, 1, 0, 0)[3];
         let bits = [(0, "fpu"), (3, "pse"), (5, "msr"), (6, "pae"), (8, "cx8"), (13, "pge"), (15, "cmov")];
-        for (bit, name) in bits.into_iter().chain([(24, "fxsr"), (25, "sse"), (26, "sse2")]) {
+        for (bit, name) in bits.into_iter().chain([(23, "mmx"), (24, "fxsr"), (25, "sse"), (26, "sse2")]) {
             assert_ne!(edx & (1 << bit), 0, "{name} missing");
         }
         assert_ne!(lookup(&t, 0x8000_0001, 0, 0)[3] & (1 << 29), 0, "lm missing");
     }
 
-    /// Only what is implemented: no MMX, no SSE3+, no APIC/x2APIC/TSC-deadline yet.
+    /// Only what is implemented: no SSE3+, no APIC/x2APIC/TSC-deadline yet.
     #[test]
     fn nothing_unimplemented_advertised() {
         let t = default_cpuid();
         let [_, _, ecx, edx] = lookup(&t, 1, 0, 0);
-        assert_eq!(edx & (1 << 23), 0, "mmx");
         assert_eq!(edx & (1 << 9), 0, "apic");
         let sse3_up = 1 | (1 << 9) | (1 << 19) | (1 << 20) | (1 << 21) | (1 << 24) | (1 << 26) | (1 << 28);
         assert_eq!(ecx & sse3_up, 0, "sse3/ssse3/sse4/x2apic/tsc-deadline/xsave/avx");

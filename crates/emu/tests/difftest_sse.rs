@@ -614,8 +614,9 @@ fn sse_fault_rules() {
     let mut back = [0u8; 32];
     g.mem.read_slice(&mut back, GuestAddress(GUEST_BUF)).unwrap();
     assert_eq!(back, [0xaa; 32]);
-    // MMX-register forms are not implemented: #UD, not a wrong result.
-    assert_eq!(fault_of(&mut g, &[0x0f, 0xef, 0xc1], 0), Some(UD), "pxor mm0, mm1");
+    // MMX register forms run (sse_mmx.rs); the CVTPI/PS2PI conversions are not implemented.
+    assert_eq!(fault_of(&mut g, &[0x0f, 0xef, 0xc1], 0), None, "pxor mm0, mm1");
+    assert_eq!(fault_of(&mut g, &[0x0f, 0x2a, 0xc1], 0), Some(UD), "cvtpi2ps xmm0, mm1");
 }
 
 #[test]
@@ -687,4 +688,75 @@ fn maskmovdqu_against_host_cpu() {
         g.mem.read_slice(&mut emu, GuestAddress(GUEST_BUF)).unwrap();
         assert_eq!(emu, host, "data {data:#x} mask {mask:#x} off {off}");
     }
+}
+
+#[test]
+fn maskmovq_against_host_cpu() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let mut rng = Rng(0x3a5c_0002);
+    for case in 0..300 {
+        let (data, mut mask) = (rng.next(), rng.next());
+        if case % 5 == 0 {
+            mask = 0;
+        }
+        let mut init = [0u8; 32];
+        for b in init.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        let off = rng.below(24) as usize;
+        let mut host = init;
+        // SAFETY: MASKMOVQ writes at most 8 bytes at rdi = host[off..], off + 8 <= 32; mm0/mm1
+        // are declared clobbered and EMMS leaves the x87 tags empty again.
+        unsafe {
+            std::arch::asm!(
+                "movq mm0, [{d}]",
+                "movq mm1, [{m}]",
+                "maskmovq mm0, mm1",
+                "emms",
+                d = in(reg) &data,
+                m = in(reg) &mask,
+                in("rdi") host.as_mut_ptr().add(off),
+                out("mm0") _,
+                out("mm1") _,
+            );
+        }
+        g.write(GUEST_BUF, &init);
+        let cpu = g.cpu();
+        cpu.fpu.fsw = 0;
+        cpu.fpu.fpr[2][..8].copy_from_slice(&data.to_le_bytes());
+        cpu.fpu.fpr[7][..8].copy_from_slice(&mask.to_le_bytes());
+        cpu.gpr[7] = GUEST_BUF + off as u64;
+        assert_eq!(fault_of(&mut g, &[0x0f, 0xf7, 0xd7], 0), None, "maskmovq mm2, mm7");
+        let mut emu = [0u8; 32];
+        g.mem.read_slice(&mut emu, GuestAddress(GUEST_BUF)).unwrap();
+        assert_eq!(emu, host, "data {data:#x} mask {mask:#x} off {off}");
+    }
+}
+
+#[test]
+fn movq2dq_and_movdq2q() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let cpu = g.cpu();
+    cpu.cr4 |= CR4_OSFXSR;
+    cpu.fpu.fsw = 3 << 11; // TOP 3: MM1 is ST(6) until the MMX transition
+    cpu.fpu.fpr[6][..10].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0x12, 0x34]);
+    cpu.fpu.xmm[3] = [0xee; 16];
+    cpu.fpu.xmm[5] = u128::to_le_bytes(0x1111_2222_3333_4444_5555_6666_7777_8888);
+    assert_eq!(fault_of(&mut g, &[0xf3, 0x0f, 0xd6, 0xd9], 0), None, "movq2dq xmm3, mm1");
+    let f = g.cpu().fpu;
+    assert_eq!(u128::from_le_bytes(f.xmm[3]), 0x0807_0605_0403_0201);
+    assert_eq!((f.fsw >> 11 & 7, f.ftwx), (0, 0xff), "MMX state: TOP 0, all valid");
+    assert_eq!(fault_of(&mut g, &[0xf2, 0x0f, 0xd6, 0xd5], 0), None, "movdq2q mm2, xmm5");
+    let f = g.cpu().fpu;
+    assert_eq!(&f.fpr[2][..10], &[0x88, 0x88, 0x77, 0x77, 0x66, 0x66, 0x55, 0x55, 0xff, 0xff]);
+    g.cpu().cr4 &= !CR4_OSFXSR;
+    assert_eq!(fault_of(&mut g, &[0xf2, 0x0f, 0xd6, 0xd5], 0), Some(UD), "SSE2 form needs OSFXSR");
+    assert_eq!(fault_of(&mut g, &[0x0f, 0xfc, 0xc1], 0), None, "paddb mm0, mm1 does not");
+    g.cpu().cr0 |= CR0_EM;
+    assert_eq!(fault_of(&mut g, &[0x0f, 0xfc, 0xc1], 0), Some(UD), "MMX with CR0.EM: #UD");
+    g.cpu().cr0 &= !CR0_EM;
+    g.cpu().cr0 |= CR0_TS;
+    assert_eq!(fault_of(&mut g, &[0x0f, 0xfc, 0xc1], 0), Some(NM), "MMX with CR0.TS: #NM");
 }

@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions};
 use vmr_emu::cpu::{CR0_EM, CR0_MP, CR0_NE, CR0_TS, CR4_OSFXSR, MF, NM};
 use vmr_emu::decode::make_op;
@@ -30,6 +29,7 @@ struct State {
     host: [u8; 512],
     flags: u64,
     r15: u64,
+    rax: u64,
 }
 
 struct Rng(u64);
@@ -151,6 +151,33 @@ enum Enc {
     Sti(u8),
     /// `opcode /reg` with the memory operand `[r15 + disp8]`.
     Mem(u8, Data),
+    /// An MMX form `0F opcode /r`.
+    Mmx(Mmx),
+}
+
+/// What the ModRM fields of an MMX form name.
+#[derive(Clone, Copy, PartialEq)]
+enum MReg {
+    Mm,
+    /// RAX.
+    Gpr,
+    Digit(u8),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum MRm {
+    MmOrMem,
+    MmOnly,
+    GprOrMem,
+    MemOnly,
+}
+
+#[derive(Clone, Copy)]
+struct Mmx {
+    reg: MReg,
+    rm: MRm,
+    imm: bool,
+    rex_w: bool,
 }
 
 struct Form {
@@ -288,6 +315,100 @@ fn forms() -> Vec<Form> {
     add("fndisi", 0xdb, Fixed(0xe1));
     add("fnsetpm", 0xdb, Fixed(0xe4));
     add("emms", 0x0f, Fixed(0x77));
+    v.extend(mmx_forms());
+    v
+}
+
+fn mmx_forms() -> Vec<Form> {
+    let mut v = Vec::new();
+    let mut add = |name: &'static str, opcode: u8, reg: MReg, rm: MRm, imm: bool, rex_w: bool| {
+        v.push(Form { name, opcode, enc: Enc::Mmx(Mmx { reg, rm, imm, rex_w }) })
+    };
+    use MReg::*;
+    use MRm::*;
+    let binary = [
+        ("punpcklbw", 0x60),
+        ("punpcklwd", 0x61),
+        ("punpckldq", 0x62),
+        ("packsswb", 0x63),
+        ("pcmpgtb", 0x64),
+        ("pcmpgtw", 0x65),
+        ("pcmpgtd", 0x66),
+        ("packuswb", 0x67),
+        ("punpckhbw", 0x68),
+        ("punpckhwd", 0x69),
+        ("punpckhdq", 0x6a),
+        ("packssdw", 0x6b),
+        ("pcmpeqb", 0x74),
+        ("pcmpeqw", 0x75),
+        ("pcmpeqd", 0x76),
+        ("psrlw", 0xd1),
+        ("psrld", 0xd2),
+        ("psrlq", 0xd3),
+        ("paddq", 0xd4),
+        ("pmullw", 0xd5),
+        ("psubusb", 0xd8),
+        ("psubusw", 0xd9),
+        ("pminub", 0xda),
+        ("pand", 0xdb),
+        ("paddusb", 0xdc),
+        ("paddusw", 0xdd),
+        ("pmaxub", 0xde),
+        ("pandn", 0xdf),
+        ("pavgb", 0xe0),
+        ("psraw", 0xe1),
+        ("psrad", 0xe2),
+        ("pavgw", 0xe3),
+        ("pmulhuw", 0xe4),
+        ("pmulhw", 0xe5),
+        ("psubsb", 0xe8),
+        ("psubsw", 0xe9),
+        ("pminsw", 0xea),
+        ("por", 0xeb),
+        ("paddsb", 0xec),
+        ("paddsw", 0xed),
+        ("pmaxsw", 0xee),
+        ("pxor", 0xef),
+        ("psllw", 0xf1),
+        ("pslld", 0xf2),
+        ("psllq", 0xf3),
+        ("pmuludq", 0xf4),
+        ("pmaddwd", 0xf5),
+        ("psadbw", 0xf6),
+        ("psubb", 0xf8),
+        ("psubw", 0xf9),
+        ("psubd", 0xfa),
+        ("psubq", 0xfb),
+        ("paddb", 0xfc),
+        ("paddw", 0xfd),
+        ("paddd", 0xfe),
+    ];
+    for (name, op) in binary {
+        add(name, op, Mm, MmOrMem, false, false);
+    }
+    add("movd mm, r/m32", 0x6e, Mm, GprOrMem, false, false);
+    add("movq mm, r/m64", 0x6e, Mm, GprOrMem, false, true);
+    add("movd r/m32, mm", 0x7e, Mm, GprOrMem, false, false);
+    add("movq r/m64, mm", 0x7e, Mm, GprOrMem, false, true);
+    add("movq mm, mm/m64", 0x6f, Mm, MmOrMem, false, false);
+    add("movq mm/m64, mm", 0x7f, Mm, MmOrMem, false, false);
+    add("movntq", 0xe7, Mm, MemOnly, false, false);
+    add("pshufw", 0x70, Mm, MmOrMem, true, false);
+    add("pmovmskb", 0xd7, Gpr, MmOnly, false, false);
+    add("pextrw", 0xc5, Gpr, MmOnly, true, false);
+    add("pinsrw", 0xc4, Mm, GprOrMem, true, false);
+    for (name, op, d) in [
+        ("psrlw imm", 0x71, 2),
+        ("psraw imm", 0x71, 4),
+        ("psllw imm", 0x71, 6),
+        ("psrld imm", 0x72, 2),
+        ("psrad imm", 0x72, 4),
+        ("pslld imm", 0x72, 6),
+        ("psrlq imm", 0x73, 2),
+        ("psllq imm", 0x73, 6),
+    ] {
+        add(name, op, Digit(d), MmOnly, true, false);
+    }
     v
 }
 
@@ -329,8 +450,10 @@ impl Native {
             0xff, 0xb7, 0x00, 0x04, 0x00, 0x00, // push qword [rdi+1024]
             0x9d, // popfq
             0x4c, 0x8b, 0xbf, 0x08, 0x04, 0x00, 0x00, // mov r15, [rdi+1032]
+            0x48, 0x8b, 0x87, 0x10, 0x04, 0x00, 0x00, // mov rax, [rdi+1040]
         ];
         let epilogue = vec![
+            0x48, 0x89, 0x87, 0x10, 0x04, 0x00, 0x00, // mov [rdi+1040], rax
             0x9c, // pushfq
             0x8f, 0x87, 0x00, 0x04, 0x00, 0x00, // pop qword [rdi+1024]
             0x48, 0x0f, 0xae, 0x07, // fxsave64 [rdi]
@@ -368,6 +491,35 @@ fn encode(form: &Form, rng: &mut Rng) -> (Vec<u8>, usize) {
     match form.enc {
         Enc::Fixed(m) => (vec![form.opcode, m], 0),
         Enc::Sti(base) => (vec![form.opcode, base + rng.below(8) as u8], 0),
+        Enc::Mmx(m) => {
+            let reg = match m.reg {
+                MReg::Mm => rng.below(8) as u8,
+                MReg::Gpr => 0,
+                MReg::Digit(d) => d,
+            };
+            let mem = match m.rm {
+                MRm::MemOnly => true,
+                MRm::MmOnly => false,
+                _ => rng.below(2) == 0,
+            };
+            let rm = if m.rm == MRm::GprOrMem { 0 } else { rng.below(8) as u8 };
+            let disp = rng.below(248) as i64 - 128;
+            let mut b = Vec::new();
+            let rex = 0x40 | if m.rex_w { 8 } else { 0 } | mem as u8;
+            if rex != 0x40 {
+                b.push(rex);
+            }
+            b.extend([0x0f, form.opcode]);
+            if mem {
+                b.extend([0x47 | (reg << 3), disp as i8 as u8]);
+            } else {
+                b.push(0xc0 | (reg << 3) | rm);
+            }
+            if m.imm {
+                b.push(if matches!(m.reg, MReg::Digit(_)) { rng.below(72) as u8 } else { rng.next() as u8 });
+            }
+            (b, (R15_OFF as i64 + disp) as usize)
+        }
         Enc::Mem(r, d) => {
             let disp = match d {
                 Data::Save | Data::Env | Data::Save16 | Data::Env16 => -(rng.below(129) as i64),
@@ -476,8 +628,9 @@ fn emulate(
     bytes: &[u8],
     img: &[u8; 512],
     flags: u64,
+    rax: u64,
     buf: &[u8; BUF],
-) -> ([u8; 512], u64, [u8; BUF]) {
+) -> ([u8; 512], u64, u64, [u8; BUF]) {
     g.mem.write_slice(buf, GuestAddress(GUEST_BUF)).unwrap();
     g.mem.write_slice(img, GuestAddress(IMG_GPA)).unwrap();
     g.cpu().cr4 |= CR4_OSFXSR;
@@ -485,15 +638,18 @@ fn emulate(
     g.cpu().gpr[15] = GUEST_BUF + R15_OFF;
     g.cpu().flags.set(flags);
     assert_eq!(exec(g, &FXRSTOR_RAX), None, "fxrstor");
+    g.cpu().gpr[0] = rax;
     if let Some(v) = exec(g, bytes) {
         panic!("unexpected exception {v} for {bytes:02x?}");
     }
+    let rax = g.cpu().gpr[0];
+    g.cpu().gpr[0] = IMG_GPA;
     assert_eq!(exec(g, &FXSAVE_RAX), None, "fxsave");
     let mut out = [0u8; 512];
     g.mem.read_slice(&mut out, GuestAddress(IMG_GPA)).unwrap();
     let mut out_buf = [0u8; BUF];
     g.mem.read_slice(&mut out_buf, GuestAddress(GUEST_BUF)).unwrap();
-    (out, g.cpu().rflags() & 0x8d5, out_buf)
+    (out, g.cpu().rflags() & 0x8d5, rax, out_buf)
 }
 
 /// FCW, FSW, abridged tags and the eight registers (FIP/FDP/FOP are not compared).
@@ -518,8 +674,9 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         if let Enc::Mem(_, d) = form.enc {
             fill_operand(&mut rng, d, &mut buf, at);
         }
-        let (emu_img, emu_flags, emu_buf) = emulate(g, &bytes, &img, flags, &buf);
-        let mut st = State { img, host: [0; 512], flags, r15: 0 };
+        let rax = if rng.below(2) == 0 { rng.next() } else { rng.below(72) };
+        let (emu_img, emu_flags, emu_rax, emu_buf) = emulate(g, &bytes, &img, flags, rax, &buf);
+        let mut st = State { img, host: [0; 512], flags, r15: 0, rax };
         let mut host_buf = buf;
         native.run(&bytes, &mut st, &mut host_buf);
         let ctx = || {
@@ -534,6 +691,7 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         let (e, h) = (x87_part(&emu_img), x87_part(&st.img));
         assert!(e == h, "x87 state differs:\n emu  {e:02x?}\n host {h:02x?}\n{}", ctx());
         assert_eq!(emu_flags, st.flags & 0x8d5, "rflags differ: {}", ctx());
+        assert_eq!(emu_rax, st.rax, "rax differs: {}", ctx());
         let mut eb = emu_buf;
         // FIP, FCS/FOP, FDP, FDS are not modelled bit for bit.
         let ptrs = match form.enc {
@@ -684,6 +842,7 @@ fn x87_store_fault_leaves_the_state() {
 /// A long-mode program through the engine: the handlers find their instruction bytes at RIP.
 #[test]
 fn x87_program_runs_in_the_engine() {
+    use iced_x86::code_asm::*;
     let mut g = Guest::new();
     g.long_mode();
     g.cpu().cr0 |= CR0_NE | CR0_MP;

@@ -11,6 +11,7 @@ mod shift;
 mod sse;
 #[cfg(target_arch = "x86_64")]
 mod sse_float;
+mod sse_mmx;
 mod stack;
 mod string;
 mod system;
@@ -32,9 +33,9 @@ pub fn handler_for(ins: &Instruction) -> Handler {
     }
     if sse::has_vector_operand(ins) {
         #[cfg(target_arch = "x86_64")]
-        let h = sse::handler(ins).or_else(|| sse_float::handler(ins));
+        let h = sse::handler(ins).or_else(|| sse_mmx::handler(ins)).or_else(|| sse_float::handler(ins));
         #[cfg(not(target_arch = "x86_64"))]
-        let h = sse::handler(ins);
+        let h = sse::handler(ins).or_else(|| sse_mmx::handler(ins));
         return h.unwrap_or(unimplemented_insn);
     }
     // CVT(T)SS2SI/CVT(T)SD2SI with a memory source have no vector register operand.

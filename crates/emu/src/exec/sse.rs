@@ -1,7 +1,7 @@
 //! SSE/SSE2 integer, logical, shuffle and move forms (the set Linux and glibc's baseline
 //! x86-64 string functions use). XMM registers live in `cpu.fpu.xmm`; every form checks
 //! CR4.OSFXSR/CR0.EM (#UD) and CR0.TS (#NM). 128-bit memory operands of non-`U` forms must be
-//! 16-byte aligned (#GP(0)). MMX-register forms are not handled (they raise #UD).
+//! 16-byte aligned (#GP(0)). MMX-register forms are in `sse_mmx.rs`.
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
@@ -11,7 +11,7 @@ use crate::decode::{Handler, Op};
 use crate::mem::Access;
 
 /// True when operand `i` is an XMM register.
-fn xreg(ins: &Instruction, i: u32) -> Option<usize> {
+pub(super) fn xreg(ins: &Instruction, i: u32) -> Option<usize> {
     if ins.op_kind(i) != OpKind::Register {
         return None;
     }
@@ -217,7 +217,7 @@ fn pinsrw(cpu: &mut Cpu, op: &Op) -> Ex {
     dst(cpu, op, 0, (d & !(0xffffu128 << (16 * n))) | (v << (16 * n)), 16, false)
 }
 
-fn lane(v: u128, bytes: u32, i: u32) -> u64 {
+pub(super) fn lane(v: u128, bytes: u32, i: u32) -> u64 {
     let bits = bytes * 8;
     ((v >> (bits * i)) & ((1u128 << bits) - 1)) as u64
 }
@@ -287,12 +287,12 @@ fn bit_shift(cpu: &mut Cpu, op: &Op) -> Ex {
     dst(cpu, op, 0, r, 16, false)
 }
 
-fn sext(v: u64, bits: u32) -> i64 {
+pub(super) fn sext(v: u64, bits: u32) -> i64 {
     ((v << (64 - bits)) as i64) >> (64 - bits)
 }
 
 /// Applies `f` lane by lane (`bytes` per lane); results are truncated to the lane.
-fn map_lanes(a: u128, b: u128, bytes: u32, f: impl Fn(u64, u64) -> u64) -> u128 {
+pub(super) fn map_lanes(a: u128, b: u128, bytes: u32, f: impl Fn(u64, u64) -> u64) -> u128 {
     let bits = bytes * 8;
     let m = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
     (0..16 / bytes)
@@ -326,7 +326,7 @@ fn pack(a: u128, b: u128, bytes: u32, signed: bool) -> u128 {
 }
 
 /// The packed binary operations `dst = f(dst, src)`; `None` for mnemonics not in this group.
-fn binary_op(m: M, a: u128, b: u128) -> Option<u128> {
+pub(super) fn binary_op(m: M, a: u128, b: u128) -> Option<u128> {
     let eq = |x: u64, y: u64| if x == y { u64::MAX } else { 0 };
     let gt = |bits: u32| move |x: u64, y: u64| if sext(x, bits) > sext(y, bits) { u64::MAX } else { 0 };
     Some(match m {
