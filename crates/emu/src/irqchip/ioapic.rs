@@ -62,8 +62,10 @@ impl Ioapic {
         if e & MASKED != 0 || !high || e & LEVEL == 0 || e & REMOTE_IRR != 0 {
             return None;
         }
-        self.s.redir[pin] |= REMOTE_IRR;
-        Some(message(e))
+        self.s.redir.get_mut(pin).map(|r| {
+            *r |= REMOTE_IRR;
+            message(e)
+        })
     }
 
     /// Drives input `pin`; returns the message to deliver, if any.
@@ -89,7 +91,7 @@ impl Ioapic {
     /// with that vector; pins still asserted are delivered again.
     pub fn eoi(&mut self, vector: u8) -> Vec<Msi> {
         let mut out = Vec::new();
-        for pin in 0..IOAPIC_PINS {
+        for pin in 0..self.s.redir.len().min(IOAPIC_PINS) {
             let e = self.s.redir[pin];
             if e as u8 == vector && e & LEVEL != 0 && e & REMOTE_IRR != 0 {
                 self.s.redir[pin] &= !REMOTE_IRR;
@@ -151,7 +153,9 @@ impl Ioapic {
                 if e & LEVEL == 0 {
                     e &= !REMOTE_IRR;
                 }
-                self.s.redir[pin] = e;
+                if let Some(r) = self.s.redir.get_mut(pin) {
+                    *r = e;
+                }
                 return self.service(pin).into_iter().collect();
             }
             _ => {}

@@ -167,3 +167,48 @@ fn add_cpuid_merges_into_the_table() {
     add_cpuid(&mut t);
     assert_eq!(t.len(), n, "idempotent");
 }
+
+/// Guest-controlled offsets, ports and values never panic any model.
+#[test]
+fn hostile_register_traffic_never_panics() {
+    let (core, l) = chip(2);
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..200_000u64 {
+        let (r, v) = (next(), next() as u32);
+        let now = i * 1000;
+        match r % 5 {
+            0 => {
+                let eff = l[(r >> 8) as usize & 1].with(|m| m.write((r >> 16) as u32 & 0xffc, v, now));
+                if let WriteEffect::Ipi(msg) = eff {
+                    // INIT/SIPI storms are fine; keep delivery on.
+                    core.deliver(&msg, Some(0));
+                }
+                l[0].with(|m| m.read((r >> 32) as u32 & 0xffc, now));
+            }
+            1 => {
+                core.ioapic_write((r >> 8) & 0xffc, v);
+                core.ioapic_read((r >> 20) & 0xffc);
+                core.eoi_level(v as u8);
+            }
+            2 => {
+                let port = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1, 0x40, 0x41, 0x42, 0x43, 0x61]
+                    [(r >> 8) as usize % 11];
+                core.pio_write(port, v as u8);
+                core.pio_read(port);
+            }
+            3 => core.set_irq((r >> 8) as u32 % 24, v & 1 != 0),
+            _ => {
+                core.service_timers(now);
+                let mut src = ApicSource { lapic: l[1].clone(), core: core.clone() };
+                src.take_event(v & 1 != 0);
+                l[1].take_init();
+            }
+        }
+    }
+}
