@@ -178,6 +178,10 @@ struct Mmx {
     rm: MRm,
     imm: bool,
     rex_w: bool,
+    /// Mandatory prefix (0x66) or 0.
+    pfx: u8,
+    /// A 16-byte memory operand that must be aligned.
+    align: bool,
 }
 
 struct Form {
@@ -322,7 +326,7 @@ fn forms() -> Vec<Form> {
 fn mmx_forms() -> Vec<Form> {
     let mut v = Vec::new();
     let mut add = |name: &'static str, opcode: u8, reg: MReg, rm: MRm, imm: bool, rex_w: bool| {
-        v.push(Form { name, opcode, enc: Enc::Mmx(Mmx { reg, rm, imm, rex_w }) })
+        v.push(Form { name, opcode, enc: Enc::Mmx(Mmx { reg, rm, imm, rex_w, pfx: 0, align: false }) })
     };
     use MReg::*;
     use MRm::*;
@@ -408,6 +412,18 @@ fn mmx_forms() -> Vec<Form> {
         ("psllq imm", 0x73, 6),
     ] {
         add(name, op, Digit(d), MmOnly, true, false);
+    }
+    // The SSE conversions between MM and XMM registers (reg and rm are register numbers 0-7).
+    for (name, pfx, op, align) in [
+        ("cvtpi2ps", 0, 0x2a, false),
+        ("cvtps2pi", 0, 0x2d, false),
+        ("cvttps2pi", 0, 0x2c, false),
+        ("cvtpi2pd", 0x66, 0x2a, false),
+        ("cvtpd2pi", 0x66, 0x2d, true),
+        ("cvttpd2pi", 0x66, 0x2c, true),
+    ] {
+        let enc = Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: false, rex_w: false, pfx, align });
+        v.push(Form { name, opcode: op, enc });
     }
     v
 }
@@ -503,8 +519,11 @@ fn encode(form: &Form, rng: &mut Rng) -> (Vec<u8>, usize) {
                 _ => rng.below(2) == 0,
             };
             let rm = if m.rm == MRm::GprOrMem { 0 } else { rng.below(8) as u8 };
-            let disp = rng.below(248) as i64 - 128;
+            let disp = if m.align { (rng.below(15) as i64 - 8) * 16 } else { rng.below(248) as i64 - 128 };
             let mut b = Vec::new();
+            if m.pfx != 0 {
+                b.push(m.pfx);
+            }
             let rex = 0x40 | if m.rex_w { 8 } else { 0 } | mem as u8;
             if rex != 0x40 {
                 b.push(rex);
@@ -593,7 +612,19 @@ fn random_image(rng: &mut Rng) -> [u8; 512] {
     img[0..2].copy_from_slice(&fcw.to_le_bytes());
     img[2..4].copy_from_slice(&fsw.to_le_bytes());
     img[4] = tags;
-    img[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    // MXCSR: any rounding mode, FTZ, sticky flags; exceptions masked (the host would trap).
+    let mxcsr = 0x1f80 | (rng.next() as u32 & 0xe03f);
+    img[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+    for i in 0..8 {
+        let (lo, hi) = if rng.below(2) == 0 {
+            let f = |r: &mut Rng| r.f32_bits() as u64 | (r.f32_bits() as u64) << 32;
+            (f(rng), f(rng))
+        } else {
+            (rng.f64_bits(), rng.f64_bits())
+        };
+        img[160 + 16 * i..168 + 16 * i].copy_from_slice(&lo.to_le_bytes());
+        img[168 + 16 * i..176 + 16 * i].copy_from_slice(&hi.to_le_bytes());
+    }
     for i in 0..8 {
         let v = rng.f80_bytes();
         img[32 + 16 * i..42 + 16 * i].copy_from_slice(&v);
@@ -652,12 +683,15 @@ fn emulate(
     (out, g.cpu().rflags() & 0x8d5, rax, out_buf)
 }
 
-/// FCW, FSW, abridged tags and the eight registers (FIP/FDP/FOP are not compared).
+/// FCW, FSW, abridged tags, MXCSR, the eight x87/MM registers and XMM0-7 (FIP/FDP/FOP are
+/// not compared).
 fn x87_part(img: &[u8; 512]) -> Vec<u8> {
     let mut v = img[0..5].to_vec();
+    v.extend_from_slice(&img[24..28]);
     for i in 0..8 {
         v.extend_from_slice(&img[32 + 16 * i..42 + 16 * i]);
     }
+    v.extend_from_slice(&img[160..288]);
     v
 }
 

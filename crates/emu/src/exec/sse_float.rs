@@ -14,6 +14,7 @@ use iced_x86::{Instruction, Mnemonic as M, OpKind};
 
 use super::fpu::{sse_check, MXCSR_MASK};
 use super::sse::{dst, src, xmm};
+use super::sse_mmx::{enter, mm, mreg, set_mm};
 use crate::cpu::{Cpu, Ex, Exc, CR4_OSXMMEXCPT, XM};
 use crate::decode::{Handler, Op};
 use crate::flags::{AF, CF, OF, PF, SF, ZF};
@@ -228,7 +229,63 @@ fn pick(ins: &Instruction) -> Option<(HostOp, Out)> {
 }
 
 pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
+    if matches!(
+        ins.mnemonic(),
+        M::Cvtpi2ps | M::Cvtps2pi | M::Cvttps2pi | M::Cvtpi2pd | M::Cvtpd2pi | M::Cvttpd2pi
+    ) {
+        return Some(cvt_mmx);
+    }
     pick(ins).map(|_| float_op as Handler)
+}
+
+/// Runs `f` under the guest's MXCSR with exceptions masked and merges the flags raised; an
+/// unmasked one faults (#XM, or #UD without CR4.OSXMMEXCPT).
+fn under_guest_mxcsr(cpu: &mut Cpu, f: HostOp, a: u128, b: u128, g: u64) -> Ex<(u128, u64)> {
+    let guest = cpu.fpu.mxcsr & MXCSR_MASK;
+    let (r, g, after) = f(a, b, g, (guest & !0x3f) | 0x1f80);
+    let raised = after & 0x3f;
+    cpu.fpu.mxcsr = guest | raised;
+    if raised & !(guest >> 7) & 0x3f != 0 {
+        return Err(if cpu.cr4 & CR4_OSXMMEXCPT != 0 { Exc::new(XM) } else { Exc::ud() });
+    }
+    Ok((r, g))
+}
+
+/// CVTPI2PS/CVTPI2PD (MM or m64 source), CVT(T)PS2PI (xmm/m64 source) and CVT(T)PD2PI
+/// (xmm/m128 source, aligned): the packed-dword conversions on two lanes, other lanes zero so
+/// they raise nothing. An MM register operand switches the x87 unit to MMX state first.
+fn cvt_mmx(cpu: &mut Cpu, op: &Op) -> Ex {
+    sse_check(cpu)?;
+    let ins = &op.ins;
+    if mreg(ins, 0).is_some() || mreg(ins, 1).is_some() {
+        enter(cpu)?;
+    }
+    let b = match mreg(ins, 1) {
+        Some(m) => mm(cpu, m) as u128,
+        None => src(cpu, op, 1, true)?,
+    };
+    let low = u64::MAX as u128;
+    let (f, b): (HostOp, u128) = match ins.mnemonic() {
+        M::Cvtpi2ps => (cvtdq2ps, b & low),
+        M::Cvtpi2pd => (cvtdq2pd, b & low),
+        M::Cvtps2pi => (cvtps2dq, b & low),
+        M::Cvttps2pi => (cvttps2dq, b & low),
+        M::Cvtpd2pi => (cvtpd2dq, b),
+        _ => (cvttpd2dq, b),
+    };
+    let (r, _) = under_guest_mxcsr(cpu, f, 0, b, 0)?;
+    match (ins.mnemonic(), mreg(ins, 0)) {
+        (M::Cvtpi2ps, _) => {
+            let d = xmm(cpu, op, 0);
+            dst(cpu, op, 0, (d & !low) | (r & low), 16, false)
+        }
+        (M::Cvtpi2pd, _) => dst(cpu, op, 0, r, 16, false),
+        (_, Some(m)) => {
+            set_mm(cpu, m, r as u64);
+            Ok(())
+        }
+        _ => Err(Exc::ud()),
+    }
 }
 
 fn float_op(cpu: &mut Cpu, op: &Op) -> Ex {
@@ -238,15 +295,8 @@ fn float_op(cpu: &mut Cpu, op: &Op) -> Ex {
         M::Cvtsi2ss | M::Cvtsi2sd => (xmm(cpu, op, 0), 0, src(cpu, op, 1, true)? as u64),
         _ => (xmm(cpu, op, 0), src(cpu, op, 1, true)?, 0),
     };
-    let guest = cpu.fpu.mxcsr & MXCSR_MASK;
     // All exceptions masked, sticky flags cleared: the flags after are this operation's.
-    let (r, g, after) = f(a, b, g, (guest & !0x3f) | 0x1f80);
-    let raised = after & 0x3f;
-    cpu.fpu.mxcsr = guest | raised;
-    let unmasked = raised & !(guest >> 7) & 0x3f;
-    if unmasked != 0 {
-        return Err(if cpu.cr4 & CR4_OSXMMEXCPT != 0 { Exc::new(XM) } else { Exc::ud() });
-    }
+    let (r, g) = under_guest_mxcsr(cpu, f, a, b, g)?;
     match out {
         Out::Xmm => dst(cpu, op, 0, r, 16, false),
         Out::Gpr => {

@@ -1,7 +1,7 @@
 //! MMX register forms (MMX, the SSE "MMX extensions" and the SSE2 forms on MM registers):
 //! moves, the packed integer operations of `sse.rs` on 64 bits, shifts, PSHUFW, PMOVMSKB,
-//! PEXTRW/PINSRW, MASKMOVQ, MOVNTQ, MOVQ2DQ/MOVDQ2Q. Not here: CVTPI2PS/CVTPS2PI/CVTTPS2PI
-//! and the PD forms (#UD).
+//! PEXTRW/PINSRW, MASKMOVQ, MOVNTQ, MOVQ2DQ/MOVDQ2Q. The conversions CVTPI2PS/CVT(T)PS2PI/
+//! CVTPI2PD/CVT(T)PD2PI run on the host and are in `sse_float.rs`.
 //!
 //! MMi is the mantissa of physical x87 register i. Every MMX instruction checks CR0.EM (#UD),
 //! CR0.TS (#NM) and a pending x87 exception (#MF with CR0.NE), then sets TOP to 0 and all tags
@@ -17,7 +17,7 @@ use crate::decode::{Handler, Op};
 use crate::mem::Access;
 
 /// The MM register number of operand `i`.
-fn mreg(ins: &Instruction, i: u32) -> Option<usize> {
+pub(super) fn mreg(ins: &Instruction, i: u32) -> Option<usize> {
     if ins.op_kind(i) != OpKind::Register {
         return None;
     }
@@ -33,6 +33,7 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
         return None;
     }
     Some(match ins.mnemonic() {
+        M::Cvtpi2ps | M::Cvtps2pi | M::Cvttps2pi | M::Cvtpi2pd | M::Cvtpd2pi | M::Cvttpd2pi => return None,
         M::Movd | M::Movq | M::Movntq => mov,
         M::Movq2dq | M::Movdq2q => mov_xmm,
         M::Pshufw => pshufw,
@@ -48,7 +49,7 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
 }
 
 /// The MMX exception checks and the switch to MMX state (TOP 0, all registers valid).
-fn enter(cpu: &mut Cpu) -> Ex {
+pub(super) fn enter(cpu: &mut Cpu) -> Ex {
     if cpu.cr0 & CR0_EM != 0 {
         return Err(Exc::ud());
     }
@@ -61,12 +62,12 @@ fn enter(cpu: &mut Cpu) -> Ex {
     Ok(())
 }
 
-fn mm(cpu: &Cpu, i: usize) -> u64 {
+pub(super) fn mm(cpu: &Cpu, i: usize) -> u64 {
     let r = &cpu.fpu.fpr[i & 7];
     u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]])
 }
 
-fn set_mm(cpu: &mut Cpu, i: usize, v: u64) {
+pub(super) fn set_mm(cpu: &mut Cpu, i: usize, v: u64) {
     let r = &mut cpu.fpu.fpr[i & 7];
     r[..8].copy_from_slice(&v.to_le_bytes());
     r[8..10].copy_from_slice(&[0xff, 0xff]);
