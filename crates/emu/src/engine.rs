@@ -113,11 +113,15 @@ impl Engine {
             self.cpu.int_shadow = false;
             return;
         }
-        if let Some(flag) = &self.irq_flag {
-            let f = flag.load(Ordering::Relaxed);
-            if f == 0 || (f == 1 && !self.cpu.flags.if_()) {
-                return;
+        match &self.irq_flag {
+            Some(flag) => {
+                let f = flag.load(Ordering::Relaxed);
+                if f == 0 || (f == 1 && !self.cpu.flags.if_()) {
+                    return;
+                }
             }
+            None if self.irq.is_none() => return,
+            None => {}
         }
         self.take_interrupt();
     }
