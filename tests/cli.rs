@@ -146,6 +146,20 @@ fn unsuitable_kvm_is_named() {
     expect_error(&["run", "--kernel", kernel.to_str().unwrap(), "--accel", "kvm"], "kvm_pvm");
 }
 
+/// A tap that cannot be opened (an existing interface that is not a tap, a name too long for
+/// Linux) is one line and exit 1 before the guest starts, as root or not.
+#[test]
+fn unopenable_tap_is_named() {
+    let kernel = scratch("tiny-kernel-tap");
+    tiny_pvh_kernel(&kernel);
+    let k = kernel.to_str().unwrap();
+    expect_error(&["run", "--kernel", k, "--accel", "emu", "--net", "tap=lo"], "cannot open tap lo");
+    expect_error(
+        &["run", "--kernel", k, "--accel", "emu", "--net", "tap=a-name-far-too-long"],
+        "tap name must be 1 to 15 bytes",
+    );
+}
+
 #[test]
 fn help_and_version_exit_zero() {
     let out = vmr(&["--help"]);
