@@ -217,3 +217,29 @@ fn ctrl_a_x_quits_and_the_terminal_is_restored() {
     assert!(!before.is_empty());
     assert_eq!(before, after, "terminal settings were not restored");
 }
+
+/// `--accel auto` on a host whose KVM cannot run unmodified guests (kvm_pvm, or no /dev/kvm):
+/// the software CPU runs the guest, and the one-line reason says why.
+#[test]
+fn auto_falls_back_to_the_software_cpu_and_says_why() {
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    if !pvm && std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: this host's KVM may run unmodified guests");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vmr"))
+        .args(["run", "--memory", "64M", "--kernel"])
+        .arg(kernel("auto-poweroff", &print_then(POWEROFF)))
+        .stdin(Stdio::null())
+        .output()
+        .expect("vmr output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a tiny guest\n");
+    let line = stderr.lines().find(|l| l.starts_with("vmr: accelerator: emu (")).unwrap_or_else(|| {
+        panic!("no accelerator line naming emu; stderr: {stderr}");
+    });
+    if pvm {
+        assert!(line.contains("kvm_pvm") && line.contains("software x86-64 CPU"), "{line}");
+    }
+}

@@ -14,7 +14,8 @@ pub struct BackendChoice {
     pub reason: String,
 }
 
-/// Opens the backend `accel` asks for. `Auto` prefers KVM when it can run unmodified guests.
+/// Opens the backend `accel` asks for. `Auto` prefers KVM when it can run unmodified guests,
+/// and falls back to the software CPU otherwise.
 pub fn select_backend(accel: Accel) -> Result<BackendChoice, VmmError> {
     match accel {
         Accel::Kvm => {
@@ -25,7 +26,7 @@ pub fn select_backend(accel: Accel) -> Result<BackendChoice, VmmError> {
         }
         Accel::Emu => Ok(BackendChoice {
             hypervisor: Arc::new(vmr_emu::EmuHypervisor::new()),
-            reason: format!("requested with --accel emu; {EMU_LIMITS}"),
+            reason: "requested with --accel emu (vmr's software x86-64 CPU)".into(),
         }),
         Accel::Auto => {
             let kvm_problem = match vmr_kvm::Kvm::new() {
@@ -40,13 +41,12 @@ pub fn select_backend(accel: Accel) -> Result<BackendChoice, VmmError> {
                 },
                 Err(e) => e.to_string(),
             };
-            Err(VmmError::NoAccelerator(format!(
-                "no usable accelerator: {kvm_problem}; {EMU_LIMITS} (--accel emu runs small guests)"
-            )))
+            // The KVM reasons end with advice to use --accel emu, which is what auto does now.
+            let why = kvm_problem.split("; use --accel emu").next().unwrap_or_default();
+            Ok(BackendChoice {
+                hypervisor: Arc::new(vmr_emu::EmuHypervisor::new()),
+                reason: format!("{why}; using vmr's software x86-64 CPU, slower than KVM"),
+            })
         }
     }
 }
-
-/// What the software CPU cannot do yet; `auto` does not choose it until it boots Linux.
-const EMU_LIMITS: &str =
-    "the software CPU has no x87/SSE arithmetic or interrupt controllers yet and cannot boot Linux";
