@@ -171,3 +171,8 @@ fn virtio_net_on_a_tap_pings_and_carries_tcp_both_ways() {
 fn vsock_carries_data_host_to_guest_and_guest_to_host() {
     expect_pass("vsock");
 }
+
+#[test]
+fn cache_none_disks_work_or_are_refused_in_one_line() {
+    expect_pass("disk-cache-none");
+}
