@@ -117,7 +117,14 @@ impl Hypervisor for Kvm {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         let cpuid =
             self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(vm::os("KVM_GET_SUPPORTED_CPUID"))?;
-        Ok(cpuid.as_slice().iter().map(convert::cpuid_from_kvm).collect())
+        let mut entries: Vec<CpuidEntry> = cpuid.as_slice().iter().map(convert::cpuid_from_kvm).collect();
+        // KVM emulates the TSC-deadline timer in its LAPIC but leaves the CPUID bit to user
+        // space (KVM_GET_SUPPORTED_CPUID omits it): set it when the capability is there, as
+        // QEMU and Firecracker do, so Linux skips LAPIC timer calibration.
+        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
+            set_tsc_deadline(&mut entries);
+        }
+        Ok(entries)
     }
 
     fn create_vm(&self, config: &VmConfig) -> Result<Arc<dyn Vm>> {
@@ -133,9 +140,27 @@ impl Hypervisor for Kvm {
     }
 }
 
+/// Sets CPUID.1:ECX[24] (TSC-deadline) in `entries`.
+fn set_tsc_deadline(entries: &mut [CpuidEntry]) {
+    for e in entries.iter_mut().filter(|e| e.function == 1) {
+        e.ecx |= 1 << 24;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsc_deadline_bit_is_set_on_leaf_1_only() {
+        let mut v = vec![
+            CpuidEntry { function: 1, index: 0, flags: 0, eax: 0, ebx: 0, ecx: 0x8000_0001, edx: 0 },
+            CpuidEntry { function: 7, index: 0, flags: 0, eax: 0, ebx: 0, ecx: 0, edx: 0 },
+        ];
+        set_tsc_deadline(&mut v);
+        assert_eq!(v[0].ecx, 0x8100_0001);
+        assert_eq!(v[1].ecx, 0);
+    }
 
     #[test]
     fn missing_device_message() {
@@ -170,6 +195,10 @@ mod tests {
         assert!(kvm.max_vcpus() >= 1);
         let cpuid = kvm.supported_cpuid().unwrap();
         assert!(cpuid.iter().any(|e| e.function == 0));
+        if kvm.kvm.check_extension(Cap::TscDeadlineTimer) {
+            let l1 = cpuid.iter().find(|e| e.function == 1).expect("leaf 1");
+            assert_ne!(l1.ecx & (1 << 24), 0, "KVM has the TSC-deadline timer: CPUID must say so");
+        }
         assert!(kvm.create_vm(&VmConfig { vcpus: 0 }).is_err());
     }
 }
