@@ -88,7 +88,7 @@ struct RunArgs {
     /// What a guest reboot does: exit (code 2) or restart the VM.
     #[arg(long, default_value = "exit", value_name = "POLICY")]
     reboot: RebootPolicy,
-    /// A virtio disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID] (repeatable;
+    /// A virtio disk: path=FILE[,readonly=on][,format=raw|qcow2][,cache=writeback|none][,serial=ID] (repeatable;
     /// the first is the guest's /dev/vda).
     #[arg(long = "disk", value_name = "OPTIONS")]
     disks: Vec<DiskConfig>,
