@@ -185,7 +185,7 @@ pub fn make_op(ins: &Instruction, bitness: u32) -> Op {
     if let Some(a) = string_addr_size(ins) {
         m.amask = crate::flags::mask(a);
     }
-    Op {
+    let mut op = Op {
         exec,
         o: [operand(ins, 0), operand(ins, 1), operand(ins, 2)],
         m,
@@ -197,7 +197,11 @@ pub fn make_op(ins: &Instruction, bitness: u32) -> Op {
                 && (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)),
         len: ins.len() as u8,
         ins: *ins,
+    };
+    if let Some(h) = exec::fast::specialise(ins, &op) {
+        op.exec = h;
     }
+    op
 }
 
 /// Address size of a string instruction's implicit operands.

@@ -5,6 +5,7 @@ mod bits;
 mod control;
 mod data;
 mod far;
+pub(crate) mod fast;
 mod fpu;
 mod muldiv;
 mod shift;

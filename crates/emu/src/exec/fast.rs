@@ -1,0 +1,328 @@
+//! Handlers specialised at decode time for the hottest operand forms: MOV, ADD, SUB, AND, OR,
+//! XOR, CMP, TEST, INC, DEC with register/immediate/memory operands of a fixed size, LEA,
+//! MOVZX, PUSH/POP of a register. The operation and the operand size are const generics, so
+//! each handler is a straight line without the generic operand matching of `Cpu::rd`/`wr`.
+//! They must behave exactly like the generic handlers they replace (same reads, writes,
+//! access kinds, fault order and lazy-flag records); everything else keeps the generic path.
+
+use iced_x86::{Instruction, Mnemonic as Mn};
+
+use crate::cpu::{Cpu, Ex};
+use crate::decode::{Handler, Op, Opnd};
+use crate::flags::{mask, FlagOp};
+use crate::mem::Access;
+
+const ADD: u8 = 0;
+const SUB: u8 = 1;
+const AND: u8 = 2;
+const OR: u8 = 3;
+const XOR: u8 = 4;
+const CMP: u8 = 5;
+const TEST: u8 = 6;
+
+/// Source operand forms.
+const R: u8 = 0;
+const I: u8 = 1;
+const M: u8 = 2;
+
+/// GPR number of operand `i` (decode guarantees it is a GPR for the handlers using it).
+#[inline(always)]
+fn gi(op: &Op, i: usize) -> usize {
+    match op.o[i % 3] {
+        Opnd::Gpr { idx, .. } => idx as usize & 15,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn imm(op: &Op, i: usize) -> u64 {
+    match op.o[i % 3] {
+        Opnd::Imm(v) => v,
+        _ => 0,
+    }
+}
+
+/// Reads the source operand (index 1) of form `SRC` at size `S`.
+#[inline(always)]
+fn src<const SRC: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex<u64> {
+    Ok(match SRC {
+        R => cpu.gpr[gi(op, 1)] & mask(S),
+        I => imm(op, 1) & mask(S),
+        _ => {
+            let lin = cpu.mem_lin(op);
+            cpu.read_lin(lin, S, Access::READ)?
+        }
+    })
+}
+
+/// Result and lazy-flag record of ALU operation `K`.
+#[inline(always)]
+fn alu_op<const K: u8, const S: u8>(cpu: &mut Cpu, a: u64, b: u64) -> u64 {
+    let (fop, r) = match K {
+        ADD => (FlagOp::Add, a.wrapping_add(b)),
+        SUB | CMP => (FlagOp::Sub, a.wrapping_sub(b)),
+        AND | TEST => (FlagOp::Logic, a & b),
+        OR => (FlagOp::Logic, a | b),
+        _ => (FlagOp::Logic, a ^ b),
+    };
+    if fop == FlagOp::Logic {
+        cpu.flags.record(FlagOp::Logic, S, 0, 0, r);
+    } else {
+        cpu.flags.record(fop, S, a, b, r);
+    }
+    r
+}
+
+/// `K reg, SRC` at size `S`.
+fn alu_r<const K: u8, const SRC: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let d = gi(op, 0);
+    let a = cpu.gpr[d] & mask(S);
+    let b = src::<SRC, S>(cpu, op)?;
+    let r = alu_op::<K, S>(cpu, a, b);
+    if K != CMP && K != TEST {
+        cpu.write_gpr(d, S, r);
+    }
+    Ok(())
+}
+
+/// `K [mem], SRC` (SRC is R or I) at size `S`.
+fn alu_m<const K: u8, const SRC: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let lin = cpu.mem_lin(op);
+    let b = src::<SRC, S>(cpu, op)?;
+    if K == CMP || K == TEST {
+        let a = cpu.read_lin(lin, S, Access::READ)?;
+        alu_op::<K, S>(cpu, a, b);
+        return Ok(());
+    }
+    let a = cpu.read_lin(lin, S, Access::WRITE)?;
+    let (fop, r) = match K {
+        ADD => (FlagOp::Add, a.wrapping_add(b)),
+        SUB => (FlagOp::Sub, a.wrapping_sub(b)),
+        AND => (FlagOp::Logic, a & b),
+        OR => (FlagOp::Logic, a | b),
+        _ => (FlagOp::Logic, a ^ b),
+    };
+    cpu.write_lin(lin, S, r, Access::WRITE)?;
+    if fop == FlagOp::Logic {
+        cpu.flags.record(FlagOp::Logic, S, 0, 0, r);
+    } else {
+        cpu.flags.record(fop, S, a, b, r);
+    }
+    Ok(())
+}
+
+/// `MOV reg, SRC`.
+fn mov_r<const SRC: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let v = src::<SRC, S>(cpu, op)?;
+    cpu.write_gpr(gi(op, 0), S, v);
+    Ok(())
+}
+
+/// `MOV [mem], SRC` (R or I).
+fn mov_m<const SRC: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let v = src::<SRC, S>(cpu, op)?;
+    let lin = cpu.mem_lin(op);
+    cpu.write_lin(lin, S, v, Access::WRITE)
+}
+
+/// `INC reg` / `DEC reg` (CF kept).
+fn incdec_r<const DEC: bool, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let d = gi(op, 0);
+    let a = cpu.gpr[d] & mask(S);
+    let (fop, r) = if DEC { (FlagOp::Dec, a.wrapping_sub(1)) } else { (FlagOp::Inc, a.wrapping_add(1)) };
+    cpu.write_gpr(d, S, r);
+    let c = cpu.flags.cf();
+    cpu.flags.record_carry(fop, S, a, 1, r, c);
+    Ok(())
+}
+
+/// `LEA reg, [mem]`.
+fn lea<const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let ea = cpu.ea(op);
+    cpu.write_gpr(gi(op, 0), S, ea);
+    Ok(())
+}
+
+/// `MOVZX reg, [mem]` (source size `op.msize`).
+fn movzx_m<const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let lin = cpu.mem_lin(op);
+    let v = cpu.read_lin(lin, op.msize.clamp(1, 8), Access::READ)?;
+    cpu.write_gpr(gi(op, 0), S, v);
+    Ok(())
+}
+
+/// `MOVZX reg, reg` (source size `SS`).
+fn movzx_r<const SS: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let v = cpu.gpr[gi(op, 1)] & mask(SS);
+    cpu.write_gpr(gi(op, 0), S, v);
+    Ok(())
+}
+
+fn push_r<const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let v = cpu.gpr[gi(op, 0)] & mask(S);
+    cpu.push(S, v)
+}
+
+fn pop_r<const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let v = cpu.peek(0, S)?;
+    cpu.adjust_sp(S as u64);
+    cpu.write_gpr(gi(op, 0), S, v);
+    Ok(())
+}
+
+/// One of the `$f::<..., S>` instantiations for the run-time size `$s`.
+macro_rules! sized {
+    ($s:expr, $f:ident $(, $c:expr)*) => {
+        match $s {
+            1 => $f::<$({ $c },)* 1> as Handler,
+            2 => $f::<$({ $c },)* 2> as Handler,
+            4 => $f::<$({ $c },)* 4> as Handler,
+            8 => $f::<$({ $c },)* 8> as Handler,
+            _ => return None,
+        }
+    };
+}
+
+/// The ALU instantiation for run-time operation `$k`.
+macro_rules! alu_kind {
+    ($k:expr, $s:expr, $f:ident, $src:expr) => {
+        match $k {
+            ADD => sized!($s, $f, ADD, $src),
+            SUB => sized!($s, $f, SUB, $src),
+            AND => sized!($s, $f, AND, $src),
+            OR => sized!($s, $f, OR, $src),
+            XOR => sized!($s, $f, XOR, $src),
+            CMP => sized!($s, $f, CMP, $src),
+            _ => sized!($s, $f, TEST, $src),
+        }
+    };
+}
+
+/// Form of operand `i`: register of size `s`, immediate, memory, or None for anything else.
+fn form(op: &Op, i: usize, s: u8) -> Option<u8> {
+    match op.o[i] {
+        Opnd::Gpr { size, .. } if size == s => Some(R),
+        Opnd::Imm(_) => Some(I),
+        Opnd::Mem => Some(M),
+        _ => None,
+    }
+}
+
+/// A specialised handler for `ins` decoded as `op`, or None to keep the generic one. Only
+/// GPR, immediate and memory operands qualify (MOV to/from segment, control or debug
+/// registers resolve to other operand kinds and keep their handlers).
+pub(crate) fn specialise(ins: &Instruction, op: &Op) -> Option<Handler> {
+    if op.locked || ins.has_rep_prefix() || ins.has_repne_prefix() {
+        return None;
+    }
+    let s = op.size;
+    let k = match ins.mnemonic() {
+        Mn::Add => ADD,
+        Mn::Sub => SUB,
+        Mn::And => AND,
+        Mn::Or => OR,
+        Mn::Xor => XOR,
+        Mn::Cmp => CMP,
+        Mn::Test => TEST,
+        Mn::Mov if ins.op_count() == 2 => return mov(op, s),
+        Mn::Inc | Mn::Dec if form(op, 0, s) == Some(R) => {
+            return Some(if ins.mnemonic() == Mn::Dec {
+                sized!(s, incdec_r, true)
+            } else {
+                sized!(s, incdec_r, false)
+            });
+        }
+        Mn::Lea if form(op, 0, s) == Some(R) && op.o[1] == Opnd::Mem => return Some(sized!(s, lea)),
+        Mn::Movzx => return movzx(op, s),
+        Mn::Push if form(op, 0, s) == Some(R) && matches!(s, 2 | 4 | 8) => return Some(sized!(s, push_r)),
+        Mn::Pop if form(op, 0, s) == Some(R) && matches!(s, 2 | 4 | 8) => return Some(sized!(s, pop_r)),
+        _ => return None,
+    };
+    if ins.op_count() != 2 {
+        return None;
+    }
+    Some(match (form(op, 0, s)?, form(op, 1, s)?) {
+        (R, R) => alu_kind!(k, s, alu_r, R),
+        (R, I) => alu_kind!(k, s, alu_r, I),
+        (R, M) => alu_kind!(k, s, alu_r, M),
+        (M, R) => alu_kind!(k, s, alu_m, R),
+        (M, I) => alu_kind!(k, s, alu_m, I),
+        _ => return None,
+    })
+}
+
+fn mov(op: &Op, s: u8) -> Option<Handler> {
+    Some(match (form(op, 0, s)?, form(op, 1, s)?) {
+        (R, R) => sized!(s, mov_r, R),
+        (R, I) => sized!(s, mov_r, I),
+        (R, M) => sized!(s, mov_r, M),
+        (M, R) => sized!(s, mov_m, R),
+        (M, I) => sized!(s, mov_m, I),
+        _ => return None,
+    })
+}
+
+fn movzx(op: &Op, s: u8) -> Option<Handler> {
+    if form(op, 0, s) != Some(R) || !matches!(s, 2 | 4 | 8) {
+        return None;
+    }
+    match op.o[1] {
+        Opnd::Mem if matches!(op.msize, 1 | 2) => Some(sized!(s, movzx_m)),
+        Opnd::Gpr { size: 1, .. } => Some(sized!(s, movzx_r, 1)),
+        Opnd::Gpr { size: 2, .. } => Some(sized!(s, movzx_r, 2)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::code_asm::*;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    use super::specialise;
+    use crate::decode::make_op;
+
+    /// Whether the first instruction `build` assembles gets a specialised handler.
+    fn fast(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> bool {
+        let mut a = CodeAssembler::new(64).unwrap();
+        build(&mut a).unwrap();
+        let bytes = a.assemble(0x1000).unwrap();
+        let ins = Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE).decode();
+        specialise(&ins, &make_op(&ins, 64)).is_some()
+    }
+
+    #[test]
+    fn hot_forms_are_specialised() {
+        assert!(fast(|a| a.mov(rax, rbx)));
+        assert!(fast(|a| a.mov(ecx, 5)));
+        assert!(fast(|a| a.mov(rdx, qword_ptr(rsi + rcx * 8 + 16))));
+        assert!(fast(|a| a.mov(byte_ptr(rdi), al)));
+        assert!(fast(|a| a.mov(dword_ptr(rsp + 8), 7)));
+        assert!(fast(|a| a.add(rax, rcx)));
+        assert!(fast(|a| a.add(rax, qword_ptr(rbx))));
+        assert!(fast(|a| a.add(qword_ptr(rbx), 1)));
+        assert!(fast(|a| a.sub(esp, 0x20)));
+        assert!(fast(|a| a.cmp(dword_ptr(rax), 5)));
+        assert!(fast(|a| a.test(al, 1)));
+        assert!(fast(|a| a.xor(eax, eax)));
+        assert!(fast(|a| a.dec(ecx)));
+        assert!(fast(|a| a.lea(rax, qword_ptr(rbx + rcx * 4 + 1))));
+        assert!(fast(|a| a.movzx(eax, byte_ptr(rsi))));
+        assert!(fast(|a| a.movzx(eax, cx)));
+        assert!(fast(|a| a.push(rbp)));
+        assert!(fast(|a| a.pop(r12)));
+    }
+
+    #[test]
+    fn other_forms_keep_the_generic_handler() {
+        assert!(!fast(|a| a.lock().add(qword_ptr(rbx), rax)));
+        assert!(!fast(|a| a.xchg(qword_ptr(rbx), rax)));
+        assert!(!fast(|a| a.mov(ah, 1)));
+        assert!(!fast(|a| a.mov(ds, ax)));
+        assert!(!fast(|a| a.mov(rax, cr3)));
+        assert!(!fast(|a| a.adc(rax, rbx)));
+        assert!(!fast(|a| a.imul_3(rax, rbx, 3)));
+        assert!(!fast(|a| a.push(fs)));
+        assert!(!fast(|a| a.movzx(eax, ah)));
+    }
+}
