@@ -248,6 +248,10 @@ pub struct Block {
     /// guest memory before each execution, so writes the CPU did not see (DMA, other vCPUs)
     /// cannot run stale code.
     pub bytes: Box<[u8]>,
+    /// The last two successors seen, as (RIP, block index): a hint that spares the jump-cache
+    /// probe. Always confirmed against the full key of the slab entry it names, so a stale or
+    /// reused index only costs a miss.
+    next: [(u64, u32); 2],
 }
 
 impl Block {
@@ -370,6 +374,29 @@ impl BlockCache {
         Some(idx)
     }
 
+    /// Like [`BlockCache::lookup`] for the block executed after block `prev`: first tries the
+    /// successors `prev` remembers (each confirmed by the full key of the entry it names),
+    /// then the jump cache and the map, and remembers the answer in `prev`.
+    #[inline(always)]
+    pub fn lookup_after(&mut self, prev: u32, key: &Key) -> Option<u32> {
+        let Some(Some((_, p))) = self.slab.get(prev as usize) else { return self.lookup(key) };
+        let next = p.next;
+        for (rip, idx) in next {
+            if rip == key.rip {
+                if let Some(Some((k, _))) = self.slab.get(idx as usize) {
+                    if k == key {
+                        return Some(idx);
+                    }
+                }
+            }
+        }
+        let idx = self.lookup(key)?;
+        if let Some(Some((_, p))) = self.slab.get_mut(prev as usize) {
+            p.next = [(key.rip, idx), p.next[0]];
+        }
+        Some(idx)
+    }
+
     /// The block at `idx` (from [`BlockCache::lookup`] or [`BlockCache::insert`]).
     #[inline(always)]
     pub fn block(&self, idx: u32) -> Option<&Block> {
@@ -451,7 +478,11 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
         }
     }
     let len: usize = ops.iter().map(|o| o.len as usize).sum();
-    (!ops.is_empty()).then(|| Block { ops, bytes: bytes[..len.min(bytes.len())].into() })
+    (!ops.is_empty()).then(|| Block {
+        ops,
+        bytes: bytes[..len.min(bytes.len())].into(),
+        next: [(0, u32::MAX); 2],
+    })
 }
 
 impl Cpu {
@@ -476,6 +507,52 @@ impl Cpu {
         let mut ins = Instruction::default();
         let mut d = Decoder::with_ip(self.bitness, &buf, rip, DecoderOptions::NONE);
         d.decode_out(&mut ins);
-        Ok(Block { ops: vec![make_op(&ins, self.bitness)], bytes: Box::default() })
+        Ok(Block { ops: vec![make_op(&ins, self.bitness)], bytes: Box::default(), next: [(0, u32::MAX); 2] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(code: &[u8], key: &Key) -> Block {
+        decode_block(code, key).unwrap()
+    }
+
+    #[test]
+    fn successor_hints_never_name_a_dropped_or_reused_block() {
+        let mut c = BlockCache::new();
+        let (a, b) =
+            (Key { rip: 0x1000, phys: 0x1000, bits: 64 }, Key { rip: 0x2000, phys: 0x2000, bits: 64 });
+        let ia = c.insert(a, block(&[0xeb, 0xfe], &a));
+        let ib = c.insert(b, block(&[0x90, 0xc3], &b));
+        assert_eq!(c.lookup_after(ia, &b), Some(ib));
+        // The hint is used now; same answer.
+        assert_eq!(c.lookup_after(ia, &b), Some(ib));
+        // Drop b's page and put another block (same RIP, other physical page) in its slot.
+        c.invalidate_page(0x2000);
+        assert_eq!(c.lookup_after(ia, &b), None);
+        let b2 = Key { rip: 0x2000, phys: 0x5000, bits: 64 };
+        let ib2 = c.insert(b2, block(&[0xc3], &b2));
+        assert_eq!(ib2, ib, "the slot is reused");
+        assert_eq!(c.lookup_after(ia, &b), None, "the hint must not hand out the new block");
+        assert_eq!(c.lookup_after(ia, &b2), Some(ib2));
+        // A dropped predecessor falls back to the plain lookup.
+        c.invalidate_page(0x1000);
+        assert_eq!(c.lookup_after(ia, &b2), Some(ib2));
+        // The matching check sees changed code.
+        let code = [0x90u8, 0xc3];
+        let blk = block(&code, &b);
+        assert!(blk.matches(code.as_ptr() as usize));
+        let other = [0x90u8, 0xc2];
+        assert!(!blk.matches(other.as_ptr() as usize));
+        let long: Vec<u8> = (0..20).map(|i| if i == 19 { 0xc3 } else { 0x90 }).collect();
+        let lb = block(&long, &b);
+        assert!(lb.matches(long.as_ptr() as usize));
+        for i in 0..long.len() {
+            let mut m = long.clone();
+            m[i] ^= 1;
+            assert!(!lb.matches(m.as_ptr() as usize), "byte {i} changed");
+        }
     }
 }

@@ -64,6 +64,9 @@ pub struct Engine {
     /// An INIT arrived: [`Engine::run`] returned `Kicked` without consuming a kick; the
     /// backend resets the CPU and clears this.
     pub init_pending: bool,
+    /// Slab index of the block executed last (u32::MAX if none): its successor hints are
+    /// tried before the jump cache.
+    last: u32,
 }
 
 impl Engine {
@@ -75,6 +78,7 @@ impl Engine {
             irq: None,
             irq_flag: None,
             init_pending: false,
+            last: u32::MAX,
         }
     }
 
@@ -150,7 +154,7 @@ impl Engine {
             }
         };
         let key = Key { rip: cpu.rip, phys: gpa | (lin & 0xfff), bits: cpu.bitness };
-        let idx = match self.cache.lookup(&key) {
+        let idx = match self.cache.lookup_after(self.last, &key) {
             Some(idx) => idx,
             None => match build(host, &key) {
                 Some(block) => {
@@ -169,6 +173,7 @@ impl Engine {
             },
         };
         let code = host + (lin & 0xfff) as usize;
+        self.last = idx;
         match self.cache.block(idx) {
             Some(block) if host == 0 || block.matches(code) => run_block(&mut self.cpu, block),
             Some(_) => {
@@ -200,6 +205,10 @@ impl Engine {
 }
 
 /// Decodes the block at `key` from its RAM page; None if it must take the uncached path.
+/// Out of line: its page buffer would otherwise enlarge (and probe) the stack frame of every
+/// block step.
+#[inline(never)]
+#[cold]
 fn build(host: usize, key: &Key) -> Option<Block> {
     if host == 0 {
         return None;
