@@ -266,7 +266,7 @@ impl Flags {
     }
 
     /// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc opcodes).
-    #[inline]
+    #[inline(always)]
     pub fn cond(&self, cc: u8) -> bool {
         let r = match cc >> 1 {
             0 => self.of(),

@@ -170,6 +170,37 @@ fn pop_r<const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
     Ok(())
 }
 
+/// `Jcc rel` with condition `CC` (the condition evaluation folds to the flag test).
+fn jcc<const CC: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    if cpu.flags.cond(CC) {
+        cpu.next_rip = imm(op, 0);
+    }
+    Ok(())
+}
+
+/// The `jcc` instantiation for condition code `cc` (0..=15).
+fn jcc_for(cc: u8) -> Option<Handler> {
+    Some(match cc {
+        0 => jcc::<0>,
+        1 => jcc::<1>,
+        2 => jcc::<2>,
+        3 => jcc::<3>,
+        4 => jcc::<4>,
+        5 => jcc::<5>,
+        6 => jcc::<6>,
+        7 => jcc::<7>,
+        8 => jcc::<8>,
+        9 => jcc::<9>,
+        10 => jcc::<10>,
+        11 => jcc::<11>,
+        12 => jcc::<12>,
+        13 => jcc::<13>,
+        14 => jcc::<14>,
+        15 => jcc::<15>,
+        _ => return None,
+    })
+}
+
 /// One of the `$f::<..., S>` instantiations for the run-time size `$s`.
 macro_rules! sized {
     ($s:expr, $f:ident $(, $c:expr)*) => {
@@ -214,6 +245,12 @@ fn form(op: &Op, i: usize, s: u8) -> Option<u8> {
 pub(crate) fn specialise(ins: &Instruction, op: &Op) -> Option<Handler> {
     if op.locked || ins.has_rep_prefix() || ins.has_repne_prefix() {
         return None;
+    }
+    if ins.is_jcc_short_or_near() {
+        return match op.o[0] {
+            Opnd::Imm(_) => jcc_for(op.cc),
+            _ => None,
+        };
     }
     let s = op.size;
     let k = match ins.mnemonic() {
@@ -311,6 +348,13 @@ mod tests {
         assert!(fast(|a| a.movzx(eax, cx)));
         assert!(fast(|a| a.push(rbp)));
         assert!(fast(|a| a.pop(r12)));
+        let mut a = CodeAssembler::new(64).unwrap();
+        let mut l = a.create_label();
+        a.set_label(&mut l).unwrap();
+        a.jne(l).unwrap();
+        let bytes = a.assemble(0x1000).unwrap();
+        let ins = Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE).decode();
+        assert!(specialise(&ins, &make_op(&ins, 64)).is_some());
     }
 
     #[test]
