@@ -43,6 +43,9 @@ pub enum FlagOp {
     Inc,
     /// DEC: like SUB 1, CF preserved in `carry_in`.
     Dec,
+    /// Shifts and multiplies: SF/ZF/PF from `res`, CF = `carry_in`, OF = bit 0 of `b`, AF = 0.
+    /// The instruction works out CF and OF itself (they are cheap there); the rest stays lazy.
+    Explicit,
 }
 
 /// Pending flag computation: `res = a op b (+/- carry_in)` at `size` bytes.
@@ -108,7 +111,7 @@ impl Lazy {
                 }
             }
             FlagOp::Logic => false,
-            FlagOp::Inc | FlagOp::Dec => self.carry_in,
+            FlagOp::Inc | FlagOp::Dec | FlagOp::Explicit => self.carry_in,
             FlagOp::None => false,
         }
     }
@@ -120,6 +123,7 @@ impl Lazy {
         match self.op {
             FlagOp::Add | FlagOp::Adc | FlagOp::Inc => ((a ^ r) & (b ^ r) & s) != 0,
             FlagOp::Sub | FlagOp::Sbb | FlagOp::Dec => ((a ^ b) & (a ^ r) & s) != 0,
+            FlagOp::Explicit => self.b & 1 != 0,
             FlagOp::Logic | FlagOp::None => false,
         }
     }
@@ -136,7 +140,8 @@ impl Lazy {
         if parity(r) {
             f |= PF;
         }
-        if !matches!(self.op, FlagOp::Logic) && ((self.a ^ self.b ^ self.res) & 0x10) != 0 {
+        if !matches!(self.op, FlagOp::Logic | FlagOp::Explicit) && ((self.a ^ self.b ^ self.res) & 0x10) != 0
+        {
             f |= AF;
         }
         if r == 0 {
@@ -208,6 +213,13 @@ impl Flags {
     #[inline(always)]
     pub fn record_carry(&mut self, op: FlagOp, size: u8, a: u64, b: u64, res: u64, carry_in: bool) {
         self.lazy = Lazy { op, size, carry_in, a, b, res };
+    }
+
+    /// Records a result whose CF and OF the instruction computed itself (shifts, multiplies):
+    /// SF/ZF/PF come from `res` at `size` when read, AF reads as 0.
+    #[inline(always)]
+    pub fn record_explicit(&mut self, size: u8, res: u64, cf: bool, of: bool) {
+        self.lazy = Lazy { op: FlagOp::Explicit, size, carry_in: cf, a: 0, b: of as u64, res };
     }
 
     #[inline(always)]
@@ -316,5 +328,18 @@ mod tests {
         f.set(u64::MAX);
         assert_eq!(f.get() & (1 << 3 | 1 << 5 | 1 << 15 | 1 << 22), 0);
         assert_eq!(f.get() & FIXED1, FIXED1);
+    }
+
+    #[test]
+    fn explicit_cf_of_and_lazy_szp() {
+        let mut f = Flags::default();
+        f.set(AF | ZF);
+        f.record_explicit(2, 0x1_8003, true, false);
+        assert_eq!(f.get() & ARITH, CF | SF | PF);
+        assert!(f.cf() && !f.of() && f.sf() && !f.zf() && f.pf());
+        assert!(f.cond(0xc) && !f.cond(0x0)); // jl (SF != OF), jo
+        f.record_explicit(4, 0x1_0000_0000, false, true);
+        assert_eq!(f.get() & ARITH, ZF | PF | OF);
+        assert!(f.cond(0x0) && f.cond(0x4) && !f.cond(0x2));
     }
 }

@@ -4,7 +4,7 @@ use iced_x86::{Instruction, Mnemonic as M};
 
 use crate::cpu::{Cpu, Ex, Exc, DE};
 use crate::decode::{Handler, Op};
-use crate::flags::{mask, parity, sign_bit, ARITH, CF, OF, PF, SF, ZF};
+use crate::flags::mask;
 
 pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
     Some(match ins.mnemonic() {
@@ -24,23 +24,10 @@ fn sext(v: u64, size: u8) -> i128 {
 }
 
 /// Flags after a multiply: CF=OF=`overflow`; SF/ZF/PF from the low half (undefined by the
-/// manuals, this matches what current CPUs report most often).
+/// manuals, this matches what current CPUs report most often), AF=0. Recorded lazily.
+#[inline(always)]
 fn mul_flags(cpu: &mut Cpu, low: u64, size: u8, overflow: bool) {
-    let low = low & mask(size);
-    let mut f = 0;
-    if overflow {
-        f |= CF | OF;
-    }
-    if low & sign_bit(size) != 0 {
-        f |= SF;
-    }
-    if low == 0 {
-        f |= ZF;
-    }
-    if parity(low) {
-        f |= PF;
-    }
-    cpu.flags.set_arith(ARITH, f);
+    cpu.flags.record_explicit(size, low, overflow, overflow);
 }
 
 /// Writes a double-width product to AX or rDX:rAX.

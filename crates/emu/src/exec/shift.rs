@@ -1,4 +1,6 @@
-//! Shifts and rotates: SHL/SAL SHR SAR ROL ROR RCL RCR SHLD SHRD. Flags are computed eagerly.
+//! Shifts and rotates: SHL/SAL SHR SAR ROL ROR RCL RCR SHLD SHRD. SHL/SHR/SAR record
+//! their flags lazily ([`FlagOp::Explicit`](crate::flags::FlagOp::Explicit)); the others compute
+//! them eagerly.
 
 use iced_x86::{Instruction, Mnemonic as M};
 
@@ -62,11 +64,8 @@ fn shl(cpu: &mut Cpu, op: &Op) -> Ex {
     let r = if c >= 64 { 0 } else { a << c } & mask(s);
     let cf = c <= bits && bit(a, bits - c);
     cpu.wr(op, 0, s, r)?;
-    let mut f = szp(r, s) | if cf { CF } else { 0 };
-    if ((r & sign_bit(s) != 0) ^ cf) && c == 1 {
-        f |= OF;
-    }
-    cpu.flags.set_arith(ARITH, f);
+    let of = c == 1 && ((r & sign_bit(s) != 0) ^ cf);
+    cpu.flags.record_explicit(s, r, cf, of);
     Ok(())
 }
 
@@ -81,11 +80,8 @@ fn shr(cpu: &mut Cpu, op: &Op) -> Ex {
     let r = if c >= 64 { 0 } else { a >> c };
     let cf = bit(a, c - 1);
     cpu.wr(op, 0, s, r)?;
-    let mut f = szp(r, s) | if cf { CF } else { 0 };
-    if c == 1 && a & sign_bit(s) != 0 {
-        f |= OF;
-    }
-    cpu.flags.set_arith(ARITH, f);
+    let of = c == 1 && a & sign_bit(s) != 0;
+    cpu.flags.record_explicit(s, r, cf, of);
     Ok(())
 }
 
@@ -102,8 +98,7 @@ fn sar(cpu: &mut Cpu, op: &Op) -> Ex {
     let r = (sa >> c.min(63)) as u64;
     let cf = ((sa >> (c - 1).min(63)) & 1) != 0;
     cpu.wr(op, 0, s, r)?;
-    let f = szp(r, s) | if cf { CF } else { 0 };
-    cpu.flags.set_arith(ARITH, f);
+    cpu.flags.record_explicit(s, r, cf, false);
     Ok(())
 }
 
