@@ -1,7 +1,8 @@
 //! Handlers specialised at decode time for the hottest operand forms: MOV, ADD, SUB, AND, OR,
 //! XOR, CMP, TEST, INC, DEC with register/immediate/memory operands of a fixed size, LEA,
-//! MOVZX, PUSH/POP of a register. The operation and the operand size are const generics, so
-//! each handler is a straight line without the generic operand matching of `Cpu::rd`/`wr`.
+//! MOVZX, PUSH/POP of a register, SHL/SHR/SAR of a 32/64-bit register by an immediate. The
+//! operation and the operand size are const generics, so each handler is a straight line
+//! without the generic operand matching of `Cpu::rd`/`wr`.
 //! They must behave exactly like the generic handlers they replace (same reads, writes,
 //! access kinds, fault order and lazy-flag records); everything else keeps the generic path.
 
@@ -133,6 +134,39 @@ fn incdec_r<const DEC: bool, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
     cpu.write_gpr(d, S, r);
     let c = cpu.flags.cf();
     cpu.flags.record_carry(fop, S, a, 1, r, c);
+    Ok(())
+}
+
+const SHL: u8 = 0;
+const SHR: u8 = 1;
+const SAR: u8 = 2;
+
+/// `SHL/SHR/SAR reg, imm` at size `S` (4 or 8): like `shift::{shl,shr,sar}`, flags lazy.
+fn shift_ri<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let d = gi(op, 0);
+    let a = cpu.gpr[d] & mask(S);
+    let c = (imm(op, 1) & if S == 8 { 63 } else { 31 }) as u32;
+    if c == 0 {
+        // No flags change, but a 32-bit destination is still zero-extended.
+        cpu.write_gpr(d, S, a);
+        return Ok(());
+    }
+    let top = S as u32 * 8 - 1;
+    let (r, cf, of) = match K {
+        SHL => {
+            let r = (a << c) & mask(S);
+            let cf = (a >> (top + 1 - c)) & 1 != 0;
+            (r, cf, c == 1 && ((r >> top) & 1 != 0) != cf)
+        }
+        SHR => (a >> c, (a >> (c - 1)) & 1 != 0, c == 1 && (a >> top) & 1 != 0),
+        _ => {
+            let sh = 63 - top;
+            let sa = ((a << sh) as i64) >> sh;
+            ((sa >> c) as u64 & mask(S), (sa >> (c - 1)) & 1 != 0, false)
+        }
+    };
+    cpu.write_gpr(d, S, r);
+    cpu.flags.record_explicit(S, r, cf, of);
     Ok(())
 }
 
@@ -271,6 +305,7 @@ pub(crate) fn specialise(ins: &Instruction, op: &Op) -> Option<Handler> {
         }
         Mn::Lea if form(op, 0, s) == Some(R) && op.o[1] == Opnd::Mem => return Some(sized!(s, lea)),
         Mn::Movzx => return movzx(op, s),
+        Mn::Shl | Mn::Sal | Mn::Shr | Mn::Sar => return shift(ins, op, s),
         Mn::Push if form(op, 0, s) == Some(R) && matches!(s, 2 | 4 | 8) => return Some(sized!(s, push_r)),
         Mn::Pop if form(op, 0, s) == Some(R) && matches!(s, 2 | 4 | 8) => return Some(sized!(s, pop_r)),
         _ => return None,
@@ -284,6 +319,21 @@ pub(crate) fn specialise(ins: &Instruction, op: &Op) -> Option<Handler> {
         (R, M) => alu_kind!(k, s, alu_r, M),
         (M, R) => alu_kind!(k, s, alu_m, R),
         (M, I) => alu_kind!(k, s, alu_m, I),
+        _ => return None,
+    })
+}
+
+fn shift(ins: &Instruction, op: &Op, s: u8) -> Option<Handler> {
+    if ins.op_count() != 2 || form(op, 0, s)? != R || !matches!(op.o[1], Opnd::Imm(_)) {
+        return None;
+    }
+    Some(match (ins.mnemonic(), s) {
+        (Mn::Shr, 4) => shift_ri::<SHR, 4>,
+        (Mn::Shr, 8) => shift_ri::<SHR, 8>,
+        (Mn::Sar, 4) => shift_ri::<SAR, 4>,
+        (Mn::Sar, 8) => shift_ri::<SAR, 8>,
+        (_, 4) => shift_ri::<SHL, 4>,
+        (_, 8) => shift_ri::<SHL, 8>,
         _ => return None,
     })
 }
@@ -348,6 +398,9 @@ mod tests {
         assert!(fast(|a| a.movzx(eax, cx)));
         assert!(fast(|a| a.push(rbp)));
         assert!(fast(|a| a.pop(r12)));
+        assert!(fast(|a| a.shl(rax, 3)));
+        assert!(fast(|a| a.shr(r9d, 1)));
+        assert!(fast(|a| a.sar(rdx, 63)));
         let mut a = CodeAssembler::new(64).unwrap();
         let mut l = a.create_label();
         a.set_label(&mut l).unwrap();
@@ -368,5 +421,8 @@ mod tests {
         assert!(!fast(|a| a.imul_3(rax, rbx, 3)));
         assert!(!fast(|a| a.push(fs)));
         assert!(!fast(|a| a.movzx(eax, ah)));
+        assert!(!fast(|a| a.shl(rax, cl)));
+        assert!(!fast(|a| a.shr(qword_ptr(rbx), 2)));
+        assert!(!fast(|a| a.sar(ax, 2)));
     }
 }
