@@ -31,7 +31,9 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
     let out = child.stdout.take().unwrap();
     let err = child.stderr.take().unwrap();
     let tx2 = tx.clone();
-    std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    std::thread::spawn(move || {
+        BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
+    });
     let errs = std::thread::spawn(move || {
         let lines: Vec<String> = BufReader::new(err).lines().map_while(Result::ok).collect();
         drop(tx2);
@@ -83,7 +85,8 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
     };
     let stderr = errs.join().unwrap().join("\n");
     let tail = seen.iter().rev().take(30).rev().cloned().collect::<Vec<_>>().join("\n");
-    let marker_at = marker_at.unwrap_or_else(|| panic!("no init marker; stderr:\n{stderr}\nconsole:\n{tail}"));
+    let marker_at =
+        marker_at.unwrap_or_else(|| panic!("no init marker; stderr:\n{stderr}\nconsole:\n{tail}"));
     eprintln!("init marker after {marker_at:?} on the software CPU");
     assert!(stderr.contains("vmr: accelerator: emu"), "stderr: {stderr}");
     assert_eq!(cpus.as_deref(), Some("2"), "CPUs seen by the guest; console:\n{tail}");
