@@ -266,7 +266,14 @@ fn bit_shift(cpu: &mut Cpu, op: &Op) -> Ex {
     } else {
         op.ins.immediate(1)
     };
-    let (bytes, kind) = match op.ins.mnemonic() {
+    let r = shift_lanes(op.ins.mnemonic(), xmm(cpu, op, 0), count);
+    dst(cpu, op, 0, r, 16, false)
+}
+
+/// PSLL/PSRL/PSRA W/D/Q of every lane of `d` by `count` (XMM and MMX forms alike): logical
+/// shifts by the lane width or more give 0, arithmetic ones fill with the sign.
+pub(super) fn shift_lanes(m: M, d: u128, count: u64) -> u128 {
+    let (bytes, kind) = match m {
         M::Psllw => (2, 0),
         M::Pslld => (4, 0),
         M::Psllq => (8, 0),
@@ -277,14 +284,12 @@ fn bit_shift(cpu: &mut Cpu, op: &Op) -> Ex {
         _ => (4, 2),
     };
     let bits = bytes * 8;
-    let d = xmm(cpu, op, 0);
-    let r = map_lanes(d, 0, bytes, |a, _| match kind {
+    map_lanes(d, 0, bytes, |a, _| match kind {
         0 if count < bits as u64 => a << count,
         1 if count < bits as u64 => a >> count,
         2 => (sext(a, bits) >> count.min(bits as u64 - 1)) as u64,
         _ => 0,
-    });
-    dst(cpu, op, 0, r, 16, false)
+    })
 }
 
 pub(super) fn sext(v: u64, bits: u32) -> i64 {

@@ -11,7 +11,7 @@
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
 use super::fpu::{pending_check, sse_check, x87_check};
-use super::sse::{binary_op, lane, map_lanes, sext, xreg};
+use super::sse::{binary_op, lane, shift_lanes, xreg};
 use crate::cpu::{Cpu, Ex, Exc, CR0_EM};
 use crate::decode::{Handler, Op};
 use crate::mem::Access;
@@ -147,24 +147,7 @@ fn binary(cpu: &mut Cpu, op: &Op) -> Ex {
 fn shift(cpu: &mut Cpu, op: &Op) -> Ex {
     enter(cpu)?;
     let count = src(cpu, op, 1)?;
-    let (bytes, kind) = match op.ins.mnemonic() {
-        M::Psllw => (2, 0),
-        M::Pslld => (4, 0),
-        M::Psllq => (8, 0),
-        M::Psrlw => (2, 1),
-        M::Psrld => (4, 1),
-        M::Psrlq => (8, 1),
-        M::Psraw => (2, 2),
-        _ => (4, 2),
-    };
-    let bits = bytes * 8;
-    let d = src(cpu, op, 0)? as u128;
-    let r = map_lanes(d, 0, bytes, |a, _| match kind {
-        0 if count < bits as u64 => a << count,
-        1 if count < bits as u64 => a >> count,
-        2 => (sext(a, bits) >> count.min(bits as u64 - 1)) as u64,
-        _ => 0,
-    });
+    let r = shift_lanes(op.ins.mnemonic(), src(cpu, op, 0)? as u128, count);
     dst(cpu, op, 0, r as u64, 8)
 }
 
