@@ -6,10 +6,7 @@ mod common;
 
 use common::*;
 use iced_x86::code_asm::*;
-use vmr_emu::cpu::{real_mode_segment, CR0_ET, CR0_PE};
-use vmr_emu::segment::parse_descriptor;
 use vmr_emu::StopReason;
-use vmr_hypervisor::DescriptorTable;
 
 const HANDLER64: u64 = 0xa000;
 const HANDLER32: u64 = 0xa100;
@@ -80,34 +77,10 @@ fn reset(g: &mut Guest, mode: u64, rng: &mut Rng, low: &[u8], code: &[u8]) {
     c.gpr[4] = STACK_TOP - (rng.next() % 64) * 8;
     match mode {
         0 => g.long_mode_regs(),
-        1 => {
-            let c = g.cpu();
-            c.cr0 = CR0_PE | CR0_ET;
-            c.cr4 = 0;
-            c.efer = 0;
-            c.cr3 = 0;
-            c.gdtr = DescriptorTable { base: GDT, limit: 63 };
-            c.idtr = DescriptorTable { base: IDT32, limit: 0x7ff };
-            let code32 = parse_descriptor(0x00cf_9b00_0000_ffff, CODE32);
-            let data = parse_descriptor(0x00cf_9300_0000_ffff, KERNEL_DS);
-            c.seg = [data, code32, data, data, data, data];
-            c.rip = CODE;
-            c.update_mode();
-            c.flush_tlb();
-        }
+        1 => g.protected_mode_flat(IDT32),
         _ => {
-            let c = g.cpu();
-            c.cr0 = CR0_ET;
-            c.cr4 = 0;
-            c.efer = 0;
-            c.gdtr = DescriptorTable { base: GDT, limit: 63 };
-            c.idtr = DescriptorTable { base: 0, limit: 0x3ff };
-            c.seg = [real_mode_segment(0); 6];
-            c.seg[1] = real_mode_segment(0x1000);
-            c.rip = 0;
-            c.gpr[4] = 0x9000;
-            c.update_mode();
-            c.flush_tlb();
+            g.real_mode_reset();
+            g.cpu().gpr[4] = 0x9000;
         }
     }
 }

@@ -14,9 +14,6 @@ mod common;
 
 use common::*;
 use std::cell::RefCell;
-use vmr_emu::cpu::{real_mode_segment, CR0_ET, CR0_PE};
-use vmr_emu::segment::parse_descriptor;
-use vmr_hypervisor::DescriptorTable;
 
 const HANDLER: u64 = 0xa000;
 const LOW: usize = 0x10000;
@@ -81,33 +78,8 @@ fn run(w: &mut World, mut data: &[u8]) {
     g.ops.mmio.lock().unwrap().clear();
     match mode % 4 {
         0 | 1 => g.long_mode_regs(),
-        2 => {
-            let c = g.cpu();
-            c.cr0 = CR0_PE | CR0_ET;
-            c.cr4 = 0;
-            c.efer = 0;
-            c.cr3 = 0;
-            c.gdtr = DescriptorTable { base: GDT, limit: 63 };
-            c.idtr = DescriptorTable { base: 0x6800, limit: 0x7ff };
-            let code32 = parse_descriptor(0x00cf_9b00_0000_ffff, CODE32);
-            let ds = parse_descriptor(0x00cf_9300_0000_ffff, KERNEL_DS);
-            c.seg = [ds, code32, ds, ds, ds, ds];
-            c.rip = CODE;
-            c.update_mode();
-            c.flush_tlb();
-        }
-        _ => {
-            let c = g.cpu();
-            c.cr0 = CR0_ET;
-            c.cr4 = 0;
-            c.efer = 0;
-            c.idtr = DescriptorTable { base: 0, limit: 0x3ff };
-            c.seg = [real_mode_segment(0); 6];
-            c.seg[1] = real_mode_segment(0x1000);
-            c.rip = 0;
-            c.update_mode();
-            c.flush_tlb();
-        }
+        2 => g.protected_mode_flat(0x6800),
+        _ => g.real_mode_reset(),
     }
     let c = g.cpu();
     c.halted = false;

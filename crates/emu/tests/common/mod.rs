@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use iced_x86::code_asm::CodeAssembler;
-use vmr_emu::cpu::{Cpu, CR0_ET, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE};
+use vmr_emu::cpu::{
+    real_mode_segment, Cpu, CR0_ET, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE,
+};
 use vmr_emu::mem::Memory;
 use vmr_emu::segment::parse_descriptor;
 use vmr_emu::{Engine, StopReason};
@@ -166,6 +168,40 @@ impl Guest {
         c.update_mode();
         c.flush_tlb();
         assert_eq!(c.bitness, 64);
+    }
+
+    /// Flat 32-bit protected mode without paging at CPL 0, RIP=`CODE`, IDT at `idt` (the GDT
+    /// of [`Guest::long_mode`] must be in memory).
+    pub fn protected_mode_flat(&mut self, idt: u64) {
+        let c = self.cpu();
+        c.cr0 = CR0_PE | CR0_ET;
+        c.cr4 = 0;
+        c.efer = 0;
+        c.cr3 = 0;
+        c.gdtr = DescriptorTable { base: GDT, limit: 63 };
+        c.idtr = DescriptorTable { base: idt, limit: 0x7ff };
+        let code32 = parse_descriptor(0x00cf_9b00_0000_ffff, CODE32);
+        let ds = parse_descriptor(0x00cf_9300_0000_ffff, KERNEL_DS);
+        c.seg = [ds, code32, ds, ds, ds, ds];
+        c.rip = CODE;
+        c.update_mode();
+        c.flush_tlb();
+    }
+
+    /// Real mode from any mode: paging and protection off, data segments at 0, CS=0x1000, IP=0
+    /// (`CODE`), the IVT at 0. SP is left to the caller.
+    pub fn real_mode_reset(&mut self) {
+        let c = self.cpu();
+        c.cr0 = CR0_ET;
+        c.cr4 = 0;
+        c.efer = 0;
+        c.gdtr = DescriptorTable { base: GDT, limit: 63 };
+        c.idtr = DescriptorTable { base: 0, limit: 0x3ff };
+        c.seg = [real_mode_segment(0); 6];
+        c.seg[1] = real_mode_segment(0x1000);
+        c.rip = 0;
+        c.update_mode();
+        c.flush_tlb();
     }
 
     /// Real mode at 0000:`CODE` (CS=0x1000, IP=0), SP=0x9000.
