@@ -105,11 +105,7 @@ impl DirectFile {
         }
         let mut done = 0;
         while done < buf.len() {
-            let pos = offset + done as u64;
-            let start = pos - pos % DIRECT_ALIGN as u64;
-            let skip = (pos - start) as usize;
-            let want = (buf.len() - done).min(BOUNCE_LEN - skip);
-            let span = (skip + want).next_multiple_of(DIRECT_ALIGN);
+            let Chunk { start, skip, want, span } = Chunk::at(offset, done, buf.len());
             let bounce = self.bounce();
             read_full(file, &mut bounce[..span], start)?;
             buf[done..done + want].copy_from_slice(&bounce[skip..skip + want]);
@@ -127,11 +123,7 @@ impl DirectFile {
         let a = DIRECT_ALIGN;
         let mut done = 0;
         while done < buf.len() {
-            let pos = offset + done as u64;
-            let start = pos - pos % a as u64;
-            let skip = (pos - start) as usize;
-            let want = (buf.len() - done).min(BOUNCE_LEN - skip);
-            let span = (skip + want).next_multiple_of(a);
+            let Chunk { start, skip, want, span } = Chunk::at(offset, done, buf.len());
             let bounce = self.bounce();
             if skip != 0 {
                 read_full(file, &mut bounce[..a], start)?;
@@ -144,6 +136,26 @@ impl DirectFile {
             done += want;
         }
         Ok(())
+    }
+}
+
+/// One bounce-buffer pass of an unaligned request: the aligned file range `start..start+span`
+/// (at most [`BOUNCE_LEN`]) holds the request's bytes `done..done+want` at `skip`.
+struct Chunk {
+    start: u64,
+    skip: usize,
+    want: usize,
+    span: usize,
+}
+
+impl Chunk {
+    /// The pass for a request of `len` bytes at `offset` of which `done` are handled.
+    fn at(offset: u64, done: usize, len: usize) -> Chunk {
+        let pos = offset + done as u64;
+        let start = pos - pos % DIRECT_ALIGN as u64;
+        let skip = (pos - start) as usize;
+        let want = (len - done).min(BOUNCE_LEN - skip);
+        Chunk { start, skip, want, span: (skip + want).next_multiple_of(DIRECT_ALIGN) }
     }
 }
 
