@@ -35,6 +35,10 @@ const L1_EDX_FLOAT: u32 = 0;
 /// Leaf 1 ECX bits we implement.
 pub const L1_ECX: u32 = (1 << 13) // cx16
     | (1 << 23); // popcnt
+/// Leaf 7 (subleaf 0) EDX bits: IBRS/IBPB and STIBP (IA32_SPEC_CTRL and IA32_PRED_CMD, no-ops
+/// here) and IA32_ARCH_CAPABILITIES, which tells the guest the CPU does not speculate
+/// ([`crate::msr::ARCH_CAPABILITIES`]).
+pub const L7_EDX: u32 = (1 << 26) | (1 << 27) | (1 << 29);
 /// Leaf 0x80000001 EDX bits.
 pub const E1_EDX: u32 = (1 << 11) // syscall
     | (1 << 20) // nx
@@ -60,7 +64,15 @@ pub fn default_cpuid() -> Vec<CpuidEntry> {
     let mut v = vec![
         leaf(0, 7, b, c, d),
         leaf(1, 0x0005_06e3, (1 << 16) | (8 << 8), L1_ECX, L1_EDX),
-        CpuidEntry { function: 7, index: 0, flags: CpuidEntry::FLAG_INDEXED, eax: 0, ebx: 0, ecx: 0, edx: 0 },
+        CpuidEntry {
+            function: 7,
+            index: 0,
+            flags: CpuidEntry::FLAG_INDEXED,
+            eax: 0,
+            ebx: 0,
+            ecx: 0,
+            edx: L7_EDX,
+        },
         leaf(0x8000_0000, 0x8000_0008, 0, 0, 0),
         leaf(0x8000_0001, 0, 0, E1_ECX, E1_EDX),
     ];

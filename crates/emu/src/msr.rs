@@ -10,6 +10,9 @@ pub const IA32_TSC: u32 = 0x10;
 pub const IA32_PLATFORM_ID: u32 = 0x17;
 pub const IA32_APIC_BASE: u32 = 0x1b;
 pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+pub const IA32_SPEC_CTRL: u32 = 0x48;
+pub const IA32_PRED_CMD: u32 = 0x49;
+pub const IA32_ARCH_CAPABILITIES: u32 = 0x10a;
 pub const IA32_TSC_ADJUST: u32 = 0x3b;
 pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
 pub const IA32_MTRRCAP: u32 = 0xfe;
@@ -31,6 +34,32 @@ pub const IA32_GS_BASE: u32 = 0xc000_0101;
 pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const IA32_TSC_AUX: u32 = 0xc000_0103;
 pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// IA32_ARCH_CAPABILITIES: the interpreter executes nothing speculatively, so it is immune to
+/// every transient-execution attack the MSR can report: RDCL_NO (Meltdown, L1TF), IBRS_ALL
+/// (enhanced IBRS: indirect branches need no retpolines), SSB_NO, MDS_NO, PSCHANGE_MC_NO,
+/// TAA_NO, SBDR_SSDP_NO, FBSDP_NO, PSDP_NO (MMIO stale data), BHI_NO, PBRSB_NO, GDS_NO,
+/// RFDS_NO and ITS_NO (bit 62, defined for VMMs to synthesize). A guest that believed the CPU
+/// vulnerable would turn on page-table isolation, return thunks and retpolines, which cost an
+/// interpreter far more than they cost hardware and protect against nothing here.
+pub const ARCH_CAPABILITIES: u64 = 1 // RDCL_NO
+    | (1 << 1) // IBRS_ALL
+    | (1 << 4) // SSB_NO
+    | (1 << 5) // MDS_NO
+    | (1 << 6) // PSCHANGE_MC_NO
+    | (1 << 8) // TAA_NO
+    | (1 << 13) // SBDR_SSDP_NO
+    | (1 << 14) // FBSDP_NO
+    | (1 << 15) // PSDP_NO
+    | (1 << 20) // BHI_NO
+    | (1 << 24) // PBRSB_NO
+    | (1 << 26) // GDS_NO
+    | (1 << 27) // RFDS_NO
+    | (1 << 62); // ITS_NO
+/// IA32_SPEC_CTRL bits the model accepts (IBRS, STIBP; CPUID 7.EDX[26,27]). They have no effect
+/// on a CPU that does not speculate; SSBD is not advertised, so bit 2 faults like other
+/// reserved bits.
+const SPEC_CTRL_MASK: u64 = 0b11;
 
 /// The MSRs a vCPU's local APIC owns (APIC base, TSC deadline), reached from RDMSR/WRMSR.
 #[derive(Clone)]
@@ -77,6 +106,7 @@ fn is_plain(index: u32) -> bool {
             | IA32_FMASK
             | IA32_KERNEL_GS_BASE
             | IA32_TSC_AUX
+            | IA32_SPEC_CTRL
     ) || (0x200..0x210).contains(&index)
         || matches!(index, 0x250 | 0x258 | 0x259 | 0x268..=0x26f)
 }
@@ -96,6 +126,9 @@ impl MsrFile {
         if index == IA32_TSC_DEADLINE {
             return self.apic.as_ref().map(|a| a.lapic.with(|m| m.r.tsc_deadline));
         }
+        if index == IA32_ARCH_CAPABILITIES {
+            return Some(ARCH_CAPABILITIES);
+        }
         if is_plain(index) {
             Some(self.values.get(&index).copied().unwrap_or(0))
         } else {
@@ -110,6 +143,12 @@ impl MsrFile {
             a.lapic.with(|m| m.set_tsc_deadline(value));
             a.core.timers_changed();
             return true;
+        }
+        match index {
+            // IBPB: a write-only command with nothing to flush.
+            IA32_PRED_CMD => return value & !1 == 0,
+            IA32_SPEC_CTRL if value & !SPEC_CTRL_MASK != 0 => return false,
+            _ => {}
         }
         if !is_plain(index) || matches!(index, IA32_MTRRCAP | IA32_PLATFORM_ID | IA32_MCG_CAP) {
             return false;
@@ -157,5 +196,24 @@ mod tests {
         assert!(!m.set(IA32_MTRRCAP, 1));
         assert_eq!(m.get(0x1234), None);
         assert!(!m.set(0x1234, 0));
+    }
+
+    #[test]
+    fn speculation_control_msrs() {
+        let mut m = MsrFile::new(0);
+        // The immunity bits Linux checks before turning on PTI, retpolines and return thunks.
+        let caps = m.get(IA32_ARCH_CAPABILITIES).unwrap();
+        for bit in [0, 1, 4, 5, 6, 8, 13, 14, 15, 20, 24, 26, 27, 62] {
+            assert_ne!(caps & (1 << bit), 0, "ARCH_CAPABILITIES bit {bit}");
+        }
+        assert!(!m.set(IA32_ARCH_CAPABILITIES, 0), "read-only");
+        assert_eq!(m.get(IA32_ARCH_CAPABILITIES), Some(caps));
+        assert!(m.set(IA32_SPEC_CTRL, 1));
+        assert_eq!(m.get(IA32_SPEC_CTRL), Some(1));
+        assert!(!m.set(IA32_SPEC_CTRL, 1 << 2), "SSBD is not advertised");
+        assert_eq!(m.get(IA32_SPEC_CTRL), Some(1));
+        assert!(m.set(IA32_PRED_CMD, 1));
+        assert!(!m.set(IA32_PRED_CMD, 2));
+        assert_eq!(m.get(IA32_PRED_CMD), None, "write-only");
     }
 }
