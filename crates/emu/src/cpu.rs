@@ -61,28 +61,39 @@ pub const AC_VEC: u8 = 17;
 pub const XM: u8 = 19;
 
 /// An exception raised by an instruction. CR2 is already written for page faults.
+///
+/// Eight bytes, so that a handler's `Result<(), Exc>` comes back in a register instead of
+/// through memory (every instruction returns one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exc {
     pub vector: u8,
-    pub error: Option<u32>,
-    /// Raised by INT n / INT3 / INTO / INT1: returns after the instruction, gate DPL checked
-    /// (except for INT1).
-    pub soft: bool,
-    /// INT1 (ICEBP): like a hardware #DB for the gate DPL check.
-    pub icebp: bool,
+    pub kind: ExcKind,
+    has_error: bool,
+    error_code: u32,
+}
+
+/// How an [`Exc`] was raised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExcKind {
+    /// A fault or trap of the instruction.
+    Fault,
+    /// INT n / INT3 / INTO: returns after the instruction, gate DPL checked.
+    Soft,
+    /// INT1 (ICEBP): returns after the instruction, like a hardware #DB for the DPL check.
+    Icebp,
     /// Not an exception: a locked read-modify-write lost a race; run the instruction again.
-    pub retry: bool,
+    Retry,
 }
 
 impl Exc {
     pub const fn new(vector: u8) -> Self {
-        Exc { vector, error: None, soft: false, icebp: false, retry: false }
+        Exc { vector, kind: ExcKind::Fault, has_error: false, error_code: 0 }
     }
     pub const fn with_error(vector: u8, error: u32) -> Self {
-        Exc { vector, error: Some(error), soft: false, icebp: false, retry: false }
+        Exc { vector, kind: ExcKind::Fault, has_error: true, error_code: error }
     }
     pub const fn software(vector: u8) -> Self {
-        Exc { vector, error: None, soft: true, icebp: false, retry: false }
+        Exc { vector, kind: ExcKind::Soft, has_error: false, error_code: 0 }
     }
     pub const fn gp(error: u32) -> Self {
         Exc::with_error(GP, error)
@@ -92,12 +103,30 @@ impl Exc {
     }
     /// The locked-RMW retry signal.
     pub const fn retry() -> Self {
-        Exc { vector: 0, error: None, soft: false, icebp: false, retry: true }
+        Exc { vector: 0, kind: ExcKind::Retry, has_error: false, error_code: 0 }
+    }
+    /// The error code pushed with the exception, if it has one.
+    pub const fn error(&self) -> Option<u32> {
+        if self.has_error {
+            Some(self.error_code)
+        } else {
+            None
+        }
+    }
+    /// Raised by INT n / INT3 / INTO / INT1: returns after the instruction.
+    pub const fn soft(&self) -> bool {
+        matches!(self.kind, ExcKind::Soft | ExcKind::Icebp)
+    }
+    pub const fn is_retry(&self) -> bool {
+        matches!(self.kind, ExcKind::Retry)
     }
 }
 
 /// What a handler returns.
 pub type Ex<T = ()> = Result<T, Exc>;
+
+// Every executed instruction returns an `Ex`: keep it register-sized.
+const _: () = assert!(std::mem::size_of::<Ex>() == 8);
 
 /// How a register operand maps onto the register file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -252,9 +252,16 @@ pub struct Block {
     /// probe. Always confirmed against the full key of the slab entry it names, so a stale or
     /// reused index only costs a miss.
     next: [(u64, u32); 2],
+    /// Some op is a locked read-modify-write: the run loop sets up `Cpu::locked` around it.
+    pub locked: bool,
 }
 
 impl Block {
+    fn new(ops: Vec<Op>, bytes: Box<[u8]>) -> Block {
+        let locked = ops.iter().any(|o| o.locked);
+        Block { ops, bytes, next: [(0, u32::MAX); 2], locked }
+    }
+
     /// True if guest memory at `host` (host address of the block's first byte, whose page
     /// holds all of the block) still holds the bytes the block was decoded from.
     #[inline(always)]
@@ -471,18 +478,17 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
             break;
         }
         let op = make_op(&ins, key.bits);
-        let stop = ins.is_invalid() || ins.flow_control() != FlowControl::Next;
+        // A block runs on past a conditional branch (its handler leaves the block when the
+        // branch is taken) and ends at any other control transfer.
+        let stop = ins.is_invalid()
+            || !matches!(ins.flow_control(), FlowControl::Next | FlowControl::ConditionalBranch);
         ops.push(op);
         if stop {
             break;
         }
     }
     let len: usize = ops.iter().map(|o| o.len as usize).sum();
-    (!ops.is_empty()).then(|| Block {
-        ops,
-        bytes: bytes[..len.min(bytes.len())].into(),
-        next: [(0, u32::MAX); 2],
-    })
+    (!ops.is_empty()).then(|| Block::new(ops, bytes[..len.min(bytes.len())].into()))
 }
 
 impl Cpu {
@@ -507,7 +513,7 @@ impl Cpu {
         let mut ins = Instruction::default();
         let mut d = Decoder::with_ip(self.bitness, &buf, rip, DecoderOptions::NONE);
         d.decode_out(&mut ins);
-        Ok(Block { ops: vec![make_op(&ins, self.bitness)], bytes: Box::default(), next: [(0, u32::MAX); 2] })
+        Ok(Block::new(vec![make_op(&ins, self.bitness)], Box::default()))
     }
 }
 

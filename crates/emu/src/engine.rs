@@ -67,6 +67,28 @@ pub struct Engine {
     /// Slab index of the block executed last (u32::MAX if none): its successor hints are
     /// tried before the jump cache.
     last: u32,
+    /// `VMR_EMU_PROFILE=FILE`: guest RIP samples (one per 256 blocks), written at drop.
+    profile: Option<Box<Profile>>,
+}
+
+/// Guest-side sampling profile (a debugging aid: where does the guest spend its blocks?).
+struct Profile {
+    path: std::path::PathBuf,
+    samples: std::collections::HashMap<u64, u64>,
+    tick: u32,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let Some(p) = self.profile.take() else { return };
+        let mut v: Vec<_> = p.samples.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut out = format!("# icount {}\n", self.cpu.icount);
+        for (rip, n) in v {
+            out.push_str(&format!("{rip:#x} {n}\n"));
+        }
+        let _ = std::fs::write(&p.path, out);
+    }
 }
 
 impl Engine {
@@ -79,6 +101,8 @@ impl Engine {
             irq_flag: None,
             init_pending: false,
             last: u32::MAX,
+            profile: std::env::var_os("VMR_EMU_PROFILE")
+                .map(|p| Box::new(Profile { path: p.into(), samples: Default::default(), tick: 0 })),
         }
     }
 
@@ -107,6 +131,12 @@ impl Engine {
                 return StopReason::Budget;
             }
             steps += 1;
+            if let Some(p) = self.profile.as_deref_mut() {
+                p.tick = p.tick.wrapping_add(1);
+                if p.tick % 256 == 0 {
+                    *p.samples.entry(self.cpu.rip).or_default() += 1;
+                }
+            }
             self.step_block();
         }
     }
@@ -225,14 +255,25 @@ fn build(host: usize, key: &Key) -> Option<Block> {
 /// Runs the ops of `block` until the end, a taken branch, an exception or a block break.
 #[inline]
 fn run_block(cpu: &mut Cpu, block: &Block) {
+    if block.locked {
+        run_ops::<true>(cpu, block)
+    } else {
+        run_ops::<false>(cpu, block)
+    }
+}
+
+/// The op loop; `LOCKED` blocks also set up `Cpu::locked` around their locked ops (most
+/// blocks have none and skip the two tests per op).
+#[inline(always)]
+fn run_ops<const LOCKED: bool>(cpu: &mut Cpu, block: &Block) {
     let mut n = 0u64;
     for op in &block.ops {
         cpu.next_rip = op.ins.next_ip();
-        if op.locked {
+        if LOCKED && op.locked {
             cpu.locked = true;
         }
         let r = (op.exec)(cpu, op);
-        if op.locked {
+        if LOCKED && op.locked {
             cpu.locked = false;
             cpu.rmw = None;
         }
@@ -243,7 +284,7 @@ fn run_block(cpu: &mut Cpu, block: &Block) {
             }
             // Another vCPU changed the locked location between read and write: run the
             // instruction again (nothing was written).
-            Err(x) if x.retry => break,
+            Err(x) if x.is_retry() => break,
             Err(x) => {
                 cpu.raise(x);
                 break;

@@ -26,9 +26,9 @@ impl Cpu {
     /// double-fault and triple-fault rules. A triple fault sets `shutdown`.
     pub fn raise(&mut self, exc: Exc) {
         let (kind, ret) =
-            if exc.soft { (EventKind::Software, self.next_rip) } else { (EventKind::Exception, self.rip) };
-        let kind = if exc.icebp { EventKind::External } else { kind };
-        let Err(second) = self.deliver(exc.vector, exc.error, kind, ret) else { return };
+            if exc.soft() { (EventKind::Software, self.next_rip) } else { (EventKind::Exception, self.rip) };
+        let kind = if exc.kind == ExcKind::Icebp { EventKind::External } else { kind };
+        let Err(second) = self.deliver(exc.vector, exc.error(), kind, ret) else { return };
         let first = exc.vector;
         if first == DF_VEC {
             self.triple_fault();
@@ -40,7 +40,7 @@ impl Cpu {
             self.deliver(DF_VEC, Some(0), EventKind::Exception, ret)
         } else {
             // Benign combination: the second exception is delivered instead.
-            self.deliver(second.vector, second.error, EventKind::Exception, ret).or_else(|third| {
+            self.deliver(second.vector, second.error(), EventKind::Exception, ret).or_else(|third| {
                 if contributory(third.vector) || third.vector == PF_VEC {
                     self.deliver(DF_VEC, Some(0), EventKind::Exception, ret)
                 } else {

@@ -64,6 +64,62 @@ fn page_fault_reports_cr2_and_error_code() {
     assert_eq!(g.port_writes(0xf3), vec![CODE + 10]);
 }
 
+/// A block runs on past conditional branches that are not taken and leaves at a taken one:
+/// Jcc, LOOP and JRCXZ both ways inside one block, then a fault after an untaken branch, which
+/// must report the faulting instruction's RIP.
+#[test]
+fn blocks_run_past_untaken_branches_and_leave_at_taken_ones() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let handler = CODE + 0x1000;
+    g.set_gate64(14, handler, 0, 0);
+    g.asm(64, CODE, |a| {
+        let (mut top, mut skip, mut odd, mut never, mut fault) =
+            (a.create_label(), a.create_label(), a.create_label(), a.create_label(), a.create_label());
+        a.xor(eax, eax).unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.mov(ecx, 10u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.add(eax, 1).unwrap();
+        a.cmp(ecx, 5).unwrap();
+        a.jb(skip).unwrap(); // taken for rcx 4..1
+        a.add(ebx, 100).unwrap(); // rcx 10..5: 6 times
+        a.set_label(&mut skip).unwrap();
+        a.test(ecx, 1).unwrap();
+        a.jnz(odd).unwrap();
+        a.add(ebx, 1).unwrap(); // rcx 10, 8, 6, 4, 2
+        a.set_label(&mut odd).unwrap();
+        a.jrcxz(never).unwrap(); // rcx is never 0 here
+        a.loop_(top).unwrap();
+        out(a, 0xf0);
+        a.mov(eax, ebx).unwrap();
+        out(a, 0xf1);
+        // A fault after an untaken branch in the same block.
+        a.lea(r12, ptr(fault)).unwrap();
+        a.mov(rbx, 0x8000_0000u64).unwrap();
+        a.cmp(eax, eax).unwrap();
+        a.jne(never).unwrap();
+        a.set_label(&mut fault).unwrap();
+        a.mov(qword_ptr(rbx), rax).unwrap();
+        a.set_label(&mut never).unwrap();
+        a.mov(eax, 0xdeadu32).unwrap();
+        out(a, 0xf2);
+        done(a);
+    });
+    g.asm(64, handler, |a| {
+        a.pop(rax).unwrap(); // error code
+        a.mov(rax, qword_ptr(rsp)).unwrap(); // faulting RIP
+        a.sub(rax, r12).unwrap();
+        out(a, 0xf3);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf0), vec![10]);
+    assert_eq!(g.port_writes(0xf1), vec![605]);
+    assert_eq!(g.port_writes(0xf2), Vec::<u64>::new(), "a branch fell through when taken, or the reverse");
+    assert_eq!(g.port_writes(0xf3), vec![0], "the fault's RIP is the faulting instruction");
+}
+
 #[test]
 fn nx_page_fault_sets_instruction_fetch_bit() {
     let mut g = Guest::new();

@@ -24,7 +24,7 @@ fn pte(g: &Guest, i: u64, v: u64) {
 
 fn pf(e: Result<vmr_emu::mem::tlb::TlbEntry, Exc>) -> u32 {
     match e {
-        Err(Exc { vector: PF_VEC, error: Some(code), .. }) => code,
+        Err(e) if e.vector == PF_VEC && e.error().is_some() => e.error().unwrap(),
         other => panic!("expected #PF, got {other:?}"),
     }
 }

@@ -3,7 +3,7 @@
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind};
 
-use crate::cpu::{Cpu, Ex, Exc, BP, DB, OF_VEC};
+use crate::cpu::{Cpu, Ex, Exc, ExcKind, BP, DB, OF_VEC};
 use crate::decode::{Handler, Op};
 
 pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
@@ -72,6 +72,7 @@ fn jmp_indirect(cpu: &mut Cpu, op: &Op) -> Ex {
 fn jcc(cpu: &mut Cpu, op: &Op) -> Ex {
     if cpu.flags.cond(op.cc) {
         cpu.next_rip = branch_target(op);
+        cpu.block_break = true;
     }
     Ok(())
 }
@@ -117,6 +118,7 @@ fn dec_counter(cpu: &mut Cpu, op: &Op) -> bool {
 fn loop_(cpu: &mut Cpu, op: &Op) -> Ex {
     if dec_counter(cpu, op) {
         cpu.next_rip = branch_target(op);
+        cpu.block_break = true;
     }
     Ok(())
 }
@@ -124,6 +126,7 @@ fn loop_(cpu: &mut Cpu, op: &Op) -> Ex {
 fn loope(cpu: &mut Cpu, op: &Op) -> Ex {
     if dec_counter(cpu, op) && cpu.flags.zf() {
         cpu.next_rip = branch_target(op);
+        cpu.block_break = true;
     }
     Ok(())
 }
@@ -131,6 +134,7 @@ fn loope(cpu: &mut Cpu, op: &Op) -> Ex {
 fn loopne(cpu: &mut Cpu, op: &Op) -> Ex {
     if dec_counter(cpu, op) && !cpu.flags.zf() {
         cpu.next_rip = branch_target(op);
+        cpu.block_break = true;
     }
     Ok(())
 }
@@ -138,6 +142,7 @@ fn loopne(cpu: &mut Cpu, op: &Op) -> Ex {
 fn jrcxz(cpu: &mut Cpu, op: &Op) -> Ex {
     if cpu.gpr_sized(1, op.msize) == 0 {
         cpu.next_rip = branch_target(op);
+        cpu.block_break = true;
     }
     Ok(())
 }
@@ -152,7 +157,7 @@ fn int3(_: &mut Cpu, _: &Op) -> Ex {
 
 fn int1(_: &mut Cpu, _: &Op) -> Ex {
     let mut e = Exc::software(DB);
-    e.icebp = true;
+    e.kind = ExcKind::Icebp;
     Err(e)
 }
 

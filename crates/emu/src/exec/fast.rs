@@ -208,6 +208,8 @@ fn pop_r<const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
 fn jcc<const CC: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
     if cpu.flags.cond(CC) {
         cpu.next_rip = imm(op, 0);
+        // Blocks run on past a conditional branch: a taken one leaves the block.
+        cpu.block_break = true;
     }
     Ok(())
 }
