@@ -327,6 +327,93 @@ fn rep_string_ops() {
 
 use vmr_hypervisor::vm_memory::Bytes;
 
+/// REP MOVS/STOS in 64-bit mode go a page at a time; each case here needs the element-by-
+/// element semantics somewhere: elements straddling pages, a forward copy onto an overlapping
+/// destination (which replicates the pattern, unlike memmove), a copy over cached code (which
+/// must run as copied), and a fault in the middle (RCX/RDI count what was done, CR2 is the
+/// first byte not written).
+#[test]
+fn rep_movs_stos_page_at_a_time_keep_element_semantics() {
+    let mut g = Guest::new();
+    g.long_mode();
+    // 0x4000_0000 -> 0x39_0000 (4 KiB page, writable); 0x4000_1000 not present.
+    g.write_u64(0x2000 + 8, 0x38_0000 | 3);
+    g.write_u64(0x38_0000, 0x38_1000 | 3);
+    g.write_u64(0x38_1000, 0x39_0000 | 3);
+    let handler = CODE + 0x2000;
+    g.set_gate64(14, handler, 0, 0);
+    let func = CODE + 0x1000;
+    let new_func = 0x22_0000u64;
+    g.asm(64, func, |a| {
+        a.mov(eax, 1u32).unwrap();
+        a.ret().unwrap();
+    });
+    let len = g.asm(64, new_func, |a| {
+        a.mov(eax, 2u32).unwrap();
+        a.ret().unwrap();
+    });
+    let src = 0x20_0000u64;
+    let bytes: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    g.write(src, &bytes);
+    g.asm(64, CODE, |a| {
+        // 1000 qwords from an address 4 bytes short of a page end.
+        a.mov(rdi, 0x30_0ffcu64).unwrap();
+        a.mov(rax, 0x1122_3344_5566_7788u64).unwrap();
+        a.mov(ecx, 1000u32).unwrap();
+        a.rep().stosq().unwrap();
+        // 40000 bytes onto a destination 3 bytes ahead of the source.
+        a.mov(rsi, src).unwrap();
+        a.lea(rdi, qword_ptr(rsi + 3)).unwrap();
+        a.mov(ecx, 40_000u32).unwrap();
+        a.rep().movsb().unwrap();
+        // Run `func`, copy new code over it, run it again.
+        a.mov(rbx, func).unwrap();
+        a.call(rbx).unwrap();
+        out(a, 0xf0);
+        a.mov(rsi, new_func).unwrap();
+        a.mov(rdi, func).unwrap();
+        a.mov(ecx, len as u32).unwrap();
+        a.rep().movsb().unwrap();
+        a.call(rbx).unwrap();
+        out(a, 0xf0);
+        // 20 bytes from 10 bytes short of the unmapped page.
+        a.mov(rdi, 0x4000_0ff6u64).unwrap();
+        a.mov(eax, 0x5au32).unwrap();
+        a.mov(ecx, 20u32).unwrap();
+        a.rep().stosb().unwrap();
+        a.hlt().unwrap();
+    });
+    g.asm(64, handler, |a| {
+        a.mov(rax, rcx).unwrap();
+        out(a, 0xf1);
+        a.mov(rax, rdi).unwrap();
+        out(a, 0xf2);
+        a.mov(rax, cr2).unwrap();
+        out(a, 0xf3);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    let mut got = vec![0u8; 8000];
+    g.mem.read_slice(&mut got, vmr_hypervisor::vm_memory::GuestAddress(0x30_0ffc)).unwrap();
+    let want: Vec<u8> = (0..1000).flat_map(|_| 0x1122_3344_5566_7788u64.to_le_bytes()).collect();
+    assert!(got == want, "rep stosq across pages");
+    let mut model = bytes.clone();
+    model.resize(40_003, 0);
+    for i in 0..40_000 {
+        model[i + 3] = model[i];
+    }
+    let mut got = vec![0u8; 40_003];
+    g.mem.read_slice(&mut got, vmr_hypervisor::vm_memory::GuestAddress(src)).unwrap();
+    assert!(got == model, "overlapping forward rep movsb replicates element by element");
+    assert_eq!(g.port_writes(0xf0), vec![1, 2], "code copied by rep movsb runs");
+    assert_eq!(g.port_writes(0xf1), vec![10], "RCX after the fault");
+    assert_eq!(g.port_writes(0xf2), vec![0x4000_1000], "RDI after the fault");
+    assert_eq!(g.port_writes(0xf3), vec![0x4000_1000], "CR2");
+    let mut tail = [0u8; 10];
+    g.mem.read_slice(&mut tail, vmr_hypervisor::vm_memory::GuestAddress(0x39_0ff6)).unwrap();
+    assert_eq!(tail, [0x5a; 10]);
+}
+
 #[test]
 fn real_mode_ivt_and_segments() {
     let mut g = Guest::new();

@@ -8,6 +8,7 @@ use iced_x86::{Instruction, Mnemonic as M, OpKind};
 use crate::cpu::{Cpu, Ex, ES};
 use crate::decode::{Handler, Op};
 use crate::flags::{mask, FlagOp};
+use crate::mem::tlb::P_WFAST;
 use crate::mem::Access;
 
 const CHUNK: u64 = 16384;
@@ -130,15 +131,24 @@ fn run(cpu: &mut Cpu, op: &Op, kind: Kind) -> Ex {
         step(cpu, op, kind, a, delta)?;
         return Ok(());
     }
+    // Forward REP MOVS/STOS with 64-bit addresses (Linux's memcpy, memset, clear_page): whole
+    // pages at a time through host pointers. What the bulk path leaves (an element straddling
+    // pages, MMIO, a page holding decoded code, overlapping copies) goes element by element.
+    // The bulk path is tried again after each element done singly (the first write to a
+    // clean page, for one, goes the slow way to set its dirty bit).
+    let fast = cpu.bitness == 64 && a == 8 && delta == es && matches!(kind, Kind::Movs | Kind::Stos);
     let conditional = matches!(kind, Kind::Cmps | Kind::Scas);
     let want_zf = ins.has_rep_prefix();
     let mut n = 0;
     loop {
+        if fast && bulk(cpu, op, kind, es, &mut n)? {
+            return Ok(());
+        }
         let c = cpu.gpr_sized(1, a);
         if c == 0 {
             return Ok(());
         }
-        if n == CHUNK {
+        if n >= CHUNK {
             // Resume later: RIP stays on this instruction.
             cpu.next_rip = cpu.rip;
             cpu.block_break = true;
@@ -150,6 +160,70 @@ fn run(cpu: &mut Cpu, op: &Op, kind: Kind) -> Ex {
         if conditional && cpu.flags.zf() != want_zf {
             return Ok(());
         }
+    }
+}
+
+/// The page-at-a-time part of a forward 64-bit REP MOVS/STOS of `es`-byte elements (`done`
+/// counts the elements of this execution, against [`CHUNK`]). Returns
+/// true when the instruction is finished or yields (RCX = 0, or [`CHUNK`] elements done: RIP
+/// stays and the run loop comes back), false when the next element needs the per-element
+/// path. Faults come in the order the element loop raises them (source before destination),
+/// with RSI/RDI/RCX counting the elements done, as REP's restart rules ask.
+fn bulk(cpu: &mut Cpu, op: &Op, kind: Kind, es: u64, done: &mut u64) -> Ex<bool> {
+    loop {
+        let c = cpu.gpr[1];
+        if c == 0 {
+            return Ok(true);
+        }
+        if *done >= CHUNK {
+            cpu.next_rip = cpu.rip;
+            cpu.block_break = true;
+            return Ok(true);
+        }
+        let di = cpu.lin(ES, cpu.gpr[7]);
+        let mut n = c.min(CHUNK - *done).min((0x1000 - (di & 0xfff)) / es);
+        let mut src = 0;
+        if kind == Kind::Movs {
+            let si = cpu.lin(op.m.seg as usize, cpu.gpr[6]);
+            n = n.min((0x1000 - (si & 0xfff)) / es);
+            if n == 0 {
+                return Ok(false);
+            }
+            let (_, host) = cpu.translate_page(si, Access::READ)?;
+            if host == 0 {
+                return Ok(false);
+            }
+            src = host + (si & 0xfff) as usize;
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        let e = cpu.translate(di, Access::WRITE)?;
+        if e.perm & P_WFAST == 0 {
+            return Ok(false);
+        }
+        let dst = e.host + (di & 0xfff) as usize;
+        let len = (n * es) as usize;
+        if kind == Kind::Movs {
+            // Element-wise forward copying of overlapping ranges differs from memmove.
+            if src < dst + len && dst < src + len {
+                return Ok(false);
+            }
+            // SAFETY: both ranges lie inside mapped RAM pages (host pointers from the TLB, the
+            // length bounded by the page ends above) and do not overlap (checked).
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+            cpu.gpr[6] = cpu.gpr[6].wrapping_add(len as u64);
+        } else {
+            let v = cpu.gpr[0].to_le_bytes();
+            // SAFETY: `dst..dst + len` lies inside a mapped, fast-writable RAM page (above).
+            let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, len) };
+            for chunk in out.chunks_exact_mut(es as usize) {
+                chunk.copy_from_slice(&v[..es as usize]);
+            }
+        }
+        cpu.gpr[7] = cpu.gpr[7].wrapping_add(len as u64);
+        cpu.gpr[1] = c - n;
+        *done += n;
     }
 }
 
