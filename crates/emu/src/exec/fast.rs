@@ -205,6 +205,75 @@ fn pop_r<const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 /// `Jcc rel` with condition `CC` (the condition evaluation folds to the flag test).
+/// Sign-extends the low `S` bytes of `v`.
+#[inline(always)]
+fn sx<const S: u8>(v: u64) -> i64 {
+    let sh = 64 - S as u32 * 8;
+    ((v << sh) as i64) >> sh
+}
+
+/// `IMUL reg, SRC` (`THREE` false) or `IMUL reg, SRC, imm` (`THREE` true), SRC a register or
+/// memory, at size `S` (2, 4 or 8): like `muldiv::imul_n`.
+fn imul_r<const SRC: u8, const THREE: bool, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let d = gi(op, 0);
+    let (a, b) = if THREE {
+        (src::<SRC, S>(cpu, op)?, imm(op, 2) & mask(S))
+    } else {
+        (cpu.gpr[d] & mask(S), src::<SRC, S>(cpu, op)?)
+    };
+    let p = sx::<S>(a) as i128 * sx::<S>(b) as i128;
+    let lo = p as u64 & mask(S);
+    let of = sx::<S>(lo) as i128 != p;
+    cpu.write_gpr(d, S, lo);
+    cpu.flags.record_explicit(S, lo, of, of);
+    Ok(())
+}
+
+/// `ADC/SBB reg, SRC` at size `S`: like `alu::{adc,sbb}`.
+fn adc_r<const SBB: bool, const SRC: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let d = gi(op, 0);
+    let a = cpu.gpr[d] & mask(S);
+    let b = src::<SRC, S>(cpu, op)?;
+    let c = cpu.flags.cf();
+    let (fop, r) = if SBB {
+        (FlagOp::Sbb, a.wrapping_sub(b).wrapping_sub(c as u64))
+    } else {
+        (FlagOp::Adc, a.wrapping_add(b).wrapping_add(c as u64))
+    };
+    cpu.write_gpr(d, S, r);
+    cpu.flags.record_carry(fop, S, a, b, r, c);
+    Ok(())
+}
+
+/// `SETcc reg8` / `SETcc [mem]`: like `data::setcc`.
+fn setcc<const DST: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let v = cpu.flags.cond(op.cc) as u64;
+    if DST == R {
+        cpu.write_gpr(gi(op, 0), 1, v);
+        Ok(())
+    } else {
+        let lin = cpu.mem_lin(op);
+        cpu.write_lin(lin, 1, v, Access::WRITE)
+    }
+}
+
+/// `CMOVcc reg, SRC` at size `S`: the source is read either way; a 32-bit destination is
+/// zero-extended even when the condition is false (like `data::cmovcc`).
+fn cmovcc<const SRC: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let v = src::<SRC, S>(cpu, op)?;
+    let d = gi(op, 0);
+    let v = if cpu.flags.cond(op.cc) { v } else { cpu.gpr[d] };
+    cpu.write_gpr(d, S, v);
+    Ok(())
+}
+
+/// `MOVSX/MOVSXD reg, SRC` from `SS` to `S` bytes.
+fn movsx<const SRC: u8, const SS: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let v = src::<SRC, SS>(cpu, op)?;
+    cpu.write_gpr(gi(op, 0), S, sx::<SS>(v) as u64);
+    Ok(())
+}
+
 fn jcc<const CC: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
     if cpu.flags.cond(CC) {
         cpu.next_rip = imm(op, 0);
@@ -310,6 +379,53 @@ pub(crate) fn specialise(ins: &Instruction, op: &Op) -> Option<Handler> {
         Mn::Shl | Mn::Sal | Mn::Shr | Mn::Sar => return shift(ins, op, s),
         Mn::Push if form(op, 0, s) == Some(R) && matches!(s, 2 | 4 | 8) => return Some(sized!(s, push_r)),
         Mn::Pop if form(op, 0, s) == Some(R) && matches!(s, 2 | 4 | 8) => return Some(sized!(s, pop_r)),
+        Mn::Imul => return imul(ins, op, s),
+        Mn::Adc | Mn::Sbb => return adc(ins, op, s),
+        Mn::Movsx | Mn::Movsxd => return movsx_for(op, s),
+        Mn::Seto
+        | Mn::Setno
+        | Mn::Setb
+        | Mn::Setae
+        | Mn::Sete
+        | Mn::Setne
+        | Mn::Setbe
+        | Mn::Seta
+        | Mn::Sets
+        | Mn::Setns
+        | Mn::Setp
+        | Mn::Setnp
+        | Mn::Setl
+        | Mn::Setge
+        | Mn::Setle
+        | Mn::Setg => {
+            return match op.o[0] {
+                Opnd::Gpr { size: 1, .. } => Some(setcc::<R>),
+                Opnd::Mem => Some(setcc::<M>),
+                _ => None,
+            };
+        }
+        Mn::Cmovo
+        | Mn::Cmovno
+        | Mn::Cmovb
+        | Mn::Cmovae
+        | Mn::Cmove
+        | Mn::Cmovne
+        | Mn::Cmovbe
+        | Mn::Cmova
+        | Mn::Cmovs
+        | Mn::Cmovns
+        | Mn::Cmovp
+        | Mn::Cmovnp
+        | Mn::Cmovl
+        | Mn::Cmovge
+        | Mn::Cmovle
+        | Mn::Cmovg => {
+            return match (form(op, 0, s)?, form(op, 1, s)?, s) {
+                (R, R, 2 | 4 | 8) => Some(sized!(s, cmovcc, R)),
+                (R, M, 2 | 4 | 8) => Some(sized!(s, cmovcc, M)),
+                _ => None,
+            };
+        }
         _ => return None,
     };
     if ins.op_count() != 2 {
@@ -321,6 +437,57 @@ pub(crate) fn specialise(ins: &Instruction, op: &Op) -> Option<Handler> {
         (R, M) => alu_kind!(k, s, alu_r, M),
         (M, R) => alu_kind!(k, s, alu_m, R),
         (M, I) => alu_kind!(k, s, alu_m, I),
+        _ => return None,
+    })
+}
+
+fn imul(ins: &Instruction, op: &Op, s: u8) -> Option<Handler> {
+    if form(op, 0, s)? != R || !matches!(s, 2 | 4 | 8) {
+        return None;
+    }
+    Some(match (ins.op_count(), form(op, 1, s)?) {
+        (2, R) => sized!(s, imul_r, R, false),
+        (2, M) => sized!(s, imul_r, M, false),
+        (3, R) if matches!(op.o[2], Opnd::Imm(_)) => sized!(s, imul_r, R, true),
+        (3, M) if matches!(op.o[2], Opnd::Imm(_)) => sized!(s, imul_r, M, true),
+        _ => return None,
+    })
+}
+
+fn adc(ins: &Instruction, op: &Op, s: u8) -> Option<Handler> {
+    if ins.op_count() != 2 || form(op, 0, s)? != R {
+        return None;
+    }
+    let sbb = ins.mnemonic() == Mn::Sbb;
+    Some(match (form(op, 1, s)?, sbb) {
+        (R, false) => sized!(s, adc_r, false, R),
+        (I, false) => sized!(s, adc_r, false, I),
+        (M, false) => sized!(s, adc_r, false, M),
+        (R, true) => sized!(s, adc_r, true, R),
+        (I, true) => sized!(s, adc_r, true, I),
+        _ => sized!(s, adc_r, true, M),
+    })
+}
+
+fn movsx_for(op: &Op, s: u8) -> Option<Handler> {
+    if form(op, 0, s) != Some(R) || !matches!(s, 2 | 4 | 8) {
+        return None;
+    }
+    let (src, ss) = match op.o[1] {
+        Opnd::Mem => (M, op.msize),
+        Opnd::Gpr { size, .. } => (R, size),
+        _ => return None,
+    };
+    if ss >= s {
+        return None;
+    }
+    Some(match (src, ss) {
+        (R, 1) => sized!(s, movsx, R, 1),
+        (R, 2) => sized!(s, movsx, R, 2),
+        (R, 4) => sized!(s, movsx, R, 4),
+        (M, 1) => sized!(s, movsx, M, 1),
+        (M, 2) => sized!(s, movsx, M, 2),
+        (M, 4) => sized!(s, movsx, M, 4),
         _ => return None,
     })
 }
@@ -403,6 +570,17 @@ mod tests {
         assert!(fast(|a| a.shl(rax, 3)));
         assert!(fast(|a| a.shr(r9d, 1)));
         assert!(fast(|a| a.sar(rdx, 63)));
+        assert!(fast(|a| a.imul_2(rax, rbx)));
+        assert!(fast(|a| a.imul_2(ecx, dword_ptr(rsi))));
+        assert!(fast(|a| a.imul_3(r8, qword_ptr(rdi + 8), 0x61c8_8647)));
+        assert!(fast(|a| a.adc(rdx, rcx)));
+        assert!(fast(|a| a.sbb(eax, 0)));
+        assert!(fast(|a| a.movsx(rax, byte_ptr(rsi))));
+        assert!(fast(|a| a.movsxd(rax, ecx)));
+        assert!(fast(|a| a.sete(al)));
+        assert!(fast(|a| a.setb(byte_ptr(rdi))));
+        assert!(fast(|a| a.cmovne(eax, ecx)));
+        assert!(fast(|a| a.cmovg(rax, qword_ptr(rbx))));
         let mut a = CodeAssembler::new(64).unwrap();
         let mut l = a.create_label();
         a.set_label(&mut l).unwrap();
@@ -417,10 +595,12 @@ mod tests {
         assert!(!fast(|a| a.lock().add(qword_ptr(rbx), rax)));
         assert!(!fast(|a| a.xchg(qword_ptr(rbx), rax)));
         assert!(!fast(|a| a.mov(ah, 1)));
+        assert!(!fast(|a| a.sete(ah)));
+        assert!(!fast(|a| a.imul(rcx)));
         assert!(!fast(|a| a.mov(ds, ax)));
         assert!(!fast(|a| a.mov(rax, cr3)));
-        assert!(!fast(|a| a.adc(rax, rbx)));
-        assert!(!fast(|a| a.imul_3(rax, rbx, 3)));
+        assert!(!fast(|a| a.adc(qword_ptr(rbx), rax)));
+        assert!(!fast(|a| a.movsx(ax, ah)));
         assert!(!fast(|a| a.push(fs)));
         assert!(!fast(|a| a.movzx(eax, ah)));
         assert!(!fast(|a| a.shl(rax, cl)));
