@@ -472,23 +472,38 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
     let mut dec = Decoder::with_ip(key.bits, bytes, key.rip, DecoderOptions::NONE);
     let mut ops = Vec::with_capacity(16);
     let mut ins = Instruction::default();
+    // Bytes the block depends on: from its start to the end of the furthest op.
+    let mut end = 0;
     while dec.can_decode() && ops.len() < MAX_BLOCK_OPS {
         dec.decode_out(&mut ins);
         if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
             break;
         }
+        end = end.max(dec.position());
         let op = make_op(&ins, key.bits);
         // A block runs on past a conditional branch (its handler leaves the block when the
-        // branch is taken) and ends at any other control transfer.
-        let stop = ins.is_invalid()
-            || !matches!(ins.flow_control(), FlowControl::Next | FlowControl::ConditionalBranch);
+        // branch is taken) and through a direct JMP/CALL to a later address in its page
+        // (decoding goes on at the target); it ends at any other control transfer.
+        let fc = ins.flow_control();
+        if matches!(fc, FlowControl::UnconditionalBranch | FlowControl::Call)
+            && matches!(op.o[0], Opnd::Imm(_))
+            && !ins.is_invalid()
+        {
+            let target = ins.near_branch_target();
+            let at = target.wrapping_sub(key.rip) as usize;
+            if target >= ins.next_ip() && at < bytes.len() && dec.set_position(at).is_ok() {
+                dec.set_ip(target);
+                ops.push(op);
+                continue;
+            }
+        }
+        let stop = ins.is_invalid() || !matches!(fc, FlowControl::Next | FlowControl::ConditionalBranch);
         ops.push(op);
         if stop {
             break;
         }
     }
-    let len: usize = ops.iter().map(|o| o.len as usize).sum();
-    (!ops.is_empty()).then(|| Block::new(ops, bytes[..len.min(bytes.len())].into()))
+    (!ops.is_empty()).then(|| Block::new(ops, bytes[..end.min(bytes.len())].into()))
 }
 
 impl Cpu {
@@ -560,5 +575,29 @@ mod tests {
             m[i] ^= 1;
             assert!(!lb.matches(m.as_ptr() as usize), "byte {i} changed");
         }
+    }
+
+    #[test]
+    fn blocks_extend_past_untaken_branches_and_forward_jumps() {
+        use iced_x86::Mnemonic as Mn;
+        let key = Key { rip: 0x1000, phys: 0x1000, bits: 64 };
+        let mut a = iced_x86::code_asm::CodeAssembler::new(64).unwrap();
+        let (mut l1, mut l2, mut back) = (a.create_label(), a.create_label(), a.create_label());
+        a.set_label(&mut back).unwrap();
+        a.jne(back).unwrap(); // conditional: the block goes on
+        a.jmp(l1).unwrap(); // forward: decoding goes on at l1
+        a.int3().unwrap(); // skipped
+        a.set_label(&mut l1).unwrap();
+        a.call(l2).unwrap(); // forward call: on at l2
+        a.int3().unwrap();
+        a.set_label(&mut l2).unwrap();
+        a.jmp(back).unwrap(); // backward: ends the block
+        a.nop().unwrap();
+        let code = a.assemble(0x1000).unwrap();
+        let b = block(&code, &key);
+        let m: Vec<Mn> = b.ops.iter().map(|o| o.ins.mnemonic()).collect();
+        assert_eq!(m, [Mn::Jne, Mn::Jmp, Mn::Call, Mn::Jmp]);
+        // The bytes checked run to the end of the last op, skipped bytes included.
+        assert_eq!(b.bytes.len(), code.len() - 1);
     }
 }

@@ -120,6 +120,43 @@ fn blocks_run_past_untaken_branches_and_leave_at_taken_ones() {
     assert_eq!(g.port_writes(0xf3), vec![0], "the fault's RIP is the faulting instruction");
 }
 
+/// A block follows a direct JMP or CALL to a later address in its page; the code it jumped
+/// over and the code at the target are still checked for writes.
+#[test]
+fn blocks_follow_forward_jumps_and_calls_in_their_page() {
+    let mut g = Guest::new();
+    g.long_mode();
+    g.asm(64, CODE, |a| {
+        let (mut top, mut over, mut func, mut after) =
+            (a.create_label(), a.create_label(), a.create_label(), a.create_label());
+        a.xor(esi, esi).unwrap();
+        a.mov(ecx, 3u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.jmp(over).unwrap();
+        a.add(esi, 1000).unwrap(); // jumped over
+        a.set_label(&mut over).unwrap();
+        a.call(func).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.mov(eax, esi).unwrap();
+        out(a, 0xf0);
+        // Patch the immediate of `add esi, 1` in `func` (jumped to, same page), then run it.
+        a.lea(rbx, ptr(func)).unwrap();
+        a.mov(byte_ptr(rbx + 2), 7).unwrap();
+        a.call(func).unwrap();
+        a.mov(eax, esi).unwrap();
+        out(a, 0xf0);
+        a.jmp(after).unwrap();
+        a.set_label(&mut func).unwrap();
+        a.add(esi, 1).unwrap(); // 83 c6 01
+        a.ret().unwrap();
+        a.set_label(&mut after).unwrap();
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf0), vec![3, 10]);
+}
+
 #[test]
 fn nx_page_fault_sets_instruction_fetch_bit() {
     let mut g = Guest::new();
