@@ -64,11 +64,14 @@ pub const XM: u8 = 19;
 ///
 /// Eight bytes, so that a handler's `Result<(), Exc>` comes back in a register instead of
 /// through memory (every instruction returns one).
+/// `has_error` (the niche the `Result` uses) comes first (`repr(C)`), so `Ok` is told apart by
+/// one compare of the low byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct Exc {
-    pub vector: u8,
-    pub kind: ExcKind,
     has_error: bool,
+    pub kind: ExcKind,
+    pub vector: u8,
     error_code: u32,
 }
 

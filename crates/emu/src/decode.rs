@@ -481,8 +481,8 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
         }
         end = end.max(dec.position());
         let op = make_op(&ins, key.bits);
-        // A block runs on past a conditional branch (its handler leaves the block when the
-        // branch is taken) and through a direct JMP/CALL to a later address in its page
+        // A block runs on past a forward conditional branch (its handler leaves the block when
+        // the branch is taken) and through a direct JMP/CALL to a later address in its page
         // (decoding goes on at the target); it ends at any other control transfer.
         let fc = ins.flow_control();
         if matches!(fc, FlowControl::UnconditionalBranch | FlowControl::Call)
@@ -497,7 +497,14 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
                 continue;
             }
         }
-        let stop = ins.is_invalid() || !matches!(fc, FlowControl::Next | FlowControl::ConditionalBranch);
+        // Past a backward conditional branch (a loop's back edge, usually taken) the block
+        // ends too: running on would only make each iteration check more code bytes.
+        let stop = ins.is_invalid()
+            || match fc {
+                FlowControl::Next => false,
+                FlowControl::ConditionalBranch => ins.near_branch_target() <= ins.ip(),
+                _ => true,
+            };
         ops.push(op);
         if stop {
             break;
@@ -584,19 +591,19 @@ mod tests {
         let mut a = iced_x86::code_asm::CodeAssembler::new(64).unwrap();
         let (mut l1, mut l2, mut back) = (a.create_label(), a.create_label(), a.create_label());
         a.set_label(&mut back).unwrap();
-        a.jne(back).unwrap(); // conditional: the block goes on
+        a.jne(l2).unwrap(); // forward conditional: the block goes on
         a.jmp(l1).unwrap(); // forward: decoding goes on at l1
         a.int3().unwrap(); // skipped
         a.set_label(&mut l1).unwrap();
         a.call(l2).unwrap(); // forward call: on at l2
         a.int3().unwrap();
         a.set_label(&mut l2).unwrap();
-        a.jmp(back).unwrap(); // backward: ends the block
+        a.jb(back).unwrap(); // backward conditional (a loop's back edge): ends the block
         a.nop().unwrap();
         let code = a.assemble(0x1000).unwrap();
         let b = block(&code, &key);
         let m: Vec<Mn> = b.ops.iter().map(|o| o.ins.mnemonic()).collect();
-        assert_eq!(m, [Mn::Jne, Mn::Jmp, Mn::Call, Mn::Jmp]);
+        assert_eq!(m, [Mn::Jne, Mn::Jmp, Mn::Call, Mn::Jb]);
         // The bytes checked run to the end of the last op, skipped bytes included.
         assert_eq!(b.bytes.len(), code.len() - 1);
     }

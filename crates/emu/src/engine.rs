@@ -264,6 +264,10 @@ fn run_block(cpu: &mut Cpu, block: &Block) {
 
 /// The op loop; `LOCKED` blocks also set up `Cpu::locked` around their locked ops (most
 /// blocks have none and skip the two tests per op).
+///
+/// `Cpu::rip` is brought up to date when the block is left, not after every op: handlers see
+/// their own address as `op.ins.ip()` and the next one as `Cpu::next_rip`, and an exception
+/// sets RIP to the faulting op before it is raised.
 #[inline(always)]
 fn run_ops<const LOCKED: bool>(cpu: &mut Cpu, block: &Block) {
     let mut n = 0u64;
@@ -277,22 +281,20 @@ fn run_ops<const LOCKED: bool>(cpu: &mut Cpu, block: &Block) {
             cpu.locked = false;
             cpu.rmw = None;
         }
-        match r {
-            Ok(()) => {
-                cpu.rip = cpu.next_rip;
-                n += 1;
-            }
-            // Another vCPU changed the locked location between read and write: run the
-            // instruction again (nothing was written).
-            Err(x) if x.is_retry() => break,
-            Err(x) => {
+        if let Err(x) = r {
+            cpu.rip = op.ins.ip();
+            cpu.icount += n;
+            // A locked RMW that lost a race to another vCPU runs again (nothing was written).
+            if !x.is_retry() {
                 cpu.raise(x);
-                break;
             }
+            return;
         }
+        n += 1;
         if cpu.block_break {
             break;
         }
     }
+    cpu.rip = cpu.next_rip;
     cpu.icount += n;
 }

@@ -99,13 +99,13 @@ fn invalid(_: &mut Cpu, _: &Op) -> Ex {
 }
 
 fn unimplemented_insn(cpu: &mut Cpu, op: &Op) -> Ex {
-    let lin = cpu.lin(crate::cpu::CS, cpu.rip);
+    let lin = cpu.lin(crate::cpu::CS, op.ins.ip());
     if cpu.logged_ud.len() < 4096 && cpu.logged_ud.insert(lin) {
         let mut bytes = [0u8; 15];
         let n = (op.len as usize).min(15);
         let shown = cpu.read_bytes(lin, &mut bytes[..n], Access::EXEC).is_ok();
         tracing::warn!(
-            rip = format_args!("{:#x}", cpu.rip),
+            rip = format_args!("{:#x}", op.ins.ip()),
             bytes = format_args!("{:02x?}", if shown { &bytes[..n] } else { &[] }),
             mnemonic = ?op.ins.mnemonic(),
             "software CPU: unimplemented instruction, raising #UD"

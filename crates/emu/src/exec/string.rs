@@ -150,7 +150,7 @@ fn run(cpu: &mut Cpu, op: &Op, kind: Kind) -> Ex {
         }
         if n >= CHUNK {
             // Resume later: RIP stays on this instruction.
-            cpu.next_rip = cpu.rip;
+            cpu.next_rip = op.ins.ip();
             cpu.block_break = true;
             return Ok(());
         }
@@ -176,7 +176,7 @@ fn bulk(cpu: &mut Cpu, op: &Op, kind: Kind, es: u64, done: &mut u64) -> Ex<bool>
             return Ok(true);
         }
         if *done >= CHUNK {
-            cpu.next_rip = cpu.rip;
+            cpu.next_rip = op.ins.ip();
             cpu.block_break = true;
             return Ok(true);
         }

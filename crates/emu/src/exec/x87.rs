@@ -121,7 +121,7 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
 
 /// The D8-DF opcode byte and the ModRM byte of the current instruction.
 fn opcode_modrm(cpu: &mut Cpu, op: &Op) -> Ex<(u8, u8)> {
-    let lin = cpu.lin(CS, cpu.rip);
+    let lin = cpu.lin(CS, op.ins.ip());
     let n = (op.len as usize).clamp(2, 15);
     let mut b = [0u8; 15];
     cpu.read_bytes(lin, &mut b[..n], Access::EXEC)?;
@@ -257,7 +257,7 @@ fn x87_op(cpu: &mut Cpu, op: &Op) -> Ex {
     if k == Kind::FlagsOut {
         cpu.flags.set_arith(ZF | PF | CF | OF | SF | AF, flags & (ZF | PF | CF));
     }
-    let (ip, ea) = (cpu.rip, cpu.ea(op));
+    let (ip, ea) = (op.ins.ip(), cpu.ea(op));
     let f = &mut cpu.fpu;
     f.last_opcode = (((opcode & 7) as u16) << 8) | modrm as u16;
     f.last_ip = ip;
