@@ -280,6 +280,7 @@ impl Block {
             // of `n` readable bytes (see above).
             unsafe { std::ptr::read_unaligned(p as *const u64) }
         };
+        #[cfg(not(target_arch = "x86_64"))]
         let load16 = |p: *const u8| {
             // SAFETY: as above, with `i + 16 <= n`.
             unsafe { std::ptr::read_unaligned(p as *const u128) }
@@ -296,16 +297,40 @@ impl Block {
             return load8(host as *const u8) == load8(want.as_ptr())
                 && load8((host + j) as *const u8) == load8(want[j..].as_ptr());
         }
-        let mut diff = 0u128;
-        let mut i = 0;
-        while i + 16 <= n {
-            diff |= load16((host + i) as *const u8) ^ load16(want[i..].as_ptr());
-            i += 16;
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::*;
+            let load = |p: *const u8| {
+                // SAFETY: SSE2 is part of x86-64; callers pass `host + i` or `want + i` with
+                // `i + 16 <= n`, inside the `n` readable bytes.
+                unsafe { _mm_loadu_si128(p as *const __m128i) }
+            };
+            // SAFETY (all intrinsics below): SSE2 register operations, always available on x86-64.
+            let mut diff = unsafe { _mm_setzero_si128() };
+            let mut i = 0;
+            while i + 16 <= n {
+                let d = unsafe { _mm_xor_si128(load((host + i) as *const u8), load(want[i..].as_ptr())) };
+                diff = unsafe { _mm_or_si128(diff, d) };
+                i += 16;
+            }
+            // The last 1..15 bytes: one 16-byte load ending at the block's end.
+            let j = n - 16;
+            let d = unsafe { _mm_xor_si128(load((host + j) as *const u8), load(want[j..].as_ptr())) };
+            diff = unsafe { _mm_or_si128(diff, d) };
+            unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(diff, _mm_setzero_si128())) == 0xffff }
         }
-        // The last 1..15 bytes: one 16-byte load ending at the block's end.
-        let j = n - 16;
-        diff |= load16((host + j) as *const u8) ^ load16(want[j..].as_ptr());
-        diff == 0
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let mut diff = 0u128;
+            let mut i = 0;
+            while i + 16 <= n {
+                diff |= load16((host + i) as *const u8) ^ load16(want[i..].as_ptr());
+                i += 16;
+            }
+            let j = n - 16;
+            diff |= load16((host + j) as *const u8) ^ load16(want[j..].as_ptr());
+            diff == 0
+        }
     }
 }
 

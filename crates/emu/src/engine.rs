@@ -82,7 +82,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let Some(p) = self.profile.take() else { return };
         let mut v: Vec<_> = p.samples.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
         let mut out = format!("# icount {}\n", self.cpu.icount);
         for (rip, n) in v {
             out.push_str(&format!("{rip:#x} {n}\n"));
