@@ -172,6 +172,7 @@ impl Engine {
     }
 
     /// Executes one block (or one uncached instruction).
+    #[inline(always)]
     pub fn step_block(&mut self) {
         let cpu = &mut self.cpu;
         cpu.block_break = false;
@@ -253,7 +254,7 @@ fn build(host: usize, key: &Key) -> Option<Block> {
 }
 
 /// Runs the ops of `block` until the end, a taken branch, an exception or a block break.
-#[inline]
+#[inline(always)]
 fn run_block(cpu: &mut Cpu, block: &Block) {
     if block.locked {
         run_ops::<true>(cpu, block)
