@@ -44,6 +44,7 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
     let mut marker_at = None;
     let mut cpus = None;
     let mut ticks = None;
+    let mut bugs = None;
     while start.elapsed() < DEADLINE {
         let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
             if child.try_wait().unwrap().is_some() {
@@ -54,10 +55,13 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
         let line = line.trim_end_matches('\r').to_string();
         if line.contains(MARKER) && marker_at.is_none() {
             marker_at = Some(start.elapsed());
-            // Typed at the console: CPUs online, and jiffies moving (a timer interrupt works).
+            // Typed at the console: CPUs online, jiffies moving (a timer interrupt works), and
+            // the guest's view of the CPU's speculation bugs (none but Spectre v1/v2: no
+            // page-table isolation, retpolines or return thunks on an interpreter).
             stdin
                 .write_all(
                     b"echo VMR-CPUS=$(grep -c ^processor /proc/cpuinfo); \
+                      echo VMR-BUGS=$(grep -m1 ^bugs /proc/cpuinfo | cut -d: -f2); \
                       a=$(cut -d' ' -f1 /proc/uptime); sleep 1; b=$(cut -d' ' -f1 /proc/uptime); \
                       echo VMR-UPTIME=$a,$b; poweroff -f\n",
                 )
@@ -65,6 +69,9 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
         }
         if let Some(v) = line.strip_prefix("VMR-CPUS=") {
             cpus = Some(v.trim().to_string());
+        }
+        if let Some(v) = line.strip_prefix("VMR-BUGS=") {
+            bugs = Some(v.trim().to_string());
         }
         if let Some(v) = line.strip_prefix("VMR-UPTIME=") {
             ticks = Some(v.trim().to_string());
@@ -90,6 +97,13 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
     eprintln!("init marker after {marker_at:?} on the software CPU");
     assert!(stderr.contains("vmr: accelerator: emu"), "stderr: {stderr}");
     assert_eq!(cpus.as_deref(), Some("2"), "CPUs seen by the guest; console:\n{tail}");
+    let bugs = bugs.unwrap_or_else(|| panic!("no bugs line; console:\n{tail}"));
+    for b in bugs.split_whitespace() {
+        assert!(
+            matches!(b, "spectre_v1" | "spectre_v2" | "swapgs" | "retbleed" | "bhi"),
+            "the guest thinks the software CPU has {b} ({bugs}); console:\n{tail}"
+        );
+    }
     let ticks = ticks.unwrap_or_else(|| panic!("no uptime line; console:\n{tail}"));
     let (a, b) = ticks.split_once(',').expect("two uptimes");
     let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
