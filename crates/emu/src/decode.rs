@@ -58,8 +58,14 @@ pub struct Op {
     /// Locked read-modify-write of memory (LOCK prefix, or XCHG with a memory operand).
     pub locked: bool,
     pub len: u8,
+    /// GPR number of each operand that is a GPR (0 otherwise): what the specialised handlers
+    /// read instead of matching on `o` (fits in the 128 bytes of an `Op`).
+    pub g: [u8; 3],
     pub ins: Instruction,
 }
+
+// Two cache lines per decoded op; keep it from growing past them.
+const _: () = assert!(std::mem::size_of::<Op>() <= 128);
 
 const NO_REG: u8 = 16;
 
@@ -185,9 +191,15 @@ pub fn make_op(ins: &Instruction, bitness: u32) -> Op {
     if let Some(a) = string_addr_size(ins) {
         m.amask = crate::flags::mask(a);
     }
+    let o = [operand(ins, 0), operand(ins, 1), operand(ins, 2)];
+    let g = o.map(|x| match x {
+        Opnd::Gpr { idx, .. } => idx & 15,
+        _ => 0,
+    });
     let mut op = Op {
         exec,
-        o: [operand(ins, 0), operand(ins, 1), operand(ins, 2)],
+        o,
+        g,
         m,
         size: op_size(ins, bitness),
         msize: msize(ins),

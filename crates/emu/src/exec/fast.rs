@@ -29,10 +29,7 @@ const M: u8 = 2;
 /// GPR number of operand `i` (decode guarantees it is a GPR for the handlers using it).
 #[inline(always)]
 fn gi(op: &Op, i: usize) -> usize {
-    match op.o[i % 3] {
-        Opnd::Gpr { idx, .. } => idx as usize & 15,
-        _ => 0,
-    }
+    op.g[i % 3] as usize & 15
 }
 
 #[inline(always)]
