@@ -67,7 +67,8 @@ pub struct Engine {
     /// Slab index of the block executed last (u32::MAX if none): its successor hints are
     /// tried before the jump cache.
     last: u32,
-    /// `VMR_EMU_PROFILE=FILE`: guest RIP samples (one per 256 blocks), written at drop.
+    /// `VMR_EMU_PROFILE=FILE`: guest RIP samples (one per 256 blocks), written at drop to FILE
+    /// (BSP) or FILE.N (APIC id N).
     profile: Option<Box<Profile>>,
 }
 
@@ -87,7 +88,12 @@ impl Drop for Engine {
         for (rip, n) in v {
             out.push_str(&format!("{rip:#x} {n}\n"));
         }
-        let _ = std::fs::write(&p.path, out);
+        // One file per vCPU: FILE for the BSP, FILE.N for APIC id N.
+        let path = match self.cpu.apic_id {
+            0 => p.path,
+            id => format!("{}.{id}", p.path.display()).into(),
+        };
+        let _ = std::fs::write(path, out);
     }
 }
 
