@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::native::Native;
 use common::*;
 use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions};
@@ -18,7 +19,6 @@ use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 
 const BUF: usize = 256;
 const GUEST_BUF: u64 = 0x20000;
-const INSN_SLOT: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -65,86 +65,39 @@ impl Rng {
     }
 }
 
-/// The native side: an RWX code page and a data buffer.
-struct Native {
-    code: *mut u8,
-    buf: *mut u8,
-    prologue: Vec<u8>,
-    epilogue: Vec<u8>,
-}
-
-impl Native {
-    fn new() -> Native {
-        // SAFETY: anonymous private mappings, checked for failure; unmapped never (test process).
-        let (code, buf) = unsafe {
-            let c = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            let b = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert!(c != libc::MAP_FAILED && b != libc::MAP_FAILED, "mmap failed");
-            (c as *mut u8, b as *mut u8)
-        };
-        let regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
-        let mut a = CodeAssembler::new(64).unwrap();
-        for r in [rbx, rbp, r12, r13, r14, r15, rdi] {
-            a.push(r).unwrap();
-        }
-        a.push(qword_ptr(rdi + 128)).unwrap();
-        a.popfq().unwrap();
-        for (i, r) in regs.iter().enumerate() {
-            if i != 4 && i != 7 {
-                a.mov(*r, qword_ptr(rdi + 8 * i as i32)).unwrap();
-            }
-        }
-        a.mov(rdi, qword_ptr(rdi + 56)).unwrap();
-        let prologue = a.assemble(0).unwrap();
-        let mut a = CodeAssembler::new(64).unwrap();
-        a.pushfq().unwrap();
-        a.xchg(qword_ptr(rsp + 8), rdi).unwrap();
-        a.pop(qword_ptr(rdi + 128)).unwrap();
-        a.cld().unwrap();
-        for (i, r) in regs.iter().enumerate() {
-            if i != 4 && i != 7 {
-                a.mov(qword_ptr(rdi + 8 * i as i32), *r).unwrap();
-            }
-        }
-        a.pop(qword_ptr(rdi + 56)).unwrap();
-        for r in [r15, r14, r13, r12, rbp, rbx] {
-            a.pop(r).unwrap();
-        }
-        a.ret().unwrap();
-        let epilogue = a.assemble(0).unwrap();
-        Native { code, buf, prologue, epilogue }
+/// The native side: general registers and RFLAGS loaded from and stored to a `State`.
+fn native() -> Native {
+    let regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+    let mut a = CodeAssembler::new(64).unwrap();
+    for r in [rbx, rbp, r12, r13, r14, r15, rdi] {
+        a.push(r).unwrap();
     }
-
-    fn run(&self, insn: &[u8], state: &mut State, buf: &mut [u8; BUF]) {
-        let mut code = self.prologue.clone();
-        code.extend_from_slice(insn);
-        code.resize(self.prologue.len() + INSN_SLOT, 0x90);
-        code.extend_from_slice(&self.epilogue);
-        // SAFETY: both pages are 4096 bytes, the code is < 4096 bytes, the buffer BUF bytes.
-        // The generated function follows the C ABI (callee-saved registers restored, DF clear)
-        // and only touches the buffer through r15/rsi/rdi, which point inside it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(code.as_ptr(), self.code, code.len());
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.buf, BUF);
-            let f: extern "C" fn(*mut State) = std::mem::transmute(self.code);
-            f(state);
-            std::ptr::copy_nonoverlapping(self.buf, buf.as_mut_ptr(), BUF);
+    a.push(qword_ptr(rdi + 128)).unwrap();
+    a.popfq().unwrap();
+    for (i, r) in regs.iter().enumerate() {
+        if i != 4 && i != 7 {
+            a.mov(*r, qword_ptr(rdi + 8 * i as i32)).unwrap();
         }
     }
+    a.mov(rdi, qword_ptr(rdi + 56)).unwrap();
+    let prologue = a.assemble(0).unwrap();
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.pushfq().unwrap();
+    a.xchg(qword_ptr(rsp + 8), rdi).unwrap();
+    a.pop(qword_ptr(rdi + 128)).unwrap();
+    a.cld().unwrap();
+    for (i, r) in regs.iter().enumerate() {
+        if i != 4 && i != 7 {
+            a.mov(qword_ptr(rdi + 8 * i as i32), *r).unwrap();
+        }
+    }
+    a.pop(qword_ptr(rdi + 56)).unwrap();
+    for r in [r15, r14, r13, r12, rbp, rbx] {
+        a.pop(r).unwrap();
+    }
+    a.ret().unwrap();
+    let epilogue = a.assemble(0).unwrap();
+    Native::new(prologue, epilogue)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -589,7 +542,10 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         for &p in ptrs {
             host.regs[p] = host.regs[p].wrapping_add(native.buf as u64);
         }
-        native.run(&case.bytes, &mut host, &mut host_buf);
+        // SAFETY: the prologue/epilogue save and restore the callee-saved registers and clear
+        // DF; the instruction under test only touches the buffer, through the registers
+        // pointed into the data page above.
+        unsafe { native.run(&case.bytes, &mut host, &mut host_buf) };
         for &p in ptrs {
             host.regs[p] = host.regs[p].wrapping_sub(native.buf as u64);
         }
@@ -616,7 +572,7 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
 fn differential_against_host_cpu() {
     let mut g = Guest::new();
     g.long_mode();
-    let native = Native::new();
+    let native = native();
     let cases: usize = std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let (mut total, mut faults) = (0, 0);
     let forms = forms();

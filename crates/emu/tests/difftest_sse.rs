@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::native::Native;
 use common::*;
 use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions};
@@ -15,7 +16,6 @@ use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 
 const BUF: usize = 256;
 const GUEST_BUF: u64 = 0x20000;
-const INSN_SLOT: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -82,85 +82,39 @@ impl Rng {
     }
 }
 
-/// The native side: an RWX code page running `load state; insn; store state`.
-struct Native {
-    code: *mut u8,
-    buf: *mut u8,
-    prologue: Vec<u8>,
-    epilogue: Vec<u8>,
-}
-
 const XMMS: [AsmRegisterXmm; 16] =
     [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
 
-impl Native {
-    fn new() -> Native {
-        // SAFETY: anonymous private mappings, checked for failure; never unmapped (test process).
-        let (code, buf) = unsafe {
-            let c = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            let b = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert!(c != libc::MAP_FAILED && b != libc::MAP_FAILED, "mmap failed");
-            (c as *mut u8, b as *mut u8)
-        };
-        let mut a = CodeAssembler::new(64).unwrap();
-        a.push(r15).unwrap();
-        a.stmxcsr(dword_ptr(rdi + 284)).unwrap();
-        a.ldmxcsr(dword_ptr(rdi + 280)).unwrap();
-        a.push(qword_ptr(rdi + 288)).unwrap();
-        a.popfq().unwrap();
-        for (i, x) in XMMS.iter().enumerate() {
-            a.movdqu(*x, xmmword_ptr(rdi + 16 * i as i32)).unwrap();
-        }
-        a.mov(rax, qword_ptr(rdi + 256)).unwrap();
-        a.mov(rcx, qword_ptr(rdi + 264)).unwrap();
-        a.mov(r15, qword_ptr(rdi + 272)).unwrap();
-        let prologue = a.assemble(0).unwrap();
-        let mut a = CodeAssembler::new(64).unwrap();
-        for (i, x) in XMMS.iter().enumerate() {
-            a.movdqu(xmmword_ptr(rdi + 16 * i as i32), *x).unwrap();
-        }
-        a.mov(qword_ptr(rdi + 256), rax).unwrap();
-        a.mov(qword_ptr(rdi + 264), rcx).unwrap();
-        a.pushfq().unwrap();
-        a.pop(qword_ptr(rdi + 288)).unwrap();
-        a.stmxcsr(dword_ptr(rdi + 280)).unwrap();
-        a.ldmxcsr(dword_ptr(rdi + 284)).unwrap();
-        a.pop(r15).unwrap();
-        a.ret().unwrap();
-        let epilogue = a.assemble(0).unwrap();
-        Native { code, buf, prologue, epilogue }
+/// The native side: XMM0-15, RAX, RCX, R15, MXCSR and RFLAGS loaded from and stored to a
+/// `State`.
+fn native() -> Native {
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.push(r15).unwrap();
+    a.stmxcsr(dword_ptr(rdi + 284)).unwrap();
+    a.ldmxcsr(dword_ptr(rdi + 280)).unwrap();
+    a.push(qword_ptr(rdi + 288)).unwrap();
+    a.popfq().unwrap();
+    for (i, x) in XMMS.iter().enumerate() {
+        a.movdqu(*x, xmmword_ptr(rdi + 16 * i as i32)).unwrap();
     }
-
-    fn run(&self, insn: &[u8], state: &mut State, buf: &mut [u8; BUF]) {
-        let mut code = self.prologue.clone();
-        code.extend_from_slice(insn);
-        code.resize(self.prologue.len() + INSN_SLOT, 0x90);
-        code.extend_from_slice(&self.epilogue);
-        // SAFETY: both pages are 4096 bytes, the code is < 4096 bytes, the buffer BUF bytes.
-        // The generated function follows the C ABI (r15 restored; XMM, RAX, RCX are caller
-        // saved) and only touches the buffer through r15, which points inside it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(code.as_ptr(), self.code, code.len());
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.buf, BUF);
-            let f: extern "C" fn(*mut State) = std::mem::transmute(self.code);
-            f(state);
-            std::ptr::copy_nonoverlapping(self.buf, buf.as_mut_ptr(), BUF);
-        }
+    a.mov(rax, qword_ptr(rdi + 256)).unwrap();
+    a.mov(rcx, qword_ptr(rdi + 264)).unwrap();
+    a.mov(r15, qword_ptr(rdi + 272)).unwrap();
+    let prologue = a.assemble(0).unwrap();
+    let mut a = CodeAssembler::new(64).unwrap();
+    for (i, x) in XMMS.iter().enumerate() {
+        a.movdqu(xmmword_ptr(rdi + 16 * i as i32), *x).unwrap();
     }
+    a.mov(qword_ptr(rdi + 256), rax).unwrap();
+    a.mov(qword_ptr(rdi + 264), rcx).unwrap();
+    a.pushfq().unwrap();
+    a.pop(qword_ptr(rdi + 288)).unwrap();
+    a.stmxcsr(dword_ptr(rdi + 280)).unwrap();
+    a.ldmxcsr(dword_ptr(rdi + 284)).unwrap();
+    a.pop(r15).unwrap();
+    a.ret().unwrap();
+    let epilogue = a.assemble(0).unwrap();
+    Native::new(prologue, epilogue)
 }
 
 /// What the ModRM reg field names.
@@ -529,7 +483,9 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         let mut host = input;
         host.r15 = native.buf as u64 + 128;
         let mut host_buf = buf;
-        native.run(&bytes, &mut host, &mut host_buf);
+        // SAFETY: the prologue/epilogue restore r15 (XMM, RAX, RCX are caller-saved); the
+        // instruction only touches the buffer, through r15, which points into the data page.
+        unsafe { native.run(&bytes, &mut host, &mut host_buf) };
         host.r15 -= native.buf as u64;
         host.flags &= 0x8d5;
         let ctx = || format!("{} bytes {bytes:02x?} input {input:x?}", form.name);
@@ -554,7 +510,7 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
 fn sse_differential_against_host_cpu() {
     let mut g = Guest::new();
     g.long_mode();
-    let native = Native::new();
+    let native = native();
     let cases: usize = std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let forms = forms();
     for (i, form) in forms.iter().enumerate() {

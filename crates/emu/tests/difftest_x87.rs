@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::native::Native;
 use common::*;
 use iced_x86::{Decoder, DecoderOptions};
 use vmr_emu::cpu::{CR0_EM, CR0_MP, CR0_NE, CR0_TS, CR4_OSFXSR, MF, NM};
@@ -20,7 +21,6 @@ const R15_OFF: u64 = 256;
 const GUEST_BUF: u64 = 0x20000;
 /// Where the emulator's FXRSTOR/FXSAVE image lives.
 const IMG_GPA: u64 = 0x30000;
-const INSN_SLOT: usize = 16;
 
 /// The native function's argument: guest image in/out, the host's own save area, RFLAGS.
 #[repr(C, align(16))]
@@ -428,77 +428,28 @@ fn mmx_forms() -> Vec<Form> {
     v
 }
 
-/// The native side: an RWX code page running `save host; load state; insn; store; restore`.
-struct Native {
-    code: *mut u8,
-    buf: *mut u8,
-    prologue: Vec<u8>,
-    epilogue: Vec<u8>,
-}
-
-impl Native {
-    fn new() -> Native {
-        // SAFETY: anonymous private mappings, checked for failure; never unmapped (test process).
-        let (code, buf) = unsafe {
-            let c = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            let b = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert!(c != libc::MAP_FAILED && b != libc::MAP_FAILED, "mmap failed");
-            (c as *mut u8, b as *mut u8)
-        };
-        let prologue = vec![
-            0x41, 0x57, // push r15
-            0x48, 0x0f, 0xae, 0x87, 0x00, 0x02, 0x00, 0x00, // fxsave64 [rdi+512]
-            0x48, 0x0f, 0xae, 0x0f, // fxrstor64 [rdi]
-            0xff, 0xb7, 0x00, 0x04, 0x00, 0x00, // push qword [rdi+1024]
-            0x9d, // popfq
-            0x4c, 0x8b, 0xbf, 0x08, 0x04, 0x00, 0x00, // mov r15, [rdi+1032]
-            0x48, 0x8b, 0x87, 0x10, 0x04, 0x00, 0x00, // mov rax, [rdi+1040]
-        ];
-        let epilogue = vec![
-            0x48, 0x89, 0x87, 0x10, 0x04, 0x00, 0x00, // mov [rdi+1040], rax
-            0x9c, // pushfq
-            0x8f, 0x87, 0x00, 0x04, 0x00, 0x00, // pop qword [rdi+1024]
-            0x48, 0x0f, 0xae, 0x07, // fxsave64 [rdi]
-            0x48, 0x0f, 0xae, 0x8f, 0x00, 0x02, 0x00, 0x00, // fxrstor64 [rdi+512]
-            0x41, 0x5f, // pop r15
-            0xc3, // ret
-        ];
-        Native { code, buf, prologue, epilogue }
-    }
-
-    fn run(&self, insn: &[u8], state: &mut State, buf: &mut [u8; BUF]) {
-        let mut code = self.prologue.clone();
-        code.extend_from_slice(insn);
-        code.resize(self.prologue.len() + INSN_SLOT, 0x90);
-        code.extend_from_slice(&self.epilogue);
-        state.r15 = self.buf as u64 + R15_OFF;
-        // SAFETY: both pages are 4096 bytes, the code is < 4096 bytes, the buffer BUF bytes.
-        // The generated function follows the C ABI (r15 restored, the host FPU/SSE state saved
-        // and restored, RFLAGS status bits are caller-saved, DF stays clear) and only touches
-        // the state and the buffer through r15. The loaded image never has an unmasked
-        // exception pending, and nothing after the instruction waits, so no #MF is raised.
-        unsafe {
-            std::ptr::copy_nonoverlapping(code.as_ptr(), self.code, code.len());
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.buf, BUF);
-            let f: extern "C" fn(*mut State) = std::mem::transmute(self.code);
-            f(state);
-            std::ptr::copy_nonoverlapping(self.buf, buf.as_mut_ptr(), BUF);
-        }
-    }
+/// The native side: saves the host FPU/SSE state, loads the guest image, RFLAGS, R15 and RAX
+/// from a `State`, and stores them back.
+fn native() -> Native {
+    let prologue = vec![
+        0x41, 0x57, // push r15
+        0x48, 0x0f, 0xae, 0x87, 0x00, 0x02, 0x00, 0x00, // fxsave64 [rdi+512]
+        0x48, 0x0f, 0xae, 0x0f, // fxrstor64 [rdi]
+        0xff, 0xb7, 0x00, 0x04, 0x00, 0x00, // push qword [rdi+1024]
+        0x9d, // popfq
+        0x4c, 0x8b, 0xbf, 0x08, 0x04, 0x00, 0x00, // mov r15, [rdi+1032]
+        0x48, 0x8b, 0x87, 0x10, 0x04, 0x00, 0x00, // mov rax, [rdi+1040]
+    ];
+    let epilogue = vec![
+        0x48, 0x89, 0x87, 0x10, 0x04, 0x00, 0x00, // mov [rdi+1040], rax
+        0x9c, // pushfq
+        0x8f, 0x87, 0x00, 0x04, 0x00, 0x00, // pop qword [rdi+1024]
+        0x48, 0x0f, 0xae, 0x07, // fxsave64 [rdi]
+        0x48, 0x0f, 0xae, 0x8f, 0x00, 0x02, 0x00, 0x00, // fxrstor64 [rdi+512]
+        0x41, 0x5f, // pop r15
+        0xc3, // ret
+    ];
+    Native::new(prologue, epilogue)
 }
 
 /// Encodes one random instance of `form`; returns the bytes and the buffer offset of the
@@ -710,9 +661,13 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
         }
         let rax = if rng.below(2) == 0 { rng.next() } else { rng.below(72) };
         let (emu_img, emu_flags, emu_rax, emu_buf) = emulate(g, &bytes, &img, flags, rax, &buf);
-        let mut st = State { img, host: [0; 512], flags, r15: 0, rax };
+        let mut st = State { img, host: [0; 512], flags, r15: native.buf as u64 + R15_OFF, rax };
         let mut host_buf = buf;
-        native.run(&bytes, &mut st, &mut host_buf);
+        // SAFETY: the prologue/epilogue restore r15 and save and restore the host FPU/SSE
+        // state; RFLAGS status bits are caller-saved and DF stays clear. The instruction only
+        // touches the buffer, through r15. The loaded image never has an unmasked exception
+        // pending and nothing after the instruction waits, so no #MF is raised.
+        unsafe { native.run(&bytes, &mut st, &mut host_buf) };
         let ctx = || {
             format!(
                 "{} bytes {bytes:02x?} fcw {:02x?} fsw {:02x?} tags {:#x}",
@@ -749,7 +704,7 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
 fn x87_differential_against_host_cpu() {
     let mut g = Guest::new();
     g.long_mode();
-    let native = Native::new();
+    let native = native();
     let cases: usize = std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let forms = forms();
     for (i, form) in forms.iter().enumerate() {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod native;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
