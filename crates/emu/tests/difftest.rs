@@ -27,18 +27,7 @@ struct State {
     flags: u64,
 }
 
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
     /// Random operand value biased towards edge cases.
     fn value(&mut self) -> u64 {
         const EDGE: [u64; 14] = [
@@ -573,7 +562,7 @@ fn differential_against_host_cpu() {
     let mut g = Guest::new();
     g.long_mode();
     let native = native();
-    let cases: usize = std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let cases: usize = diff_cases();
     let (mut total, mut faults) = (0, 0);
     let forms = forms();
     for (i, form) in forms.iter().enumerate() {

@@ -29,18 +29,7 @@ struct State {
     flags: u64,
 }
 
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
     /// A random byte biased towards values the compare/min/max/saturation forms care about.
     fn byte(&mut self) -> u8 {
         const EDGE: [u8; 6] = [0, 0x7f, 0x80, 0xff, 1, 0x20];
@@ -511,7 +500,7 @@ fn sse_differential_against_host_cpu() {
     let mut g = Guest::new();
     g.long_mode();
     let native = native();
-    let cases: usize = std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let cases: usize = diff_cases();
     let forms = forms();
     for (i, form) in forms.iter().enumerate() {
         check_form(&mut g, &native, form, 0x51e5_3c0d_ee11_0001 ^ (i as u64 * 0x1000_0001), cases);

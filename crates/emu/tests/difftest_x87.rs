@@ -32,18 +32,7 @@ struct State {
     rax: u64,
 }
 
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
     /// An 80-bit value (mantissa, sign/exponent) of every class the FPU distinguishes.
     fn f80(&mut self) -> (u64, u16) {
         let sign = (self.below(2) as u16) << 15;
@@ -705,7 +694,7 @@ fn x87_differential_against_host_cpu() {
     let mut g = Guest::new();
     g.long_mode();
     let native = native();
-    let cases: usize = std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let cases: usize = diff_cases();
     let forms = forms();
     for (i, form) in forms.iter().enumerate() {
         check_form(&mut g, &native, form, 0x87_0f0f_1234_0001 ^ (i as u64 * 0x1000_0001), cases);

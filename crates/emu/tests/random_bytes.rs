@@ -13,17 +13,6 @@ const HANDLER32: u64 = 0xa100;
 const HANDLER16: u64 = 0xa200;
 const IDT32: u64 = 0x6800;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Snapshot of the low 64 KiB (tables, handlers) restored before every case.
 fn snapshot(g: &Guest) -> Vec<u8> {
     use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};

@@ -240,3 +240,23 @@ impl Guest {
         self.ops.pio.lock().unwrap().iter().filter(|(p, _)| *p == port).map(|(_, v)| *v).collect()
     }
 }
+
+/// xorshift64: the seeded generator of the randomised tests (each adds its own helpers).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random cases per form in the differential tests: `VMR_EMU_DIFF_CASES`, default 2000.
+pub fn diff_cases() -> usize {
+    std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
