@@ -7,11 +7,14 @@
 //! relative to the buffer.
 
 mod common;
+// Not in `common`: it needs libc, which the fuzz target (also using `common`) does not have.
+#[path = "common/native.rs"]
+mod native;
 
-use common::native::Native;
 use common::*;
 use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions};
+use native::Native;
 use vmr_emu::cpu::DE;
 use vmr_emu::decode::make_op;
 use vmr_emu::flags::{AF, ARITH, CF, DF, OF, PF, SF, ZF};

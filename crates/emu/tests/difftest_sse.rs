@@ -5,11 +5,14 @@
 //! #GP on misaligned aligned forms).
 
 mod common;
+// Not in `common`: it needs libc, which the fuzz target (also using `common`) does not have.
+#[path = "common/native.rs"]
+mod native;
 
-use common::native::Native;
 use common::*;
 use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions};
+use native::Native;
 use vmr_emu::cpu::{CR0_EM, CR0_TS, CR4_OSFXSR, CR4_OSXMMEXCPT, GP, NM, UD, XM};
 use vmr_emu::decode::make_op;
 use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};

@@ -7,10 +7,13 @@
 //! FXSAVE, so every case also checks those. Plus the #NM and #MF rules.
 
 mod common;
+// Not in `common`: it needs libc, which the fuzz target (also using `common`) does not have.
+#[path = "common/native.rs"]
+mod native;
 
-use common::native::Native;
 use common::*;
 use iced_x86::{Decoder, DecoderOptions};
+use native::Native;
 use vmr_emu::cpu::{CR0_EM, CR0_MP, CR0_NE, CR0_TS, CR4_OSFXSR, MF, NM};
 use vmr_emu::decode::make_op;
 use vmr_emu::StopReason;

@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod native;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
