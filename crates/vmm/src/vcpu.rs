@@ -51,9 +51,23 @@ fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, events: &Sender<VmEvent>) {
 
 /// "vCPU 0: triple fault (shutdown); rip=... " with the registers a developer needs first.
 fn crash_report(vcpu: &dyn Vcpu, id: u32, cause: &str) -> String {
-    let regs = vcpu.regs().map(|r| format_regs(&r)).unwrap_or_else(|e| format!("registers unreadable: {e}"));
-    let sregs = vcpu.sregs().map(|s| format_sregs(&s)).unwrap_or_default();
-    format!("vCPU {id}: {cause}\n  {regs}\n  {sregs}")
+    let (r, s) = (vcpu.regs(), vcpu.sregs());
+    let note = match (&r, &s) {
+        (Ok(r), Ok(s)) if is_reset_state(r, s) => RESET_NOTE,
+        _ => "",
+    };
+    let regs = r.map(|r| format_regs(&r)).unwrap_or_else(|e| format!("registers unreadable: {e}"));
+    let sregs = s.map(|s| format_sregs(&s)).unwrap_or_default();
+    format!("vCPU {id}: {cause}\n  {regs}\n  {sregs}{note}")
+}
+
+const RESET_NOTE: &str =
+    "\n  (the x86 reset state: the backend re-initialised the vCPU before reporting the \
+     shutdown, as KVM on AMD SVM does, so the faulting registers are lost)";
+
+/// True if the registers are the power-on/INIT state (CS:IP f000:fff0, CS base ffff0000).
+fn is_reset_state(r: &Regs, s: &SpecialRegs) -> bool {
+    r.rip == 0xfff0 && s.cs.selector == 0xf000 && s.cs.base == 0xffff_0000
 }
 
 fn format_regs(r: &Regs) -> String {
@@ -70,4 +84,23 @@ fn format_sregs(s: &SpecialRegs) -> String {
         "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#06x}(base {:#x}, l={}) idt={:#x}/{:#x}",
         s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.base, s.cs.l as u8, s.idt.base, s.idt.limit
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_state_is_recognised() {
+        let mut r = Regs { rip: 0xfff0, ..Default::default() };
+        let mut s = SpecialRegs::default();
+        s.cs.selector = 0xf000;
+        s.cs.base = 0xffff_0000;
+        assert!(is_reset_state(&r, &s));
+        r.rip = 0xfff3;
+        assert!(!is_reset_state(&r, &s), "a vCPU that ran from the reset vector");
+        r.rip = 0xfff0;
+        s.cs.base = 0;
+        assert!(!is_reset_state(&r, &s));
+    }
 }
