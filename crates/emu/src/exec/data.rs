@@ -31,10 +31,8 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
         M::Cbw | M::Cwde | M::Cdqe => cbw,
         M::Cwd | M::Cdq | M::Cqo => cwd,
         M::Bswap => bswap,
-        M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta => setcc,
-        M::Sets | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg => setcc,
-        M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae | M::Cmove | M::Cmovne | M::Cmovbe | M::Cmova => cmovcc,
-        M::Cmovs | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl | M::Cmovge | M::Cmovle | M::Cmovg => cmovcc,
+        m if is_setcc(m) => setcc,
+        m if is_cmovcc(m) => cmovcc,
         M::Lahf => lahf,
         M::Sahf => sahf,
         M::Clc => clc,
@@ -229,6 +227,52 @@ fn bswap(cpu: &mut Cpu, op: &Op) -> Ex {
         _ => 0,
     };
     cpu.wr(op, 0, op.size, r)
+}
+
+/// SETcc, any condition (also used by `fast::specialise`).
+pub(super) fn is_setcc(m: M) -> bool {
+    matches!(
+        m,
+        M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg
+    )
+}
+
+/// CMOVcc, any condition (also used by `fast::specialise`).
+pub(super) fn is_cmovcc(m: M) -> bool {
+    matches!(
+        m,
+        M::Cmovo
+            | M::Cmovno
+            | M::Cmovb
+            | M::Cmovae
+            | M::Cmove
+            | M::Cmovne
+            | M::Cmovbe
+            | M::Cmova
+            | M::Cmovs
+            | M::Cmovns
+            | M::Cmovp
+            | M::Cmovnp
+            | M::Cmovl
+            | M::Cmovge
+            | M::Cmovle
+            | M::Cmovg
+    )
 }
 
 fn setcc(cpu: &mut Cpu, op: &Op) -> Ex {

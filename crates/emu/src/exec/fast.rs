@@ -379,44 +379,14 @@ pub(crate) fn specialise(ins: &Instruction, op: &Op) -> Option<Handler> {
         Mn::Imul => return imul(ins, op, s),
         Mn::Adc | Mn::Sbb => return adc(ins, op, s),
         Mn::Movsx | Mn::Movsxd => return movsx_for(op, s),
-        Mn::Seto
-        | Mn::Setno
-        | Mn::Setb
-        | Mn::Setae
-        | Mn::Sete
-        | Mn::Setne
-        | Mn::Setbe
-        | Mn::Seta
-        | Mn::Sets
-        | Mn::Setns
-        | Mn::Setp
-        | Mn::Setnp
-        | Mn::Setl
-        | Mn::Setge
-        | Mn::Setle
-        | Mn::Setg => {
+        m if super::data::is_setcc(m) => {
             return match op.o[0] {
                 Opnd::Gpr { size: 1, .. } => Some(setcc::<R>),
                 Opnd::Mem => Some(setcc::<M>),
                 _ => None,
             };
         }
-        Mn::Cmovo
-        | Mn::Cmovno
-        | Mn::Cmovb
-        | Mn::Cmovae
-        | Mn::Cmove
-        | Mn::Cmovne
-        | Mn::Cmovbe
-        | Mn::Cmova
-        | Mn::Cmovs
-        | Mn::Cmovns
-        | Mn::Cmovp
-        | Mn::Cmovnp
-        | Mn::Cmovl
-        | Mn::Cmovge
-        | Mn::Cmovle
-        | Mn::Cmovg => {
+        m if super::data::is_cmovcc(m) => {
             return match (form(op, 0, s)?, form(op, 1, s)?, s) {
                 (R, R, 2 | 4 | 8) => Some(sized!(s, cmovcc, R)),
                 (R, M, 2 | 4 | 8) => Some(sized!(s, cmovcc, M)),
