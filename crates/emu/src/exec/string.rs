@@ -149,9 +149,7 @@ fn run(cpu: &mut Cpu, op: &Op, kind: Kind) -> Ex {
             return Ok(());
         }
         if n >= CHUNK {
-            // Resume later: RIP stays on this instruction.
-            cpu.next_rip = op.ins.ip();
-            cpu.block_break = true;
+            resume_later(cpu, op);
             return Ok(());
         }
         step(cpu, op, kind, a, delta)?;
@@ -161,6 +159,13 @@ fn run(cpu: &mut Cpu, op: &Op, kind: Kind) -> Ex {
             return Ok(());
         }
     }
+}
+
+/// Ends this execution of a REP instruction after [`CHUNK`] elements: RIP stays on it, so
+/// the run loop looks at interrupts and kicks and then runs it again.
+fn resume_later(cpu: &mut Cpu, op: &Op) {
+    cpu.next_rip = op.ins.ip();
+    cpu.block_break = true;
 }
 
 /// The page-at-a-time part of a forward 64-bit REP MOVS/STOS of `es`-byte elements (`done`
@@ -176,8 +181,7 @@ fn bulk(cpu: &mut Cpu, op: &Op, kind: Kind, es: u64, done: &mut u64) -> Ex<bool>
             return Ok(true);
         }
         if *done >= CHUNK {
-            cpu.next_rip = op.ins.ip();
-            cpu.block_break = true;
+            resume_later(cpu, op);
             return Ok(true);
         }
         let di = cpu.lin(ES, cpu.gpr[7]);
