@@ -64,6 +64,7 @@ pub const XM: u8 = 19;
 ///
 /// Eight bytes, so that a handler's `Result<(), Exc>` comes back in a register instead of
 /// through memory (every instruction returns one).
+///
 /// `has_error` (the niche the `Result` uses) comes first (`repr(C)`), so `Ok` is told apart by
 /// one compare of the low byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

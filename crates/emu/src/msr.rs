@@ -171,6 +171,10 @@ impl MsrFile {
         if index == IA32_TSC_DEADLINE {
             return self.set(index, value);
         }
+        // Read-only: a saved state restores only if it came from this model.
+        if index == IA32_ARCH_CAPABILITIES {
+            return value == ARCH_CAPABILITIES;
+        }
         if !is_plain(index) {
             return false;
         }
@@ -208,6 +212,8 @@ mod tests {
         }
         assert!(!m.set(IA32_ARCH_CAPABILITIES, 0), "read-only");
         assert_eq!(m.get(IA32_ARCH_CAPABILITIES), Some(caps));
+        assert!(m.restore(IA32_ARCH_CAPABILITIES, caps), "a saved state of this model restores");
+        assert!(!m.restore(IA32_ARCH_CAPABILITIES, 0));
         assert!(m.set(IA32_SPEC_CTRL, 1));
         assert_eq!(m.get(IA32_SPEC_CTRL), Some(1));
         assert!(!m.set(IA32_SPEC_CTRL, 1 << 2), "SSBD is not advertised");
