@@ -2,7 +2,8 @@
 # Runs the vmr lab: boots an L1 Linux under QEMU TCG (-cpu max emulates AMD SVM), loads kvm_amd
 # there and runs every scenario of tests/lab/scenarios against real KVM, with vmr (or QEMU, to
 # validate the harness) as the L2 VMM. One line per scenario: "LAB <name> PASS|FAIL|SKIP <detail>",
-# then "N passed, N failed, N skipped". Exit status 1 if any scenario failed.
+# streamed to stderr as L1 prints it and listed again on stdout at the end, then
+# "N passed, N failed, N skipped". Exit status 1 if any scenario failed.
 #
 #   tests/lab/run.sh --vmr target/release/vmr [--out DIR] [--only "boot-vmlinux cpus-2"]
 #   tests/lab/run.sh --vmm qemu [--out DIR]
@@ -114,6 +115,9 @@ boot_l1() {
     (cd "$OUT/l1-root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet > "$OUT/l1.cpio")
     local budget=$((TOTAL_TIMEOUT - ($(date +%s) - start)))
     [ "$budget" -lt "$L1_TIMEOUT" ] && L1_TIMEOUT=$budget
+    # The log exists before QEMU and tail start: tail -f on a file that is not there yet exits at
+    # once, and the LAB lines would then never reach our output (a race the CI machine lost).
+    : > "$log.raw"
     timeout -k 5 "$L1_TIMEOUT" qemu-system-x86_64 -accel tcg -M microvm -cpu max \
         -smp "$L1_CPUS" -m "$L1_MEM" -nodefaults -no-user-config -display none -serial stdio \
         -no-reboot -kernel "$LAB_CACHE/generic/vmlinux" -initrd "$OUT/l1.cpio" \
@@ -198,5 +202,8 @@ else
     grep -q '^LAB-END' "$log" || { log "L1 did not finish (no LAB-END)"; failed=$((failed + 1)); }
 fi
 log "total $(( $(date +%s) - start ))s, $attempt L1 boot(s), logs in $OUT"
+# The verdicts again, from the logs, on stdout: what was streamed above is progress, this is the
+# record (tests/lab.rs reads it).
+[ "$MODE" = scenarios ] && [ -n "$all" ] && echo "$all"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
