@@ -1,7 +1,7 @@
 //! Linux on the software CPU, on this host (issue 3): the README's main command with the
 //! default guest (`vmr image pull`) and `--accel emu`, two vCPUs, an interactive console.
-//! The guest's init marker arrives, the shell sees both CPUs and a timer that advances, and
-//! `poweroff -f` ends vmr with 0.
+//! The guest's init marker arrives, a command typed before the guest booted runs, the shell sees
+//! both CPUs and a timer that advances, and `poweroff -f` ends vmr with 0.
 //!
 //! Slow by nature (an interpreter booting a distribution kernel): one boot serves every check.
 
@@ -40,6 +40,9 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
         lines
     });
     let mut stdin = child.stdin.take().unwrap();
+    // Typed ahead, before the guest has even booted: it must wait for the shell, not be lost.
+    stdin.write_all(b"echo VMR-EARLY=$((6*7))\n").unwrap();
+    let mut early = None;
     let mut seen = Vec::new();
     let mut marker_at = None;
     let mut cpus = None;
@@ -66,6 +69,9 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
                       echo VMR-UPTIME=$a,$b; poweroff -f\n",
                 )
                 .unwrap();
+        }
+        if let Some(v) = line.strip_prefix("VMR-EARLY=") {
+            early = Some(v.trim().to_string());
         }
         if let Some(v) = line.strip_prefix("VMR-CPUS=") {
             cpus = Some(v.trim().to_string());
@@ -96,6 +102,7 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
         marker_at.unwrap_or_else(|| panic!("no init marker; stderr:\n{stderr}\nconsole:\n{tail}"));
     eprintln!("init marker after {marker_at:?} on the software CPU");
     assert!(stderr.contains("vmr: accelerator: emu"), "stderr: {stderr}");
+    assert_eq!(early.as_deref(), Some("42"), "the command typed before boot; console:\n{tail}");
     assert_eq!(cpus.as_deref(), Some("2"), "CPUs seen by the guest; console:\n{tail}");
     let bugs = bugs.unwrap_or_else(|| panic!("no bugs line; console:\n{tail}"));
     for b in bugs.split_whitespace() {

@@ -194,8 +194,9 @@ impl Machine {
     /// Where console input goes.
     pub fn console_sink(&self) -> InputSink {
         let serial = self.serial.clone();
-        // The 16550 FIFO holds 64 bytes: a paste waits for the guest to drain it rather than
-        // losing what the user typed; only a guest that reads nothing for 1 s loses input.
+        // Input waits in the UART's queue (up to 1 MiB) until the guest has the port open and
+        // drains the 64-byte FIFO, so what is typed or piped in during boot reaches the shell;
+        // past that limit, only a guest that reads nothing for 1 s loses input.
         Arc::new(move |bytes: &[u8]| {
             let mut rest = bytes;
             let mut last_progress = Instant::now();

@@ -1,9 +1,10 @@
-# The guest's console reads vmr's stdin (here a pipe): commands typed into the default guest's
-# shell run, and its `poweroff -f` ends vmr with exit code 0.
+# The guest's console reads vmr's stdin (here a pipe): a command piped in before the guest has
+# booted (typed ahead) and one typed at its shell both run, and `poweroff -f` ends vmr with 0.
 [ "$LAB_VMM" = qemu ] && skip "checks vmr's own signal/console behaviour"
 [ -s "$LAB_L2/image-bzImage" ] || skip "no default image cached on the host (vmr image pull)"
 OUT=$LAB_OUT/serial.console.log
-( i=0
+( echo 'echo "early-$((5 * 8))"'
+  i=0
   while ! grep -q "vmr-guest: init reached" "$OUT" 2>/dev/null && [ $i -lt "$LAB_BOOT_TIMEOUT" ]; do sleep 1; i=$((i + 1)); done
   sleep 2
   echo 'echo "console-says-$((6 * 7))"'
@@ -13,6 +14,7 @@ OUT=$LAB_OUT/serial.console.log
   while ! grep -q "Power down" "$OUT" && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done ) | timeout -s KILL "$LAB_BOOT_TIMEOUT" "$VMR" run --kernel "$LAB_L2/image-bzImage" \
       --initrd "$LAB_L2/image-initramfs.cpio.gz" --cmdline "$(cat "$LAB_L2/image-cmdline")" --accel kvm > "$OUT" 2>&1
 RC=$?
+grep -q "early-40" "$OUT" || fail "the command piped in before boot was lost (rc=$RC)"
 grep -q "console-says-42" "$OUT" || fail "the shell did not run the piped command (rc=$RC)"
 [ "$RC" = 0 ] || fail "exit code $RC after poweroff typed on the console (want 0)"
-pass "piped console input reached the guest shell; poweroff gave 0"
+pass "console input piped before and after boot reached the guest shell; poweroff gave 0"

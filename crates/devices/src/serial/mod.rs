@@ -1,9 +1,13 @@
 //! 16550A UART (COM1) on top of vm-superio.
 //!
 //! Guest output goes to a `Box<dyn Write + Send>`; host input is queued with
-//! [`Serial::enqueue_input`] (by the console thread), which raises the interrupt if the guest
-//! enabled it. Interrupts are edge pulses on the ISA line (IRQ 4 for COM1).
+//! [`Serial::enqueue_input`] (by the console thread). It waits in a host-side queue until the
+//! guest's driver has the port open (receive interrupt enabled), then enters the 64-byte FIFO as
+//! the guest drains it: what a user types or pipes in before the guest is ready is not lost to
+//! the FIFO clears and discarding reads of the driver's start-up. Interrupts are edge pulses on
+//! the ISA line (IRQ 4 for COM1).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::Write;
 
@@ -27,6 +31,9 @@ pub enum SerialError {
     /// The saved state holds more input than the FIFO.
     #[error("serial state holds {len} pending input bytes, the FIFO holds {max}")]
     FifoOverflow { len: usize, max: usize },
+    /// The saved state holds more host input than the queue takes.
+    #[error("serial state holds {len} queued input bytes, at most {max} may wait")]
+    PendingOverflow { len: usize, max: usize },
 }
 
 /// Raises the UART's interrupt line.
@@ -64,6 +71,9 @@ pub struct SerialState {
     pub scratch: u8,
     /// Received bytes not yet read by the guest.
     pub in_buffer: Vec<u8>,
+    /// Host input not yet in the FIFO (waiting for the guest to open the port or drain it).
+    #[serde(default)]
+    pub pending_input: Vec<u8>,
 }
 
 impl From<SuperioState> for SerialState {
@@ -79,6 +89,7 @@ impl From<SuperioState> for SerialState {
             modem_status: s.modem_status,
             scratch: s.scratch,
             in_buffer: s.in_buffer,
+            pending_input: Vec::new(),
         }
     }
 }
@@ -102,15 +113,33 @@ impl From<&SerialState> for SuperioState {
 
 type Uart = vm_superio::Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>;
 
+/// Host input held before it enters the FIFO, at most (a paste or a piped script fits; beyond
+/// it [`Serial::enqueue_input`] takes nothing until the guest reads).
+pub const PENDING_INPUT_MAX: usize = 1 << 20;
+
+/// Register offsets and bits this wrapper looks at.
+const RBR: u8 = 0;
+const IER: u8 = 1;
+const LCR: u8 = 3;
+const IER_RDI: u8 = 0x01;
+const LCR_DLAB: u8 = 0x80;
+
 /// A 16550A UART. Insert on the PIO bus at [`COM1_PORT`], length [`SERIAL_PORT_LEN`].
 pub struct Serial {
     uart: Uart,
+    /// Host input not yet in the FIFO.
+    pending: VecDeque<u8>,
+    /// Shadows of IER and LCR (vm-superio does not expose them without copying its state).
+    ier: u8,
+    lcr: u8,
 }
 
 impl Serial {
     /// A UART in reset state raising `irq`, writing guest output to `out`.
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
-        Serial { uart: vm_superio::Serial::new(IrqTrigger(irq), out) }
+        let uart = vm_superio::Serial::new(IrqTrigger(irq), out);
+        let st = uart.state();
+        Serial { uart, pending: VecDeque::new(), ier: st.interrupt_enable, lcr: st.line_control }
     }
 
     /// Restores a UART from [`Serial::state`].
@@ -123,25 +152,62 @@ impl Serial {
         if state.in_buffer.len() > max {
             return Err(SerialError::FifoOverflow { len: state.in_buffer.len(), max });
         }
+        if state.pending_input.len() > PENDING_INPUT_MAX {
+            return Err(SerialError::PendingOverflow { len: state.pending_input.len(), max: PENDING_INPUT_MAX });
+        }
         let uart = vm_superio::Serial::from_state(&state.into(), IrqTrigger(irq), NoEvents, out)
             .map_err(|_| SerialError::FifoOverflow { len: state.in_buffer.len(), max })?;
-        Ok(Serial { uart })
+        Ok(Serial {
+            uart,
+            pending: state.pending_input.iter().copied().collect(),
+            ier: state.interrupt_enable,
+            lcr: state.line_control,
+        })
     }
 
     /// The register state, for snapshots.
     pub fn state(&self) -> SerialState {
-        self.uart.state().into()
+        SerialState { pending_input: self.pending.iter().copied().collect(), ..self.uart.state().into() }
     }
 
-    /// Queues host input for the guest; returns how many bytes fit in the FIFO (the rest must
-    /// be offered again later). Raises the receive interrupt if the guest enabled it.
+    /// Queues host input for the guest; returns how many bytes were taken (all of them unless
+    /// [`PENDING_INPUT_MAX`] bytes already wait: the rest must be offered again later). Bytes
+    /// enter the FIFO, raising the receive interrupt, once the guest has enabled it.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+        let n = bytes.len().min(PENDING_INPUT_MAX - self.pending.len());
+        self.pending.extend(&bytes[..n]);
+        self.pump();
+        n
     }
 
     /// Free space in the receive FIFO.
     pub fn fifo_capacity(&self) -> usize {
         self.uart.fifo_capacity()
+    }
+
+    /// Host input bytes not yet in the FIFO.
+    pub fn pending_input(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Moves pending input into the FIFO while the guest has the receive interrupt on. Linux
+    /// turns it on only once the port is open (after the start-up reads that discard what the
+    /// FIFO holds) and off when the port is closed. Called on host input and on guest accesses
+    /// (see `read`).
+    fn pump(&mut self) {
+        if self.pending.is_empty() || self.ier & IER_RDI == 0 {
+            return;
+        }
+        let room = self.uart.fifo_capacity().min(self.pending.len());
+        if room == 0 {
+            return;
+        }
+        let chunk: Vec<u8> = self.pending.drain(..room).collect();
+        let taken = self.uart.enqueue_raw_bytes(&chunk).unwrap_or(0);
+        // Not taken (loopback mode): put back in front, in order.
+        for &b in chunk[taken..].iter().rev() {
+            self.pending.push_front(b);
+        }
     }
 }
 
@@ -149,15 +215,33 @@ impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if let (Some(first), Ok(offset @ 0..=7)) = (data.first_mut(), u8::try_from(offset)) {
+            // Pending input enters the FIFO on any access but to IER: Linux's port probe writes
+            // a test pattern with the receive bit to IER, reads it back and restores IER, and
+            // input let in then would be thrown away by the driver's start-up. Opening the port
+            // sets IER and then writes LCR, the divisor, FCR and MCR, which lets input in.
+            if offset != IER {
+                self.pump();
+            }
             *first = self.uart.read(offset);
+            if offset == RBR && self.lcr & LCR_DLAB == 0 {
+                self.pump();
+            }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(&value), Ok(offset @ 0..=7)) = (data.first(), u8::try_from(offset)) {
+            match offset {
+                LCR => self.lcr = value,
+                IER if self.lcr & LCR_DLAB == 0 => self.ier = value & 0x0f,
+                _ => {}
+            }
             // An output error loses the byte; the guest still sees THR empty, like a real UART
             // with nothing attached.
             let _ = self.uart.write(offset, value);
+            if offset != IER {
+                self.pump();
+            }
         }
     }
 }
@@ -219,20 +303,88 @@ mod tests {
         assert_eq!(lsr[0] & 1, 0);
     }
 
+    fn lsr(s: &mut Serial) -> u8 {
+        let mut b = [0u8];
+        s.read(5, &mut b);
+        b[0]
+    }
+
+    /// Reads the data register while LSR says data is ready.
+    fn drain(s: &mut Serial) -> Vec<u8> {
+        let mut got = Vec::new();
+        while lsr(s) & 1 != 0 {
+            let mut b = [0u8];
+            s.read(0, &mut b);
+            got.push(b[0]);
+        }
+        got
+    }
+
     #[test]
-    fn fifo_limits_input_and_state_round_trips() {
+    fn input_waits_for_the_guest_to_open_the_port() {
         let (mut s, _, chip) = serial();
-        assert_eq!(s.enqueue_input(&[b'x'; 100]), 64);
-        assert_eq!(s.enqueue_input(b"y"), 0);
+        // Typed (or piped) before the guest's driver is up: held back, nothing in the FIFO.
+        assert_eq!(s.enqueue_input(b"echo hi\n"), 8);
+        assert_eq!(lsr(&mut s) & 1, 0);
+        assert_eq!(s.fifo_capacity(), 64);
+        // Linux's port probe: IER test pattern with the receive bit, read back, restored.
+        let before = chip.pulses(COM1_IRQ);
+        s.write(1, &[0x0f]);
+        let mut ier = [0u8];
+        s.read(1, &mut ier);
+        assert_eq!(ier[0], 0x0f);
+        s.write(1, &[0x00]);
+        // The driver's start-up reads that discard what the FIFO holds.
+        for off in [5u64, 0, 2, 6] {
+            s.read(off, &mut [0u8]);
+        }
+        assert_eq!(s.pending_input(), 8, "nothing was let in before the port was opened");
+        // Opening the port: IER receive interrupts on, then LCR.
+        s.write(1, &[0x05]);
+        s.write(3, &[0x03]);
+        assert!(chip.pulses(COM1_IRQ) > before, "the receive interrupt fires");
+        assert_eq!(drain(&mut s), b"echo hi\n");
+        assert_eq!(s.pending_input(), 0);
+    }
+
+    #[test]
+    fn a_long_paste_arrives_whole_and_in_order() {
+        let (mut s, _, _) = serial();
+        s.write(1, &[0x01]);
+        let paste: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        assert_eq!(s.enqueue_input(&paste), paste.len());
+        assert_eq!(s.fifo_capacity(), 0, "the FIFO is full, the rest waits");
+        assert_eq!(drain(&mut s), paste);
+        // Over the limit: the excess is refused (offered again by the caller), not lost.
+        let big = vec![b'x'; PENDING_INPUT_MAX + 10];
+        let taken = s.enqueue_input(&big);
+        assert_eq!(taken, PENDING_INPUT_MAX);
+        // 64 of them went on into the FIFO: that much more is taken, then nothing.
+        let more = (0..100).take_while(|_| s.enqueue_input(b"y") == 1).count();
+        assert_eq!(more, 64);
+        assert_eq!(s.fifo_capacity() + s.pending_input(), PENDING_INPUT_MAX);
+        s.read(0, &mut [0u8]);
+        assert_eq!(s.enqueue_input(b"y"), 1, "room again once the guest read a byte");
+    }
+
+    #[test]
+    fn fifo_and_queued_input_survive_a_state_round_trip() {
+        let (mut s, _, chip) = serial();
+        s.write(1, &[0x01]);
+        assert_eq!(s.enqueue_input(&[b'x'; 100]), 100);
+        assert_eq!(s.fifo_capacity(), 0);
         s.write(7, &[0x5a]);
         let state = s.state();
+        assert_eq!((state.in_buffer.len(), state.pending_input.len()), (64, 36));
         let json = serde_json::to_string(&state).unwrap();
         let back: SerialState = serde_json::from_str(&json).unwrap();
-        let restored =
+        let mut restored =
             Serial::from_state(&back, IrqLine::new(chip.clone(), 4), Box::new(std::io::sink())).unwrap();
         assert_eq!(restored.state(), state);
-        assert_eq!(restored.fifo_capacity(), 0);
-        let bad = SerialState { in_buffer: vec![0; 65], ..state };
+        assert_eq!(drain(&mut restored), vec![b'x'; 100]);
+        let bad = SerialState { in_buffer: vec![0; 65], ..state.clone() };
+        assert!(Serial::from_state(&bad, IrqLine::new(chip.clone(), 4), Box::new(std::io::sink())).is_err());
+        let bad = SerialState { pending_input: vec![0; PENDING_INPUT_MAX + 1], ..state };
         assert!(Serial::from_state(&bad, IrqLine::new(chip, 4), Box::new(std::io::sink())).is_err());
     }
 
