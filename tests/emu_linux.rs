@@ -102,6 +102,8 @@ fn default_guest_boots_on_the_software_cpu_with_two_vcpus_and_powers_off() {
         marker_at.unwrap_or_else(|| panic!("no init marker; stderr:\n{stderr}\nconsole:\n{tail}"));
     eprintln!("init marker after {marker_at:?} on the software CPU");
     assert!(stderr.contains("vmr: accelerator: emu"), "stderr: {stderr}");
+    // Machine-check architecture present: no "mce: Unable to init MCE device" at boot.
+    assert!(!seen.iter().any(|l| l.contains("mce:")), "machine-check errors at boot; console:\n{tail}");
     assert_eq!(early.as_deref(), Some("42"), "the command typed before boot; console:\n{tail}");
     assert_eq!(cpus.as_deref(), Some("2"), "CPUs seen by the guest; console:\n{tail}");
     let bugs = bugs.unwrap_or_else(|| panic!("no bugs line; console:\n{tail}"));

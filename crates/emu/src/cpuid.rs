@@ -20,8 +20,10 @@ const L1_EDX_BASE: u32 = (1 << 3) // pse
     | (1 << 4) // tsc
     | (1 << 5) // msr
     | (1 << 6) // pae
+    | (1 << 7) // mce (CR4.MCE; #MC is never raised: nothing detects hardware errors)
     | (1 << 8) // cx8
     | (1 << 13) // pge
+    | (1 << 14) // mca (IA32_MCG_CAP and the banks of `msr.rs`)
     | (1 << 15) // cmov
     | (1 << 16) // pat
     | (1 << 19) // clflush

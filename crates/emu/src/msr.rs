@@ -56,6 +56,20 @@ pub const ARCH_CAPABILITIES: u64 = 1 // RDCL_NO
     | (1 << 26) // GDS_NO
     | (1 << 27) // RFDS_NO
     | (1 << 62); // ITS_NO
+/// Machine-check banks the model has (as QEMU's default). An interpreter never detects a
+/// hardware error, so the banks never log one; they exist because Linux expects MCE/MCA on an
+/// x86-64 CPU (without them it prints "mce: Unable to init MCE device" on every boot).
+pub const MCE_BANKS: u32 = 10;
+/// IA32_MCG_CAP: the bank count; no MCG_CTL, CMCI, LMCE or extended registers.
+pub const MCG_CAP: u64 = MCE_BANKS as u64;
+/// First bank MSR: IA32_MC0_CTL; bank i has CTL, STATUS, ADDR, MISC at 0x400 + 4i + 0..3.
+pub const IA32_MC0_CTL: u32 = 0x400;
+
+/// Whether `index` is a machine-check bank register (IA32_MCi_{CTL,STATUS,ADDR,MISC}).
+fn is_mc_bank(index: u32) -> bool {
+    (IA32_MC0_CTL..IA32_MC0_CTL + 4 * MCE_BANKS).contains(&index)
+}
+
 /// IA32_SPEC_CTRL bits the model accepts (IBRS, STIBP; CPUID 7.EDX[26,27]). They have no effect
 /// on a CPU that does not speculate; SSBD is not advertised, so bit 2 faults like other
 /// reserved bits.
@@ -108,6 +122,7 @@ fn is_plain(index: u32) -> bool {
             | IA32_TSC_AUX
             | IA32_SPEC_CTRL
     ) || (0x200..0x210).contains(&index)
+        || is_mc_bank(index)
         || matches!(index, 0x250 | 0x258 | 0x259 | 0x268..=0x26f)
 }
 
@@ -118,6 +133,7 @@ impl MsrFile {
         values.insert(IA32_MISC_ENABLE, 1);
         values.insert(IA32_MTRR_DEF_TYPE, 0);
         values.insert(IA32_MTRRCAP, 0);
+        values.insert(IA32_MCG_CAP, MCG_CAP);
         MsrFile { values, apic: None }
     }
 
@@ -148,6 +164,10 @@ impl MsrFile {
             // IBPB: a write-only command with nothing to flush.
             IA32_PRED_CMD => return value & !1 == 0,
             IA32_SPEC_CTRL if value & !SPEC_CTRL_MASK != 0 => return false,
+            // MCi_CTL takes all zeros or all ones (the SDM's supported values), MCi_STATUS only
+            // zero (clearing a logged error; software may not log one), as KVM enforces.
+            i if is_mc_bank(i) && (i - IA32_MC0_CTL) & 3 == 0 && value != 0 && value != u64::MAX => return false,
+            i if is_mc_bank(i) && (i - IA32_MC0_CTL) & 3 == 1 && value != 0 => return false,
             _ => {}
         }
         if !is_plain(index) || matches!(index, IA32_MTRRCAP | IA32_PLATFORM_ID | IA32_MCG_CAP) {
@@ -221,5 +241,25 @@ mod tests {
         assert!(m.set(IA32_PRED_CMD, 1));
         assert!(!m.set(IA32_PRED_CMD, 2));
         assert_eq!(m.get(IA32_PRED_CMD), None, "write-only");
+    }
+
+    #[test]
+    fn machine_check_banks() {
+        let mut m = MsrFile::new(0);
+        assert_eq!(m.get(IA32_MCG_CAP), Some(10), "ten banks, no MCG_CTL/CMCI/LMCE");
+        assert!(!m.set(IA32_MCG_CAP, 0), "read-only");
+        assert!(m.set(IA32_MCG_STATUS, 0));
+        // What Linux does at boot: read every bank's status, enable all error types, clear.
+        for bank in 0..10 {
+            let ctl = IA32_MC0_CTL + 4 * bank;
+            assert_eq!(m.get(ctl + 1), Some(0), "no error logged in bank {bank}");
+            assert!(m.set(ctl, u64::MAX));
+            assert_eq!(m.get(ctl), Some(u64::MAX));
+            assert!(m.set(ctl + 1, 0));
+            assert!(m.set(ctl + 2, 0x1234) && m.set(ctl + 3, 5));
+            assert!(!m.set(ctl, 0x1), "MCi_CTL: all zeros or all ones");
+            assert!(!m.set(ctl + 1, 1 << 63), "software cannot log an error");
+        }
+        assert_eq!(m.get(IA32_MC0_CTL + 40), None, "no 11th bank");
     }
 }
