@@ -213,6 +213,10 @@ pub struct Cpu {
     /// Ask the run loop to leave the current block after this instruction (mode change, code
     /// write, halt).
     pub block_break: bool,
+    /// Advanced by serializing instructions, event delivery and each [`crate::Engine::run`]
+    /// call: a cached block checks its code bytes against guest memory once per epoch (see
+    /// `Engine::step_block`).
+    pub code_epoch: u64,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub int_shadow: bool,
     /// The current instruction is a locked read-modify-write (LOCK prefix, or XCHG with
@@ -230,6 +234,16 @@ pub struct Cpu {
 }
 
 impl Cpu {
+    /// A serializing instruction (CPUID, IRET, WRMSR, MOV to CR/DR, INVLPG, LGDT/LIDT/LLDT/LTR,
+    /// WBINVD/INVD) or event delivery: the instructions after it are fetched afresh. Code another
+    /// vCPU or a device changed is seen from here on (the SDM's cross-modifying code protocol
+    /// has the executing processor serialize before it runs modified code); the block ends.
+    #[inline]
+    pub fn serialize(&mut self) {
+        self.code_epoch = self.code_epoch.wrapping_add(1);
+        self.block_break = true;
+    }
+
     /// A CPU in the architectural reset state (real mode at F000:FFF0) over `mem`.
     pub fn new(mem: Memory, apic_id: u32) -> Self {
         let mut cpu = Cpu {
@@ -260,6 +274,7 @@ impl Cpu {
             halted: false,
             shutdown: false,
             block_break: false,
+            code_epoch: 0,
             int_shadow: false,
             locked: false,
             rmw: None,

@@ -257,9 +257,12 @@ fn msize(ins: &Instruction) -> u8 {
 pub struct Block {
     pub ops: Vec<Op>,
     /// The code bytes the ops were decoded from (empty for uncached blocks): compared with
-    /// guest memory before each execution, so writes the CPU did not see (DMA, other vCPUs)
-    /// cannot run stale code.
+    /// guest memory before the block's first execution in each code epoch
+    /// ([`crate::cpu::Cpu::code_epoch`]), so writes the CPU did not see (DMA, other vCPUs)
+    /// cannot run stale code past the next serializing event.
     pub bytes: Box<[u8]>,
+    /// The code epoch in which `bytes` last matched guest memory.
+    pub checked: std::cell::Cell<u64>,
     /// The last two successors seen, as (RIP, block index): a hint that spares the jump-cache
     /// probe. Always confirmed against the full key of the slab entry it names, so a stale or
     /// reused index only costs a miss.
@@ -271,7 +274,7 @@ pub struct Block {
 impl Block {
     fn new(ops: Vec<Op>, bytes: Box<[u8]>) -> Block {
         let locked = ops.iter().any(|o| o.locked);
-        Block { ops, bytes, next: [(0, u32::MAX); 2], locked }
+        Block { ops, bytes, next: [(0, u32::MAX); 2], locked, checked: std::cell::Cell::new(u64::MAX) }
     }
 
     /// True if guest memory at `host` (host address of the block's first byte, whose page

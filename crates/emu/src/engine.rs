@@ -115,6 +115,9 @@ impl Engine {
     /// Runs until HLT, shutdown, a kick, or about `budget` more instructions.
     pub fn run(&mut self, budget: u64) -> StopReason {
         let limit = self.cpu.icount.saturating_add(budget);
+        // A new code epoch per call: whatever devices or other vCPUs wrote meanwhile is seen,
+        // at the latest, one slice of instructions after it was written.
+        self.cpu.code_epoch = self.cpu.code_epoch.wrapping_add(1);
         // Blocks that fault before retiring anything (an exception handler that faults again
         // is an endless loop on real hardware too) still use up the budget.
         let mut steps = 0u64;
@@ -212,7 +215,13 @@ impl Engine {
         let code = host + (lin & 0xfff) as usize;
         self.last = idx;
         match self.cache.block(idx) {
-            Some(block) if host == 0 || block.matches(code) => run_block(&mut self.cpu, block),
+            // Its code was compared with guest memory in this epoch (the CPU's own writes to
+            // code pages invalidate blocks at once; see `Cpu::serialize` for the rest).
+            Some(block) if block.checked.get() == self.cpu.code_epoch => run_block(&mut self.cpu, block),
+            Some(block) if host == 0 || block.matches(code) => {
+                block.checked.set(self.cpu.code_epoch);
+                run_block(&mut self.cpu, block)
+            }
             Some(_) => {
                 // Written behind the CPU's back (DMA, another vCPU): decode afresh.
                 self.cache.invalidate_page(key.phys & !0xfff);

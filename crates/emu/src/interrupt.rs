@@ -71,7 +71,7 @@ impl Cpu {
     /// Transfers control through the IVT/IDT. On error nothing architectural has changed
     /// except memory already written on the new stack.
     pub fn deliver(&mut self, vector: u8, error: Option<u32>, kind: EventKind, ret: u64) -> Ex {
-        self.block_break = true;
+        self.serialize();
         self.halted = false;
         if !self.protected() {
             return self.deliver_real(vector, ret);

@@ -646,6 +646,46 @@ fn code_written_behind_the_cpu_is_redecoded() {
     assert_eq!(g.port_writes(0xf1), vec![1, 2]);
 }
 
+/// A device rewrites code the CPU is running (as DMA would, without telling the CPU); after a
+/// serializing instruction the new code runs, within the same run of the engine.
+#[test]
+fn code_a_device_rewrites_runs_after_a_serializing_instruction() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let f = CODE + 0x800;
+    let f_new = {
+        let mut a = CodeAssembler::new(64).unwrap();
+        a.mov(eax, 2u32).unwrap();
+        a.ret().unwrap();
+        a.assemble(f).unwrap()
+    };
+    g.asm(64, f, |a| {
+        a.mov(eax, 1u32).unwrap();
+        a.ret().unwrap();
+    });
+    g.asm(64, CODE, |a| {
+        a.mov(rsi, f).unwrap();
+        // Run F often enough that its block is cached and hot.
+        a.mov(ecx, 100u32).unwrap();
+        let mut top = a.create_label();
+        a.set_label(&mut top).unwrap();
+        a.call(rsi).unwrap();
+        a.dec(ecx).unwrap();
+        a.jne(top).unwrap();
+        out(a, 0xf1);
+        // The "device" rewrites F now.
+        out(a, 0xf5);
+        a.xor(eax, eax).unwrap();
+        a.cpuid().unwrap();
+        a.call(rsi).unwrap();
+        out(a, 0xf1);
+        a.hlt().unwrap();
+    });
+    *g.ops.dma.lock().unwrap() = Some((0xf5, f, f_new));
+    assert_eq!(g.run(), StopReason::Halt);
+    assert_eq!(g.port_writes(0xf1), vec![1, 2]);
+}
+
 #[test]
 fn fpu_control_state_and_fxsave_round_trip() {
     let mut g = Guest::new();

@@ -109,6 +109,7 @@ fn retf(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn iret(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.serialize();
     let size = match op.ins.code() {
         Code::Iretw => 2,
         Code::Iretq => 8,

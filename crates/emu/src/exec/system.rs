@@ -197,6 +197,7 @@ fn mov_from_crdr(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn mov_to_crdr(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.serialize();
     cpu.require_cpl0()?;
     let (is_cr, n) = cr_dr_index(op.ins.op0_register());
     let v = cpu.rd(op, 1, cpu.opnd_size(op, 1))?;
@@ -227,6 +228,7 @@ fn mov_to_crdr(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn cpuid(cpu: &mut Cpu, _: &Op) -> Ex {
+    cpu.serialize();
     let r = crate::cpuid::lookup(&cpu.cpuid, cpu.gpr[0] as u32, cpu.gpr[1] as u32, cpu.apic_id);
     for (i, v) in [(0, r[0]), (3, r[1]), (1, r[2]), (2, r[3])] {
         cpu.gpr[i] = v as u64;
@@ -256,6 +258,7 @@ fn rdmsr(cpu: &mut Cpu, _: &Op) -> Ex {
 }
 
 fn wrmsr(cpu: &mut Cpu, _: &Op) -> Ex {
+    cpu.serialize();
     cpu.require_cpl0()?;
     let v = (cpu.gpr[0] & 0xffff_ffff) | (cpu.gpr[2] << 32);
     cpu.write_msr(cpu.gpr[1] as u32, v)?;
@@ -264,6 +267,7 @@ fn wrmsr(cpu: &mut Cpu, _: &Op) -> Ex {
 }
 
 fn lgdt_lidt(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.serialize();
     cpu.require_cpl0()?;
     let lin = cpu.mem_lin(op);
     let limit = cpu.read_lin(lin, 2, Access::READ)? as u16;
@@ -301,6 +305,7 @@ fn sgdt_sidt(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn ltr(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.serialize();
     if !cpu.protected() {
         return Err(Exc::ud());
     }
@@ -324,6 +329,7 @@ fn ltr(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn lldt(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.serialize();
     if !cpu.protected() {
         return Err(Exc::ud());
     }
@@ -410,6 +416,7 @@ fn smsw(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn invlpg(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.serialize();
     cpu.require_cpl0()?;
     let lin = cpu.mem_lin(op);
     cpu.mem.tlb.flush_page(lin);
@@ -417,6 +424,7 @@ fn invlpg(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn wbinvd(cpu: &mut Cpu, _: &Op) -> Ex {
+    cpu.serialize();
     cpu.require_cpl0()
 }
 

@@ -38,6 +38,10 @@ pub struct TestOps {
     pub pio: Mutex<Vec<(u16, u64)>>,
     pub mmio: Mutex<Vec<(u64, u64)>>,
     pub kick: Mutex<Option<Arc<AtomicBool>>>,
+    /// A device doing DMA: a write to port `.0` stores `.2` at guest physical `.1`, straight
+    /// into guest memory (the CPU is not told), once.
+    pub dma: Mutex<Option<(u16, u64, Vec<u8>)>>,
+    pub mem: Mutex<Option<GuestMemory>>,
 }
 
 fn le(data: &[u8]) -> u64 {
@@ -53,6 +57,13 @@ impl VmOps for TestOps {
     }
     fn pio_write(&self, port: u16, data: &[u8]) {
         self.pio.lock().unwrap().push((port, le(data)));
+        let mut dma = self.dma.lock().unwrap();
+        if dma.as_ref().is_some_and(|d| d.0 == port) {
+            let (_, gpa, bytes) = dma.take().unwrap();
+            let mem = self.mem.lock().unwrap();
+            mem.as_ref().unwrap().write_slice(&bytes, GuestAddress(gpa)).unwrap();
+        }
+        drop(dma);
         if port == DONE_PORT {
             if let Some(k) = self.kick.lock().unwrap().as_ref() {
                 k.store(true, Ordering::SeqCst);
@@ -83,6 +94,8 @@ impl Guest {
             pio: Mutex::new(Vec::new()),
             mmio: Mutex::new(Vec::new()),
             kick: Mutex::new(None),
+            dma: Mutex::new(None),
+            mem: Mutex::new(Some(mem.clone())),
         });
         let memory = Memory::new(&mem, Some(ops.clone() as Arc<dyn VmOps>)).unwrap();
         let engine = Engine::new(Cpu::new(memory, 0));
