@@ -561,7 +561,21 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
             break;
         }
     }
+    fuse(&mut ops);
     (!ops.is_empty()).then(|| Block::new(ops, bytes[..end.min(bytes.len())].into()))
+}
+
+/// Replaces each CMP/TEST directly followed by a Jcc with one fused op
+/// ([`exec::fast::fuse_jcc`]).
+fn fuse(ops: &mut Vec<Op>) {
+    let mut i = 0;
+    while i + 1 < ops.len() {
+        if let Some(f) = exec::fast::fuse_jcc(&ops[i], &ops[i + 1]) {
+            ops[i] = f;
+            ops.remove(i + 1);
+        }
+        i += 1;
+    }
 }
 
 impl Cpu {

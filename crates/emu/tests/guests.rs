@@ -120,6 +120,66 @@ fn blocks_run_past_untaken_branches_and_leave_at_taken_ones() {
     assert_eq!(g.port_writes(0xf3), vec![0], "the fault's RIP is the faulting instruction");
 }
 
+/// CMP/TEST with a memory operand, fused with the Jcc after it into one op: every operand form
+/// branches the right way, and a page fault in the compare reports the compare's RIP.
+#[test]
+fn fused_memory_compare_and_branch() {
+    let mut g = Guest::new();
+    g.long_mode();
+    let handler = CODE + 0x1000;
+    let data = 0x30000u64;
+    g.write_u64(data, 7);
+    g.set_gate64(14, handler, 0, 0);
+    g.asm(64, CODE, |a| {
+        let mut l: Vec<CodeLabel> = (0..6).map(|_| a.create_label()).collect();
+        a.mov(rbx, data).unwrap();
+        a.xor(esi, esi).unwrap();
+        a.cmp(qword_ptr(rbx), 7).unwrap();
+        a.jne(l[0]).unwrap(); // not taken
+        a.add(esi, 1).unwrap();
+        a.set_label(&mut l[0]).unwrap();
+        a.cmp(qword_ptr(rbx), 8).unwrap();
+        a.je(l[1]).unwrap(); // not taken
+        a.add(esi, 10).unwrap();
+        a.set_label(&mut l[1]).unwrap();
+        a.test(dword_ptr(rbx), 4).unwrap();
+        a.jz(l[2]).unwrap(); // not taken: 7 & 4
+        a.add(esi, 100).unwrap();
+        a.set_label(&mut l[2]).unwrap();
+        a.cmp(qword_ptr(rbx), rbx).unwrap();
+        a.jb(l[3]).unwrap(); // taken: 7 < 0x30000
+        a.add(esi, 1000).unwrap();
+        a.set_label(&mut l[3]).unwrap();
+        a.cmp(rbx, qword_ptr(rbx)).unwrap();
+        a.ja(l[4]).unwrap(); // taken
+        a.add(esi, 10000).unwrap();
+        a.set_label(&mut l[4]).unwrap();
+        a.mov(eax, esi).unwrap();
+        out(a, 0xf1);
+        let mut fault = a.create_label();
+        a.lea(r12, ptr(fault)).unwrap();
+        a.mov(rbx, 0x8000_0000u64).unwrap();
+        a.set_label(&mut fault).unwrap();
+        a.cmp(qword_ptr(rbx), 0).unwrap();
+        a.je(l[5]).unwrap();
+        a.set_label(&mut l[5]).unwrap();
+        a.mov(eax, 0xdeadu32).unwrap();
+        out(a, 0xf2);
+        done(a);
+    });
+    g.asm(64, handler, |a| {
+        a.pop(rax).unwrap(); // error code
+        a.mov(rax, qword_ptr(rsp)).unwrap(); // faulting RIP
+        a.sub(rax, r12).unwrap();
+        out(a, 0xf3);
+        done(a);
+    });
+    assert_eq!(g.run(), StopReason::Kicked);
+    assert_eq!(g.port_writes(0xf1), vec![111]);
+    assert_eq!(g.port_writes(0xf2), Vec::<u64>::new(), "the faulting compare went on");
+    assert_eq!(g.port_writes(0xf3), vec![0], "the fault's RIP is the compare's");
+}
+
 /// A block follows a direct JMP or CALL to a later address in its page; the code it jumped
 /// over and the code at the target are still checked for writes.
 #[test]
