@@ -566,7 +566,8 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
 }
 
 /// Replaces each CMP/TEST directly followed by a Jcc with one fused op
-/// ([`exec::fast::fuse_jcc`]).
+/// ([`exec::fast::fuse_jcc`]); then gives rotates whose flags the next op overwrites a handler
+/// that does not compute them ([`exec::fast::rotate_without_flags`]).
 fn fuse(ops: &mut Vec<Op>) {
     let mut i = 0;
     while i + 1 < ops.len() {
@@ -575,6 +576,11 @@ fn fuse(ops: &mut Vec<Op>) {
             ops.remove(i + 1);
         }
         i += 1;
+    }
+    for i in 1..ops.len() {
+        if let Some(h) = exec::fast::rotate_without_flags(&ops[i - 1], &ops[i]) {
+            ops[i - 1].exec = h;
+        }
     }
 }
 

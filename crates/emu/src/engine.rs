@@ -84,7 +84,10 @@ impl Drop for Engine {
         let Some(p) = self.profile.take() else { return };
         let mut v: Vec<_> = p.samples.into_iter().collect();
         v.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
-        let mut out = format!("# icount {}\n", self.cpu.icount);
+        let mut out = format!(
+            "# icount {} code_epoch {} blocks_built {}\n",
+            self.cpu.icount, self.cpu.code_epoch, self.cache.built
+        );
         for (rip, n) in v {
             out.push_str(&format!("{rip:#x} {n}\n"));
         }

@@ -167,6 +167,41 @@ fn shift_ri<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
     Ok(())
 }
 
+/// `ROL/ROR reg, imm` at size `S` (2, 4 or 8): like `shift::{rol,ror}`. They change CF and OF
+/// only, so their flags cannot be recorded lazily over the previous ones; with `DEAD` (the next
+/// op overwrites every arithmetic flag and cannot fault: [`flags_dead_after`]) they are not
+/// computed at all, which is what makes rotate-heavy code (hashes, ciphers) cheap.
+fn rot_ri<const LEFT: bool, const DEAD: bool, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let d = gi(op, 0);
+    let a = cpu.gpr[d] & mask(S);
+    let c = (imm(op, 1) & if S == 8 { 63 } else { 31 }) as u32;
+    if c == 0 {
+        cpu.write_gpr(d, S, a);
+        return Ok(());
+    }
+    let bits = S as u32 * 8;
+    let n = c % bits;
+    let r = match (n, LEFT) {
+        (0, _) => a,
+        (_, true) => ((a << n) | (a >> (bits - n))) & mask(S),
+        _ => ((a >> n) | (a << (bits - n))) & mask(S),
+    };
+    cpu.write_gpr(d, S, r);
+    if !DEAD {
+        let sign = crate::flags::sign_bit(S);
+        let (cf, of) = if LEFT {
+            let cf = r & 1 != 0;
+            (cf, (r & sign != 0) ^ cf)
+        } else {
+            let cf = r & sign != 0;
+            (cf, cf ^ (r & (sign >> 1) != 0))
+        };
+        use crate::flags::{CF, OF};
+        cpu.flags.set_arith(CF | OF, if cf { CF } else { 0 } | if of { OF } else { 0 });
+    }
+    Ok(())
+}
+
 /// `LEA reg, [mem]`.
 fn lea<const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
     let ea = cpu.ea(op);
@@ -436,6 +471,7 @@ pub(crate) fn specialise(ins: &Instruction, op: &Op) -> Option<Handler> {
         Mn::Lea if form(op, 0, s) == Some(R) && op.o[1] == Opnd::Mem => return Some(sized!(s, lea)),
         Mn::Movzx => return movzx(op, s),
         Mn::Shl | Mn::Sal | Mn::Shr | Mn::Sar => return shift(ins, op, s),
+        Mn::Rol | Mn::Ror => return rotate(ins, op, s, false),
         Mn::Push if form(op, 0, s) == Some(R) && matches!(s, 2 | 4 | 8) => return Some(sized!(s, push_r)),
         Mn::Pop if form(op, 0, s) == Some(R) && matches!(s, 2 | 4 | 8) => return Some(sized!(s, pop_r)),
         Mn::Imul => return imul(ins, op, s),
@@ -534,6 +570,47 @@ fn shift(ins: &Instruction, op: &Op, s: u8) -> Option<Handler> {
         (_, 8) => shift_ri::<SHL, 8>,
         _ => return None,
     })
+}
+
+fn rotate(ins: &Instruction, op: &Op, s: u8, dead: bool) -> Option<Handler> {
+    if ins.op_count() != 2 || form(op, 0, s)? != R || !matches!(op.o[1], Opnd::Imm(_)) {
+        return None;
+    }
+    Some(match (ins.mnemonic() == Mn::Rol, dead) {
+        (true, false) => sized!(s, rot_ri, true, false),
+        (true, true) => sized!(s, rot_ri, true, true),
+        (false, false) => sized!(s, rot_ri, false, false),
+        (false, true) => sized!(s, rot_ri, false, true),
+    })
+}
+
+/// Whether `next` overwrites all six arithmetic flags without reading them and cannot fault
+/// (register and immediate operands only), so the flags of the op before it are never seen:
+/// not by a later instruction, not by an exception handler.
+fn flags_dead_after(next: &Op) -> bool {
+    let writes_all = matches!(
+        next.ins.mnemonic(),
+        Mn::Add | Mn::Sub | Mn::And | Mn::Or | Mn::Xor | Mn::Cmp | Mn::Test
+    );
+    writes_all
+        && !next.locked
+        && next.ins.op_count() == 2
+        && matches!(next.o[0], Opnd::Gpr { .. })
+        && matches!(next.o[1], Opnd::Gpr { .. } | Opnd::Imm(_))
+}
+
+/// For a ROL/ROR op followed by `next`: the handler that skips its flags, if they are dead.
+pub(crate) fn rotate_without_flags(op: &Op, next: &Op) -> Option<Handler> {
+    // The register-by-immediate forms `specialise` gave `rot_ri` (others keep their handler).
+    if !matches!(op.ins.mnemonic(), Mn::Rol | Mn::Ror)
+        || op.locked
+        || op.ins.has_rep_prefix()
+        || op.ins.has_repne_prefix()
+        || !flags_dead_after(next)
+    {
+        return None;
+    }
+    rotate(&op.ins, op, op.size, true)
 }
 
 fn mov(op: &Op, s: u8) -> Option<Handler> {
@@ -752,6 +829,69 @@ mod tests {
             }
         }
         assert_eq!(fused_seen, 2 * 4 * 2 * 16);
+    }
+
+    /// A rotate whose flags the next instruction overwrites skips them; the registers and the
+    /// flags after the pair are those of the two instructions run the generic way.
+    #[test]
+    fn rotates_skip_flags_only_when_the_next_op_overwrites_them() {
+        use crate::cpu::Cpu;
+        use crate::decode::{decode_block, make_op, Key};
+        use crate::mem::Memory;
+
+        let key = Key { rip: 0x1000, phys: 0x1000, bits: 64 };
+        let block_of = |f: &dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>| {
+            let mut a = CodeAssembler::new(64).unwrap();
+            f(&mut a).unwrap();
+            a.nop().unwrap();
+            let bytes = a.assemble(0x1000).unwrap();
+            (decode_block(&bytes, &key).unwrap(), bytes)
+        };
+        type Build = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+        let dead: [Build; 5] = [
+            |a| { a.ror(eax, 7)?; a.xor(eax, ebx) },
+            |a| { a.rol(rax, 13)?; a.add(rax, 5) },
+            |a| { a.ror(ax, 8)?; a.cmp(ax, bx) },
+            |a| { a.rol(eax, 1)?; a.test(eax, eax) },
+            |a| { a.ror(rax, 0)?; a.and(ecx, 3) },
+        ];
+        let live: [Build; 4] = [
+            |a| { a.ror(eax, 7)?; a.adc(eax, ebx) },
+            |a| { a.rol(rax, 13)?; a.inc(rax) },
+            |a| { a.ror(eax, 3)?; a.xor(eax, dword_ptr(rbx)) },
+            |a| { a.rol(eax, 3)?; a.mov(ecx, eax) },
+        ];
+        for (i, f) in dead.iter().chain(live.iter()).enumerate() {
+            let (block, bytes) = block_of(f);
+            let rot = &block.ops[0];
+            let generic = make_op(&rot.ins, 64);
+            let skips = rot.exec as usize != generic.exec as usize;
+            assert_eq!(skips, i < dead.len(), "case {i}: {:?}", rot.ins.mnemonic());
+            if i >= dead.len() {
+                continue;
+            }
+            // Same registers and flags as the generic, one-at-a-time execution.
+            let mut d = iced_x86::Decoder::with_ip(64, &bytes, 0x1000, iced_x86::DecoderOptions::NONE);
+            let singles: Vec<_> = (0..2).map(|_| make_op(&d.decode(), 64)).collect();
+            for (x, y, fl) in [(0x8000_0001u64, 3u64, 0u64), (0x1234_5678_9abc_def0, 0xffff, 0x8d5), (1, 1, 1)] {
+                let (mut c1, mut c2) = (Cpu::new(Memory::empty(), 0), Cpu::new(Memory::empty(), 0));
+                for c in [&mut c1, &mut c2] {
+                    c.gpr[0] = x;
+                    c.gpr[3] = y;
+                    c.flags.set(fl | 2);
+                }
+                for op in &block.ops[..2] {
+                    c1.next_rip = op.ins.next_ip();
+                    (op.exec)(&mut c1, op).unwrap();
+                }
+                for op in &singles {
+                    c2.next_rip = op.ins.next_ip();
+                    (op.exec)(&mut c2, op).unwrap();
+                }
+                assert_eq!(c1.gpr, c2.gpr, "case {i}");
+                assert_eq!(c1.flags.get(), c2.flags.get(), "case {i}");
+            }
+        }
     }
 
     #[test]
