@@ -121,8 +121,13 @@ pub const PENDING_INPUT_MAX: usize = 1 << 20;
 const RBR: u8 = 0;
 const IER: u8 = 1;
 const LCR: u8 = 3;
+const LSR: u8 = 5;
 const IER_RDI: u8 = 0x01;
 const LCR_DLAB: u8 = 0x80;
+/// Reads of LSR in a row, with the receive interrupt off and no output in between, after which
+/// the guest is taken to poll for input (a driver without interrupts) and input is let in. Linux
+/// reads LSR once per character it prints and a handful of times at port start-up.
+const POLLING_READS: u32 = 64;
 
 /// A 16550A UART. Insert on the PIO bus at [`COM1_PORT`], length [`SERIAL_PORT_LEN`].
 pub struct Serial {
@@ -132,6 +137,9 @@ pub struct Serial {
     /// Shadows of IER and LCR (vm-superio does not expose them without copying its state).
     ier: u8,
     lcr: u8,
+    /// Consecutive LSR reads with the receive interrupt off and no THR write (see
+    /// [`POLLING_READS`]).
+    lsr_polls: u32,
 }
 
 impl Serial {
@@ -139,7 +147,7 @@ impl Serial {
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
         let uart = vm_superio::Serial::new(IrqTrigger(irq), out);
         let st = uart.state();
-        Serial { uart, pending: VecDeque::new(), ier: st.interrupt_enable, lcr: st.line_control }
+        Serial { uart, pending: VecDeque::new(), ier: st.interrupt_enable, lcr: st.line_control, lsr_polls: 0 }
     }
 
     /// Restores a UART from [`Serial::state`].
@@ -162,6 +170,7 @@ impl Serial {
             pending: state.pending_input.iter().copied().collect(),
             ier: state.interrupt_enable,
             lcr: state.line_control,
+            lsr_polls: 0,
         })
     }
 
@@ -190,12 +199,12 @@ impl Serial {
         self.pending.len()
     }
 
-    /// Moves pending input into the FIFO while the guest has the receive interrupt on. Linux
-    /// turns it on only once the port is open (after the start-up reads that discard what the
-    /// FIFO holds) and off when the port is closed. Called on host input and on guest accesses
-    /// (see `read`).
+    /// Moves pending input into the FIFO while the guest has the receive interrupt on, or
+    /// polls LSR for input without it. Linux turns the interrupt on only once the port is open
+    /// (after the start-up reads that discard what the FIFO holds) and off when the port is
+    /// closed. Called on host input and on guest accesses (see `read`).
     fn pump(&mut self) {
-        if self.pending.is_empty() || self.ier & IER_RDI == 0 {
+        if self.pending.is_empty() || (self.ier & IER_RDI == 0 && self.lsr_polls < POLLING_READS) {
             return;
         }
         let room = self.uart.fifo_capacity().min(self.pending.len());
@@ -219,6 +228,9 @@ impl BusDevice for Serial {
             // a test pattern with the receive bit to IER, reads it back and restores IER, and
             // input let in then would be thrown away by the driver's start-up. Opening the port
             // sets IER and then writes LCR, the divisor, FCR and MCR, which lets input in.
+            if offset == LSR && self.ier & IER_RDI == 0 {
+                self.lsr_polls = self.lsr_polls.saturating_add(1);
+            }
             if offset != IER {
                 self.pump();
             }
@@ -233,7 +245,11 @@ impl BusDevice for Serial {
         if let (Some(&value), Ok(offset @ 0..=7)) = (data.first(), u8::try_from(offset)) {
             match offset {
                 LCR => self.lcr = value,
-                IER if self.lcr & LCR_DLAB == 0 => self.ier = value & 0x0f,
+                IER if self.lcr & LCR_DLAB == 0 => {
+                    self.ier = value & 0x0f;
+                    self.lsr_polls = 0;
+                }
+                RBR if self.lcr & LCR_DLAB == 0 => self.lsr_polls = 0,
                 _ => {}
             }
             // An output error loses the byte; the guest still sees THR empty, like a real UART
@@ -345,6 +361,23 @@ mod tests {
         assert!(chip.pulses(COM1_IRQ) > before, "the receive interrupt fires");
         assert_eq!(drain(&mut s), b"echo hi\n");
         assert_eq!(s.pending_input(), 0);
+    }
+
+    #[test]
+    fn a_guest_polling_without_interrupts_gets_input() {
+        let (mut s, out, _) = serial();
+        assert_eq!(s.enqueue_input(b"go"), 2);
+        // Printing polls LSR once per character: not taken for waiting on input.
+        let text = b"boot messages, boot messages, boot messages, boot messages, boot messages\n";
+        for b in text {
+            assert_eq!(lsr(&mut s) & 1, 0);
+            s.write(0, &[*b]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), text);
+        // Polling LSR for data, interrupts off: input arrives.
+        let polls = (0..1000).take_while(|_| lsr(&mut s) & 1 == 0).count();
+        assert!(polls < 100, "polled {polls} times");
+        assert_eq!(drain(&mut s), b"go");
     }
 
     #[test]
