@@ -154,6 +154,10 @@ fn fused_memory_compare_and_branch() {
         a.ja(l[4]).unwrap(); // taken
         a.add(esi, 10000).unwrap();
         a.set_label(&mut l[4]).unwrap();
+        let mut zero = a.create_label();
+        a.add(esi, dword_ptr(rbx)).unwrap(); // ADD from memory fused with its Jcc
+        a.jz(zero).unwrap(); // not taken
+        a.set_label(&mut zero).unwrap();
         a.mov(eax, esi).unwrap();
         out(a, 0xf1);
         let mut fault = a.create_label();
@@ -175,7 +179,7 @@ fn fused_memory_compare_and_branch() {
         done(a);
     });
     assert_eq!(g.run(), StopReason::Kicked);
-    assert_eq!(g.port_writes(0xf1), vec![111]);
+    assert_eq!(g.port_writes(0xf1), vec![118]);
     assert_eq!(g.port_writes(0xf2), Vec::<u64>::new(), "the faulting compare went on");
     assert_eq!(g.port_writes(0xf3), vec![0], "the fault's RIP is the compare's");
 }

@@ -20,6 +20,8 @@ const OR: u8 = 3;
 const XOR: u8 = 4;
 const CMP: u8 = 5;
 const TEST: u8 = 6;
+/// INC/DEC (only in [`fuse_jcc`]).
+const INCDEC: u8 = 7;
 
 /// Source operand forms.
 const R: u8 = 0;
@@ -369,12 +371,41 @@ fn cmp_jcc<const K: u8, const DST: u8, const SRC: u8, const S: u8>(cpu: &mut Cpu
         cpu.flags.record(FlagOp::Logic, S, 0, 0, r);
         test_cond::<S>(op.cc, r)
     };
+    fused_branch(cpu, op, taken)
+}
+
+/// The branch half of a fused op: retires the Jcc and leaves the block when `taken`.
+#[inline(always)]
+fn fused_branch(cpu: &mut Cpu, op: &Op, taken: bool) -> Ex {
     cpu.icount += 1;
     if taken {
         cpu.next_rip = imm(op, 2);
         cpu.block_break = true;
     }
     Ok(())
+}
+
+/// `ADD/SUB/AND/OR/XOR reg, SRC` fused with the `Jcc` after it ([`fuse_jcc`]): `alu_r`, then
+/// the branch (SUB and the logic ops compute the condition from the operands).
+fn alu_jcc<const K: u8, const SRC: u8, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    let d = gi(op, 0);
+    let a = cpu.gpr[d] & mask(S);
+    let b = src::<SRC, S>(cpu, op)?;
+    let r = alu_op::<K, S>(cpu, a, b);
+    cpu.write_gpr(d, S, r);
+    let taken = match K {
+        SUB => cmp_cond::<S>(op.cc, a, b, r & mask(S)),
+        AND | OR | XOR => test_cond::<S>(op.cc, r & mask(S)),
+        _ => cpu.flags.cond(op.cc),
+    };
+    fused_branch(cpu, op, taken)
+}
+
+/// `INC/DEC reg` fused with the `Jcc` after it: `incdec_r`, then the branch.
+fn incdec_jcc<const DEC: bool, const S: u8>(cpu: &mut Cpu, op: &Op) -> Ex {
+    incdec_r::<DEC, S>(cpu, op)?;
+    let taken = cpu.flags.cond(op.cc);
+    fused_branch(cpu, op, taken)
 }
 
 /// The `jcc` instantiation for condition code `cc` (0..=15).
@@ -636,18 +667,24 @@ fn movzx(op: &Op, s: u8) -> Option<Handler> {
     }
 }
 
-/// `cmp` (a CMP or TEST with two operands) fused with `jcc` (a Jcc to an immediate target that
-/// follows it directly) into one op, or None if the forms do not qualify. The fused op spans
-/// both instructions: its `ins` keeps the CMP's address and ends where the Jcc ends, the
-/// target goes in operand 2 and the condition in `cc`.
+/// `cmp` (CMP or TEST, ADD/SUB/AND/OR/XOR to a register, INC/DEC of a register) fused with
+/// `jcc` (a Jcc to an immediate target that follows it directly) into one op, or None if the
+/// forms do not qualify. The fused op spans both instructions: its `ins` keeps the first one's
+/// address and ends where the Jcc ends, the target goes in operand 2 and the condition in `cc`.
 pub(crate) fn fuse_jcc(cmp: &Op, jcc: &Op) -> Option<Op> {
     let k = match cmp.ins.mnemonic() {
         Mn::Cmp => CMP,
         Mn::Test => TEST,
+        Mn::Add => ADD,
+        Mn::Sub => SUB,
+        Mn::And => AND,
+        Mn::Or => OR,
+        Mn::Xor => XOR,
+        Mn::Inc | Mn::Dec => INCDEC,
         _ => return None,
     };
     if cmp.locked
-        || cmp.ins.op_count() != 2
+        || cmp.ins.op_count() != if k == INCDEC { 1 } else { 2 }
         || cmp.ins.has_rep_prefix()
         || cmp.ins.has_repne_prefix()
         || !jcc.ins.is_jcc_short_or_near()
@@ -667,13 +704,29 @@ pub(crate) fn fuse_jcc(cmp: &Op, jcc: &Op) -> Option<Op> {
             }
         };
     }
-    let exec = match (form(cmp, 0, s)?, form(cmp, 1, s)?) {
-        (R, R) => k!(R, R),
-        (R, I) => k!(R, I),
-        (R, M) => k!(R, M),
-        (M, R) => k!(M, R),
-        (M, I) => k!(M, I),
-        _ => return None,
+    let exec = match k {
+        INCDEC if form(cmp, 0, s)? == R => {
+            if cmp.ins.mnemonic() == Mn::Dec {
+                sized!(s, incdec_jcc, true)
+            } else {
+                sized!(s, incdec_jcc, false)
+            }
+        }
+        INCDEC => return None,
+        CMP | TEST => match (form(cmp, 0, s)?, form(cmp, 1, s)?) {
+            (R, R) => k!(R, R),
+            (R, I) => k!(R, I),
+            (R, M) => k!(R, M),
+            (M, R) => k!(M, R),
+            (M, I) => k!(M, I),
+            _ => return None,
+        },
+        _ => match (form(cmp, 0, s)?, form(cmp, 1, s)?) {
+            (R, R) => alu_kind!(k, s, alu_jcc, R),
+            (R, I) => alu_kind!(k, s, alu_jcc, I),
+            (R, M) => alu_kind!(k, s, alu_jcc, M),
+            _ => return None,
+        },
     };
     let mut op = cmp.clone();
     op.exec = exec;
@@ -829,6 +882,79 @@ mod tests {
             }
         }
         assert_eq!(fused_seen, 2 * 4 * 2 * 16);
+    }
+
+    /// ADD/SUB/AND/OR/XOR/INC/DEC of a register fused with the Jcc after it: same registers,
+    /// flags and branch as the pair, for every condition and size.
+    #[test]
+    fn fused_alu_and_branch_matches_the_pair() {
+        use crate::cpu::Cpu;
+        use crate::decode::{decode_block, Key};
+        use crate::mem::Memory;
+
+        type Build = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+        let firsts: [(&str, Build); 16] = [
+            ("add r8", |a| a.add(al, bl)),
+            ("add r64", |a| a.add(rax, rbx)),
+            ("add imm32", |a| a.add(eax, 0x7fff_fff0)),
+            ("sub r16", |a| a.sub(ax, bx)),
+            ("sub r32", |a| a.sub(eax, ebx)),
+            ("sub imm64", |a| a.sub(rax, 1)),
+            ("and r32", |a| a.and(eax, ebx)),
+            ("or r64", |a| a.or(rax, rbx)),
+            ("xor r8", |a| a.xor(al, bl)),
+            ("xor imm16", |a| a.xor(ax, 0x8001)),
+            ("dec r32", |a| a.dec(eax)),
+            ("dec r64", |a| a.dec(rax)),
+            ("inc r8", |a| a.inc(al)),
+            ("inc r16", |a| a.inc(ax)),
+            ("add [mem], r32 stays unfused", |a| a.add(dword_ptr(rbx), eax)),
+            ("mov r32 stays unfused", |a| a.mov(eax, ebx)),
+        ];
+        let vals = [0u64, 1, 0x7f, 0x80, 0xff, 0xffff, 0x8000_0000, 0xffff_ffff, 1 << 63, u64::MAX, 0x1234_5678_9abc_def0];
+        let key = Key { rip: 0x1000, phys: 0x1000, bits: 64 };
+        for (name, f) in firsts {
+            let mut a = CodeAssembler::new(64).unwrap();
+            f(&mut a).unwrap();
+            let first = a.assemble(0x1000).unwrap();
+            for cc in 0u8..16 {
+                let mut bytes = first.clone();
+                bytes.extend([0x70 + cc, 0x20, 0x90]);
+                let block = decode_block(&bytes, &key).unwrap();
+                let fused = block.ops.len() == 2;
+                assert_eq!(fused, !name.contains("unfused"), "{name}");
+                if !fused {
+                    continue;
+                }
+                let op = &block.ops[0];
+                let one = decode_block(&first, &key).unwrap();
+                let jkey = Key { rip: 0x1000 + first.len() as u64, ..key };
+                let jcc = decode_block(&bytes[first.len()..], &jkey).unwrap();
+                for &x in &vals {
+                    for &y in &vals {
+                        for carry in [0u64, 1] {
+                            let (mut c1, mut c2) = (Cpu::new(Memory::empty(), 0), Cpu::new(Memory::empty(), 0));
+                            for c in [&mut c1, &mut c2] {
+                                c.gpr[0] = x;
+                                c.gpr[3] = y;
+                                c.flags.set(2 | carry);
+                            }
+                            c1.next_rip = op.ins.next_ip();
+                            (op.exec)(&mut c1, op).unwrap();
+                            for o in [&one.ops[0], &jcc.ops[0]] {
+                                c2.next_rip = o.ins.next_ip();
+                                (o.exec)(&mut c2, o).unwrap();
+                            }
+                            let what = format!("{name} cc={cc} x={x:#x} y={y:#x} cf={carry}");
+                            assert_eq!(c1.gpr, c2.gpr, "{what}");
+                            assert_eq!(c1.next_rip, c2.next_rip, "{what}");
+                            assert_eq!(c1.block_break, c2.block_break, "{what}");
+                            assert_eq!(c1.flags.get(), c2.flags.get(), "{what}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// A rotate whose flags the next instruction overwrites skips them; the registers and the
