@@ -166,7 +166,9 @@ impl MsrFile {
             IA32_SPEC_CTRL if value & !SPEC_CTRL_MASK != 0 => return false,
             // MCi_CTL takes all zeros or all ones (the SDM's supported values), MCi_STATUS only
             // zero (clearing a logged error; software may not log one), as KVM enforces.
-            i if is_mc_bank(i) && (i - IA32_MC0_CTL) & 3 == 0 && value != 0 && value != u64::MAX => return false,
+            i if is_mc_bank(i) && (i - IA32_MC0_CTL) & 3 == 0 && value != 0 && value != u64::MAX => {
+                return false
+            }
             i if is_mc_bank(i) && (i - IA32_MC0_CTL) & 3 == 1 && value != 0 => return false,
             _ => {}
         }

@@ -147,7 +147,13 @@ impl Serial {
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
         let uart = vm_superio::Serial::new(IrqTrigger(irq), out);
         let st = uart.state();
-        Serial { uart, pending: VecDeque::new(), ier: st.interrupt_enable, lcr: st.line_control, lsr_polls: 0 }
+        Serial {
+            uart,
+            pending: VecDeque::new(),
+            ier: st.interrupt_enable,
+            lcr: st.line_control,
+            lsr_polls: 0,
+        }
     }
 
     /// Restores a UART from [`Serial::state`].
@@ -161,7 +167,10 @@ impl Serial {
             return Err(SerialError::FifoOverflow { len: state.in_buffer.len(), max });
         }
         if state.pending_input.len() > PENDING_INPUT_MAX {
-            return Err(SerialError::PendingOverflow { len: state.pending_input.len(), max: PENDING_INPUT_MAX });
+            return Err(SerialError::PendingOverflow {
+                len: state.pending_input.len(),
+                max: PENDING_INPUT_MAX,
+            });
         }
         let uart = vm_superio::Serial::from_state(&state.into(), IrqTrigger(irq), NoEvents, out)
             .map_err(|_| SerialError::FifoOverflow { len: state.in_buffer.len(), max })?;
