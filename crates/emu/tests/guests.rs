@@ -13,6 +13,17 @@ fn out(a: &mut CodeAssembler, port: u16) {
     a.out(dx, eax).unwrap();
 }
 
+/// A #PF handler at `handler` that writes the faulting RIP minus R12 to port 0xf3 and ends.
+fn fault_rip_relative_to_r12(g: &Guest, handler: u64) {
+    g.asm(64, handler, |a| {
+        a.pop(rax).unwrap(); // error code
+        a.mov(rax, qword_ptr(rsp)).unwrap(); // faulting RIP
+        a.sub(rax, r12).unwrap();
+        out(a, 0xf3);
+        done(a);
+    });
+}
+
 fn done(a: &mut CodeAssembler) {
     a.mov(edx, DONE_PORT as u32).unwrap();
     a.out(dx, al).unwrap();
@@ -106,13 +117,7 @@ fn blocks_run_past_untaken_branches_and_leave_at_taken_ones() {
         out(a, 0xf2);
         done(a);
     });
-    g.asm(64, handler, |a| {
-        a.pop(rax).unwrap(); // error code
-        a.mov(rax, qword_ptr(rsp)).unwrap(); // faulting RIP
-        a.sub(rax, r12).unwrap();
-        out(a, 0xf3);
-        done(a);
-    });
+    fault_rip_relative_to_r12(&g, handler);
     assert_eq!(g.run(), StopReason::Kicked);
     assert_eq!(g.port_writes(0xf0), vec![10]);
     assert_eq!(g.port_writes(0xf1), vec![605]);
@@ -171,13 +176,7 @@ fn fused_memory_compare_and_branch() {
         out(a, 0xf2);
         done(a);
     });
-    g.asm(64, handler, |a| {
-        a.pop(rax).unwrap(); // error code
-        a.mov(rax, qword_ptr(rsp)).unwrap(); // faulting RIP
-        a.sub(rax, r12).unwrap();
-        out(a, 0xf3);
-        done(a);
-    });
+    fault_rip_relative_to_r12(&g, handler);
     assert_eq!(g.run(), StopReason::Kicked);
     assert_eq!(g.port_writes(0xf1), vec![118]);
     assert_eq!(g.port_writes(0xf2), Vec::<u64>::new(), "the faulting compare went on");
