@@ -565,9 +565,9 @@ pub fn decode_block(bytes: &[u8], key: &Key) -> Option<Block> {
     (!ops.is_empty()).then(|| Block::new(ops, bytes[..end.min(bytes.len())].into()))
 }
 
-/// Replaces each CMP/TEST directly followed by a Jcc with one fused op
-/// ([`exec::fast::fuse_jcc`]); then gives rotates whose flags the next op overwrites a handler
-/// that does not compute them ([`exec::fast::rotate_without_flags`]).
+/// Replaces each CMP/TEST/ADD/SUB/AND/OR/XOR/INC/DEC directly followed by a Jcc with one fused
+/// op ([`exec::fast::fuse_jcc`]); then gives rotates whose flags the next op overwrites a
+/// handler that does not compute them ([`exec::fast::rotate_without_flags`]).
 fn fuse(ops: &mut Vec<Op>) {
     let mut i = 0;
     while i + 1 < ops.len() {
