@@ -16,6 +16,10 @@ TOTAL_TIMEOUT=${VMR_LAB_TOTAL_TIMEOUT:-2700} # all L1 boots of this run (retries
 SCENARIO_TIMEOUT=${VMR_LAB_SCENARIO_TIMEOUT:-240}
 BOOT_TIMEOUT=${VMR_LAB_BOOT_TIMEOUT:-180}  # one L2 boot inside L1
 L1_CPUS=${VMR_LAB_L1_CPUS:-2}
+# QEMU's accelerator for L1. Multi-threaded TCG (the default) can wedge an L1 that runs nested
+# KVM guests (the watchdog below retries); single-threaded TCG does not wedge, but in it an L2 Linux
+# boot stalled after a few seconds of guest time (docs/LAB.md).
+L1_ACCEL=${VMR_LAB_L1_ACCEL:-tcg}
 L1_MEM=${VMR_LAB_L1_MEM:-6144}
 BENCH_RUNS=5
 
@@ -103,12 +107,15 @@ CFG
 
 # boot_l1 LOG ONLY: one L1 boot running the scenarios in ONLY (all if empty), with a hard timeout
 # and a progress watchdog: under TCG an L1 kernel (or its nested KVM) can wedge for good, and then
-# no timeout inside L1 fires. No LAB line for STALL_TIMEOUT seconds ends the boot.
+# no timeout inside L1 fires. L1 prints a LAB-TICK every 15 s while it lives: none for TICK_TIMEOUT
+# seconds means all of L1 is wedged. A wedge that leaves the ticker running (one L1 CPU stuck in
+# its guest) shows as no other LAB line for STALL_TIMEOUT seconds. Either ends the boot.
 L1_PID=""
 cleanup() { if [ -n "$L1_PID" ]; then kill "$L1_PID" 2>/dev/null || true; fi; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 STALL_TIMEOUT=${VMR_LAB_STALL_TIMEOUT:-$((SCENARIO_TIMEOUT + 120))}
+TICK_TIMEOUT=${VMR_LAB_TICK_TIMEOUT:-75}
 boot_l1() {
     local log=$1 only=$2
     sed -i "s/^LAB_ONLY=.*/LAB_ONLY=\"$only\"/" "$OUT/l1-root/lab/config"
@@ -118,21 +125,23 @@ boot_l1() {
     # The log exists before QEMU and tail start: tail -f on a file that is not there yet exits at
     # once, and the LAB lines would then never reach our output (a race the CI machine lost).
     : > "$log.raw"
-    timeout -k 5 "$L1_TIMEOUT" qemu-system-x86_64 -accel tcg -M microvm -cpu max \
+    timeout -k 5 "$L1_TIMEOUT" qemu-system-x86_64 -accel "$L1_ACCEL" -M microvm -cpu max \
         -smp "$L1_CPUS" -m "$L1_MEM" -nodefaults -no-user-config -display none -serial stdio \
         -no-reboot -kernel "$LAB_CACHE/generic/vmlinux" -initrd "$OUT/l1.cpio" \
         -append "console=ttyS0 panic=-1 quiet $LAB_TIMING_ARGS" < /dev/null > "$log.raw" 2>&1 &
     L1_PID=$!
     tail -n +1 -f --pid="$L1_PID" "$log.raw" 2>/dev/null |
-        grep --line-buffered -aE '^LAB' | sed -u 's/\r$//' >&2 &
-    local seen=0 now last n stalled=0
-    last=$(date +%s)
+        grep --line-buffered -aE '^LAB' | grep --line-buffered -v '^LAB-TICK' | sed -u 's/\r$//' >&2 &
+    local seen=0 ticks=0 now last last_tick n t stalled=0
+    last=$(date +%s) last_tick=$last
     while kill -0 "$L1_PID" 2>/dev/null; do
         sleep 2
-        n=$(grep -ac '^LAB' "$log.raw" || true); now=$(date +%s)
-        if [ "$n" != "$seen" ]; then seen=$n; last=$now; continue; fi
-        if [ $((now - last)) -ge "$STALL_TIMEOUT" ]; then
-            log "L1 made no progress for ${STALL_TIMEOUT}s (wedged under TCG); killing it"
+        n=$(grep -a '^LAB' "$log.raw" | grep -vc '^LAB-TICK' || true)
+        t=$(grep -ac '^LAB-TICK' "$log.raw" || true); now=$(date +%s)
+        [ "$t" != "$ticks" ] && { ticks=$t; last_tick=$now; }
+        [ "$n" != "$seen" ] && { seen=$n; last=$now; last_tick=$now; continue; }
+        if [ $((now - last)) -ge "$STALL_TIMEOUT" ] || [ $((now - last_tick)) -ge "$TICK_TIMEOUT" ]; then
+            log "L1 made no progress (no LAB line for $((now - last))s, no heartbeat for $((now - last_tick))s: wedged under TCG); killing it"
             stalled=1; kill "$L1_PID" 2>/dev/null || true; break
         fi
     done
