@@ -68,8 +68,8 @@ for attempt in 1 2 3; do
         -append "console=ttyS0 panic=-1 quiet lpj=10384468 tsc_early_khz=$tsc_khz vmr_skip=$skip" \
         > "$LOG" 2>&1 &
     qemu=$!
-    # Under TCG an L1 can wedge for good (an L1 CPU stuck in its L2 guest, the other waiting
-    # for it): no timeout inside L1 fires then. No output for STALL seconds ends the boot.
+    # Under TCG an L1 can wedge for good (all of it, heartbeat included): no timeout inside L1
+    # fires then. No output for STALL seconds ends the boot.
     size=0 quiet=0
     while kill -0 "$qemu" 2>/dev/null; do
         sleep 5
@@ -78,6 +78,7 @@ for attempt in 1 2 3; do
         if [ "$quiet" -ge "$STALL" ]; then
             echo "run-in-lab: L1 silent for ${STALL}s (wedged); stopping it" >&2
             kill "$qemu" 2>/dev/null || true
+            break
         fi
     done
     wait "$qemu" || true
@@ -88,8 +89,8 @@ for attempt in 1 2 3; do
         [ "$rc" = 0 ] || { fail=1; echo "run-in-lab: $name failed (exit $rc, 137 = killed at its deadline); log: $LOG" >&2; }
     done < <(sed -n 's/^LAB-DONE \([^ ]*\) rc=\([0-9]*\).*/\1 \2/p' "$LOG")
     grep -q 'LAB-RESULT' "$LOG" && break
-    # The L1 itself stopped (a TCG boot hang or a wedged L1): go on with the binaries not yet
-    # run, in a fresh L1. A binary that was running is run again; say so, with its log.
+    # The L1 itself stopped (a TCG boot hang or a wedged L1): go on in a fresh L1 with the
+    # binaries that have no result, including the one that was running.
     echo "run-in-lab: attempt $attempt ended early (log $LOG, last lines below); retrying the rest" >&2
     tail -5 "$LOG" >&2
     [ "$attempt" = 3 ] && { echo "run-in-lab: the lab never finished" >&2; exit 1; }
