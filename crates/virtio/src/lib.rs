@@ -67,6 +67,7 @@ mod interrupt;
 pub mod mmio;
 pub mod net;
 mod queue;
+pub mod rate_limiter;
 pub mod rng;
 #[cfg(test)]
 mod testutil;
