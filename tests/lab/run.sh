@@ -6,6 +6,7 @@
 # "N passed, N failed, N skipped". Exit status 1 if any scenario failed.
 #
 #   tests/lab/run.sh --vmr target/release/vmr [--out DIR] [--only "boot-vmlinux cpus-2"]
+#                    [--repeat N] [--shards K]
 #   tests/lab/run.sh --vmm qemu [--out DIR]
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -15,15 +16,18 @@ L1_TIMEOUT=${VMR_LAB_L1_TIMEOUT:-1500}     # whole L1 boot, seconds
 TOTAL_TIMEOUT=${VMR_LAB_TOTAL_TIMEOUT:-2700} # all L1 boots of this run (retries included)
 SCENARIO_TIMEOUT=${VMR_LAB_SCENARIO_TIMEOUT:-240}
 BOOT_TIMEOUT=${VMR_LAB_BOOT_TIMEOUT:-180}  # one L2 boot inside L1
-L1_CPUS=${VMR_LAB_L1_CPUS:-2}
+L1_CPUS=${VMR_LAB_L1_CPUS:-1}
 # QEMU's accelerator for L1. Multi-threaded TCG (the default) can wedge an L1 that runs nested
 # KVM guests (the watchdog below retries); single-threaded TCG does not wedge, but in it an L2 Linux
 # boot stalled after a few seconds of guest time (docs/LAB.md).
 L1_ACCEL=${VMR_LAB_L1_ACCEL:-tcg}
 L1_MEM=${VMR_LAB_L1_MEM:-6144}
 BENCH_RUNS=5
+REPEAT=1
+# L1 machines booted side by side, each running a share of the scenarios.
+SHARDS=${VMR_LAB_SHARDS:-2}
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --vmr) VMR_BIN=$2; shift 2 ;;
@@ -33,6 +37,8 @@ while [ $# -gt 0 ]; do
         --bench) MODE=bench; shift ;;
         --bench-virtio) MODE=bench; BENCH=bench-virtio-l1.sh; BENCH_RUNS=3; shift ;;
         --runs) BENCH_RUNS=$2; shift 2 ;;
+        --repeat) REPEAT=$2; shift 2 ;;
+        --shards) SHARDS=$2; shift 2 ;;
         -h|--help) usage ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -94,7 +100,6 @@ build_l1_initramfs() {
     cat > "$ROOT/lab/config" <<CFG
 LAB_MODE=$MODE
 LAB_VMM=$VMM
-LAB_ONLY="$ONLY"
 LAB_TIMING_ARGS="$LAB_TIMING_ARGS"
 LAB_SCENARIO_TIMEOUT=$SCENARIO_TIMEOUT
 LAB_BOOT_TIMEOUT=$BOOT_TIMEOUT
@@ -118,8 +123,6 @@ STALL_TIMEOUT=${VMR_LAB_STALL_TIMEOUT:-$((SCENARIO_TIMEOUT + 120))}
 TICK_TIMEOUT=${VMR_LAB_TICK_TIMEOUT:-75}
 boot_l1() {
     local log=$1 only=$2
-    sed -i "s/^LAB_ONLY=.*/LAB_ONLY=\"$only\"/" "$OUT/l1-root/lab/config"
-    (cd "$OUT/l1-root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet > "$OUT/l1.cpio")
     local budget=$((TOTAL_TIMEOUT - ($(date +%s) - start)))
     [ "$budget" -lt "$L1_TIMEOUT" ] && L1_TIMEOUT=$budget
     # The log exists before QEMU and tail start: tail -f on a file that is not there yet exits at
@@ -128,7 +131,7 @@ boot_l1() {
     timeout -k 5 "$L1_TIMEOUT" qemu-system-x86_64 -accel "$L1_ACCEL" -M microvm -cpu max \
         -smp "$L1_CPUS" -m "$L1_MEM" -nodefaults -no-user-config -display none -serial stdio \
         -no-reboot -kernel "$LAB_CACHE/generic/vmlinux" -initrd "$OUT/l1.cpio" \
-        -append "console=ttyS0 panic=-1 quiet $LAB_TIMING_ARGS" < /dev/null > "$log.raw" 2>&1 &
+        -append "console=ttyS0 panic=-1 quiet $LAB_TIMING_ARGS lab.only=${only// /,}" < /dev/null > "$log.raw" 2>&1 &
     L1_PID=$!
     tail -n +1 -f --pid="$L1_PID" "$log.raw" 2>/dev/null |
         grep --line-buffered -aE '^LAB' | grep --line-buffered -v '^LAB-TICK' | sed -u 's/\r$//' >&2 &
@@ -155,49 +158,78 @@ boot_l1() {
     return 0
 }
 
-# The scenarios of this run, in order (names without the number prefix).
+# The runs of this invocation, in order: scenario names without the number prefix; with
+# --repeat N each scenario runs N times, as name@1 .. name@N.
 SCENARIOS=""
-for f in "$LAB_DIR"/scenarios/*.sh; do
-    n=$(basename "$f" .sh); n=${n#[0-9][0-9]-}
-    case " $ONLY " in "  "|*" $n "*) SCENARIOS="$SCENARIOS $n" ;; esac
+for ((round = 1; round <= REPEAT; round++)); do
+    for f in "$LAB_DIR"/scenarios/*.sh; do
+        n=$(basename "$f" .sh); n=${n#[0-9][0-9]-}
+        [ "$REPEAT" -gt 1 ] && n="$n@$round"
+        case " $ONLY " in "  "|*" ${n%@*} "*) SCENARIOS="$SCENARIOS $n" ;; esac
+    done
 done
 results() { cat "$OUT"/l1-serial.*.log 2>/dev/null | grep -aE '^LAB [^ ]+ (PASS|FAIL|SKIP)' || true; }
 has_result() { grep -aqE "^LAB $1 (PASS|FAIL|SKIP)" "$OUT"/l1-serial.*.log 2>/dev/null; }
 
+# run_shard SHARD "RUNS": L1 boots until every run of the list has a result. A wedged L1 costs
+# one boot: the runs without a result go on in a fresh L1. The one that was running when L1
+# wedged gets one more chance; if L1 wedges in it again it fails.
+run_shard() {
+    local shard=$1 only=$2 attempt=0 hung_once="" log remaining first n
+    trap cleanup EXIT
+    trap 'exit 143' TERM
+    while :; do
+        attempt=$((attempt + 1))
+        log="$OUT/l1-serial.$shard.$attempt.log"
+        boot_l1 "$log" "$only"
+        [ "$MODE" = bench ] && break
+        grep -q '^LAB-END' "$log" && break
+        remaining=""
+        for n in $only; do has_result "$n" || remaining="$remaining $n"; done
+        [ -z "$remaining" ] && break
+        [ $attempt -ge "$MAX_BOOTS" ] && { log "shard $shard: giving up after $attempt L1 boots"; break; }
+        [ $(($(date +%s) - start)) -ge $((TOTAL_TIMEOUT - 120)) ] && { log "shard $shard: out of time after $attempt L1 boots"; break; }
+        if ! grep -q '^LAB-L1 kvm ready' "$log" && ! grep -q '^LAB-L1 no /dev/kvm' "$log"; then
+            log "shard $shard: L1 boot $attempt hung before KVM was ready; retrying"
+        else
+            first=${remaining# }; first=${first%% *}
+            if [ "$first" = "$hung_once" ]; then
+                echo "LAB $first FAIL L1 wedged twice while running it (logs in $OUT)" | tee -a "$log" >&2
+                remaining=${remaining# }; remaining=${remaining#"$first"}
+                [ -z "${remaining// /}" ] && break
+            else
+                hung_once=$first
+                log "shard $shard: L1 wedged during $first; running the rest in a new L1:$remaining"
+            fi
+        fi
+        only=${remaining# }
+    done
+    echo "$attempt" > "$OUT/boots.$shard"
+}
+
 start=$(date +%s)
 build_l1_initramfs
+(cd "$OUT/l1-root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet > "$OUT/l1.cpio")
 log "L1 initramfs $(du -sm "$OUT/l1-root" | cut -f1) MiB, vmm=$VMM, built in $(( $(date +%s) - start ))s"
-rm -f "$OUT"/l1-serial.*.log
-# A wedged L1 costs one boot: the scenarios without a result run again in a fresh L1. The one
-# that was running when L1 wedged gets one more chance; if L1 wedges in it again it fails.
+rm -f "$OUT"/l1-serial.*.log "$OUT"/boots.*
 MAX_BOOTS=${VMR_LAB_MAX_BOOTS:-4}
-attempt=0 hung_once="" only="$ONLY"
-while :; do
-    attempt=$((attempt + 1))
-    log="$OUT/l1-serial.$attempt.log"
-    boot_l1 "$log" "$only"
-    [ "$MODE" = bench ] && break
-    grep -q '^LAB-END' "$log" && break
-    remaining=""
-    for n in $SCENARIOS; do has_result "$n" || remaining="$remaining $n"; done
-    [ -z "$remaining" ] && break
-    [ $attempt -ge "$MAX_BOOTS" ] && { log "giving up after $attempt L1 boots"; break; }
-    [ $(($(date +%s) - start)) -ge $((TOTAL_TIMEOUT - 120)) ] && { log "out of time after $attempt L1 boots"; break; }
-    if ! grep -q '^LAB-L1 kvm ready' "$log" && ! grep -q '^LAB-L1 no /dev/kvm' "$log"; then
-        log "L1 boot $attempt hung before KVM was ready; retrying"
-    else
-        first=${remaining# }; first=${first%% *}
-        if [ "$first" = "$hung_once" ]; then
-            echo "LAB $first FAIL L1 wedged twice while running it (logs in $OUT)" | tee -a "$log" >&2
-            remaining=${remaining# }; remaining=${remaining#"$first"}
-            [ -z "${remaining// /}" ] && break
-        else
-            hung_once=$first
-            log "L1 wedged during $first; running the remaining scenarios in a new L1:$remaining"
-        fi
-    fi
-    only=${remaining# }
+# The runs are dealt to SHARDS L1 machines booted side by side (one host core each with the
+# default one L1 vCPU); the benchmark always uses one.
+[ "$MODE" = bench ] && SHARDS=1
+set -- $SCENARIOS
+[ "$SHARDS" -gt $# ] && [ $# -gt 0 ] && SHARDS=$#
+declare -a shard_runs=()
+i=0
+for n in $SCENARIOS; do shard_runs[$((i % SHARDS))]+=" $n"; i=$((i + 1)); done
+pids=()
+for ((k = 0; k < SHARDS; k++)); do
+    run_shard "$((k + 1))" "${shard_runs[$k]# }" &
+    pids+=($!)
 done
+trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+for p in "${pids[@]}"; do wait "$p" || true; done
+attempt=$(cat "$OUT"/boots.* 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+log=$(ls "$OUT"/l1-serial.*.log 2>/dev/null | tail -n 1)
 rm -f "$OUT/l1.cpio"; rm -rf "$OUT/l1-root"
 all=$(results)
 passed=$(echo "$all" | grep -cE '^LAB [^ ]+ PASS' || true)
@@ -210,7 +242,8 @@ if [ "$MODE" = scenarios ]; then
 else
     grep -q '^LAB-END' "$log" || { log "L1 did not finish (no LAB-END)"; failed=$((failed + 1)); }
 fi
-log "total $(( $(date +%s) - start ))s, $attempt L1 boot(s), logs in $OUT"
+wedges=$(cat "$OUT"/l1-serial.*.log 2>/dev/null | grep -c '^LAB-L1 stalled' || true)
+log "total $(( $(date +%s) - start ))s, $SHARDS shard(s), $attempt L1 boot(s), $wedges wedged, logs in $OUT"
 # The verdicts again, from the logs, on stdout: what was streamed above is progress, this is the
 # record (tests/lab.rs reads it).
 [ "$MODE" = scenarios ] && [ -n "$all" ] && echo "$all"
