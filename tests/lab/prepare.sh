@@ -95,16 +95,11 @@ copy_tool() {
     done
 }
 
-# L2_TOOLS: host binaries in every L2 initramfs (socat: vsock both ways); L2_BENCH_TOOLS only
-# in the benchmark's (fio and its ~80 MB of libraries would slow every scenario boot).
-L2_TOOLS="socat"
-L2_BENCH_TOOLS="fio iperf3"
 # build_initramfs OUT TOOLS...: static busybox + the lab /init + virtio/ext4/vsock modules
 # (loaded by the tests that need them) + TOOLS with their libraries.
 build_initramfs() {
     local out=$1 tmp mods=$LAB_CACHE/generic/l2-modules t; shift
-    if [ -s "$out" ] && [ "$out" -nt "$LAB_DIR/guest/init" ] && [ "$out" -nt /bin/busybox ] &&
-        [ "$out" -nt "$mods/order" ] && [ "$(cat "$out.tools" 2>/dev/null)" = "$*" ]; then return; fi
+    [ -s "$out" ] && return
     tmp=$(mktemp -d)
     mkdir -p "$tmp"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp}
     cp /bin/busybox "$tmp/bin/busybox"
@@ -113,11 +108,13 @@ build_initramfs() {
     mkdir -p "$tmp/lib/modules" && cp "$mods"/*.ko "$mods/order" "$tmp/lib/modules/"
     for t in "$@"; do copy_tool "$tmp" "$t"; done
     (cd "$tmp" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -6 > "$out.tmp")
-    mv "$out.tmp" "$out"; echo "$*" > "$out.tools"; rm -rf "$tmp"
+    mv "$out.tmp" "$out"; rm -rf "$tmp"
 }
 build_l2_initramfs() {
-    build_initramfs "$LAB_CACHE/l2-initramfs.cpio.gz" $L2_TOOLS
-    build_initramfs "$LAB_CACHE/l2-bench-initramfs.cpio.gz" $L2_TOOLS $L2_BENCH_TOOLS
+    # Ones no run has used for a week go (each change of guest/init makes new ones).
+    find "$LAB_CACHE" -maxdepth 1 -name 'l2-*.cpio.gz' -atime +7 -delete 2>/dev/null || true
+    build_initramfs "$(l2_initramfs l2-initramfs $L2_TOOLS)" $L2_TOOLS
+    build_initramfs "$(l2_initramfs l2-bench-initramfs $L2_TOOLS $L2_BENCH_TOOLS)" $L2_TOOLS $L2_BENCH_TOOLS
 }
 
 main() {

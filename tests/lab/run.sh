@@ -73,7 +73,7 @@ build_l1_initramfs() {
     # fio/iperf3 in L1 and in a larger L2 initramfs.
     cp "$LAB_DIR/$BENCH" "$ROOT/lab/bench-l1.sh"
     if [ "$BENCH" = bench-virtio-l1.sh ]; then
-        cp "$LAB_CACHE/l2-bench-initramfs.cpio.gz" "$ROOT/lab/l2/bench-initramfs.cpio.gz"
+        cp "$(l2_initramfs l2-bench-initramfs $L2_TOOLS $L2_BENCH_TOOLS)" "$ROOT/lab/l2/bench-initramfs.cpio.gz"
         for t in fio iperf3; do copy_bin "$(command -v $t)" usr/bin/$t; done
     fi
     cp -r "$LAB_DIR/scenarios" "$ROOT/lab/scenarios"
@@ -81,7 +81,7 @@ build_l1_initramfs() {
     cp "$LAB_CACHE/generic/vmlinux" "$ROOT/lab/l2/generic-vmlinux"
     cp "$LAB_CACHE/generic/bzImage" "$ROOT/lab/l2/generic-bzImage"
     cp "$LAB_CACHE/cloud/bzImage" "$ROOT/lab/l2/cloud-bzImage"
-    cp "$LAB_CACHE/l2-initramfs.cpio.gz" "$ROOT/lab/l2/initramfs.cpio.gz"
+    cp "$(l2_initramfs l2-initramfs $L2_TOOLS)" "$ROOT/lab/l2/initramfs.cpio.gz"
     local img=${VMR_IMAGE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmr/images/default}
     if [ -s "$img/bzImage" ] && [ -s "$img/initramfs.cpio.gz" ] && [ -s "$img/manifest.json" ]; then
         cp "$img/bzImage" "$ROOT/lab/l2/image-bzImage"
