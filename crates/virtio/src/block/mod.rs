@@ -9,7 +9,9 @@ pub(crate) mod request;
 #[cfg(test)]
 mod tests;
 
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -20,6 +22,7 @@ pub use config::{DiskConfig, DiskConfigError, SERIAL_MAX_LEN};
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
 use crate::queue::Drained;
+use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterHandle};
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features as common, GuestMemory, Interrupt};
 use request::{Executor, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
@@ -44,6 +47,8 @@ const CONFIG_LEN: usize = 60;
 pub enum BlockDeviceError {
     #[error(transparent)]
     Image(#[from] BlockError),
+    #[error("disk rate limiter: {0}")]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// Serializable state of a block device.
@@ -67,6 +72,7 @@ struct BlockHandler {
     interrupt: std::sync::Arc<Interrupt>,
     queue: Queue,
     executor: Executor,
+    limiter: Arc<RateLimiter>,
     broken: bool,
 }
 
@@ -75,16 +81,28 @@ impl QueueHandler for BlockHandler {
         if self.broken {
             return false;
         }
-        let (mem, executor) = (&self.mem, &mut self.executor);
-        let serve = |chain: DescriptorChain<&GuestMemory>| executor.execute(mem, chain);
+        let (mem, executor, limiter) = (&self.mem, &mut self.executor, &self.limiter);
+        let serve = |chain: DescriptorChain<&GuestMemory>| {
+            // A throttled request stays in the ring; the limiter's timer brings the worker back.
+            if !limiter.consume(Executor::data_len(mem, &chain)) {
+                return None;
+            }
+            Some(executor.execute(mem, chain))
+        };
         match crate::queue::drain_lingering(&mut self.queue, mem, &self.interrupt, LINGER, serve) {
-            Drained::Idle => false,
+            Drained::Idle | Drained::Throttled => false,
             Drained::More => true,
             Drained::Broken => {
                 self.broken = true;
                 false
             }
         }
+    }
+
+    /// The rate limiter's timer: throttled requests may go ahead.
+    fn process_fd(&mut self, _index: usize) -> bool {
+        self.limiter.timer_fired();
+        self.process_queue(0)
     }
 }
 
@@ -100,6 +118,7 @@ pub struct Block {
     acked_features: u64,
     index: usize,
     queue_sizes: [u16; 1],
+    limiter: Arc<RateLimiter>,
 }
 
 /// A stable default serial: "vmr" and 16 hex digits of the FNV-1a hash of the image path.
@@ -121,11 +140,18 @@ impl Block {
             OpenOptions { read_only: config.read_only, format: config.format, direct: config.direct };
         let disk = vmr_block::open(&config.path, &options)?;
         let serial = config.serial.clone().unwrap_or_else(|| default_serial(&config.path));
-        Ok(Self::with_disk(disk, config.path.display().to_string(), &serial, index))
+        let limiter = Arc::new(RateLimiter::new(&config.rate_limiter)?);
+        Ok(Self::with_disk(disk, config.path.display().to_string(), &serial, index, limiter))
     }
 
     /// Wraps an already opened image.
-    pub fn with_disk(disk: Box<dyn DiskImage>, path: String, serial: &str, index: usize) -> Self {
+    pub fn with_disk(
+        disk: Box<dyn DiskImage>,
+        path: String,
+        serial: &str,
+        index: usize,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
         let mut id = [0u8; SERIAL_LEN];
         let n = serial.len().min(SERIAL_LEN);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
@@ -139,7 +165,13 @@ impl Block {
             acked_features: 0,
             index,
             queue_sizes: [QUEUE_SIZE],
+            limiter,
         }
+    }
+
+    /// What the VMM keeps to change this disk's limits while the guest runs.
+    pub fn rate_limiter_handle(&self) -> RateLimiterHandle {
+        RateLimiterHandle::new(self.limiter.clone())
     }
 
     fn config_space(&self) -> [u8; CONFIG_LEN] {
@@ -200,10 +232,13 @@ impl VirtioDevice for Block {
             interrupt: ctx.interrupt,
             queue: ctx.queues.remove(0),
             executor: Executor::new(disk, self.serial, ctx.acked_features),
+            limiter: self.limiter.clone(),
             broken: false,
         };
         self.acked_features = ctx.acked_features;
-        match Worker::spawn(format!("vmr-virtio-blk{}", self.index), ctx.queue_evts, handler) {
+        let fds = [(self.limiter.as_raw_fd(), vmm_sys_util::epoll::EventSet::IN)];
+        let name = format!("vmr-virtio-blk{}", self.index);
+        match Worker::spawn_with_fds(name, ctx.queue_evts, &fds, handler) {
             Ok(worker) => {
                 self.worker = Some(worker);
                 Ok(())

@@ -68,6 +68,22 @@ impl Executor {
         written.saturating_add(1)
     }
 
+    /// Data bytes a request moves, what its bandwidth is charged: the data of a read or a write,
+    /// 0 for other requests and for chains too broken to parse (they fail at once anyway).
+    pub(crate) fn data_len(mem: &GuestMemory, chain: &DescriptorChain<&GuestMemory>) -> u64 {
+        let Ok(mut reader) = Reader::<()>::new(mem, chain.clone()) else { return 0 };
+        let mut header = [0u8; 16];
+        if reader.read_exact(&mut header).is_err() {
+            return 0;
+        }
+        match u32::from_le_bytes([header[0], header[1], header[2], header[3]]) {
+            T_IN => Writer::<()>::new(mem, chain.clone())
+                .map_or(0, |w| w.available_bytes().saturating_sub(1) as u64),
+            T_OUT => reader.available_bytes() as u64,
+            _ => 0,
+        }
+    }
+
     fn dispatch(&mut self, mut reader: Reader<'_>, writer: &mut Writer<'_>) -> Outcome {
         let mut header = [0u8; 16];
         if reader.read_exact(&mut header).is_err() {

@@ -2,8 +2,11 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+
+use crate::rate_limiter::RateLimiter;
 
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::queue::{Drained, BUDGET};
@@ -25,12 +28,27 @@ pub(crate) struct NetHandler {
     pending: Option<usize>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    rx_limiter: Arc<RateLimiter>,
+    tx_limiter: Arc<RateLimiter>,
     broken: bool,
 }
 
+/// Extra fds the worker polls, in this order (see [`NetHandler::process_fd`]).
+pub(crate) const FD_TAP: usize = 0;
+pub(crate) const FD_RX_LIMITER: usize = 1;
+pub(crate) const FD_TX_LIMITER: usize = 2;
+
 impl NetHandler {
-    pub(crate) fn new(mem: GuestMemory, interrupt: Arc<Interrupt>, rx: Queue, tx: Queue, tap: Tap) -> Self {
+    pub(crate) fn new(
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        (rx, tx): (Queue, Queue),
+        tap: Tap,
+        (rx_limiter, tx_limiter): (Arc<RateLimiter>, Arc<RateLimiter>),
+    ) -> Self {
         NetHandler {
+            rx_limiter,
+            tx_limiter,
             mem,
             interrupt,
             rx,
@@ -93,6 +111,12 @@ impl NetHandler {
                     }
                 }
             };
+            // Over the receive limit: the frame waits (in `pending`, the rest in the tap) until
+            // the limiter's timer fires.
+            if !self.rx_limiter.consume(len as u64) {
+                self.rx.go_to_previous_position();
+                break;
+            }
             let head = chain.head_index();
             let written = match Writer::<()>::new(&self.mem, chain) {
                 Ok(mut w) if w.available_bytes() >= len => {
@@ -115,14 +139,23 @@ impl NetHandler {
     }
 
     /// Sends one transmit chain to the tap; the used length is 0 (nothing written to the guest).
+    /// `None` (the chain stays queued) when over the transmit limit.
     fn transmit_chain(
         mem: &GuestMemory,
         tap: &mut Tap,
         buf: &mut [u8],
+        limiter: &RateLimiter,
         chain: virtio_queue::DescriptorChain<&GuestMemory>,
-    ) -> u32 {
-        let Ok(mut reader) = Reader::<()>::new(mem, chain) else { return 0 };
+    ) -> Option<u32> {
+        let Ok(mut reader) = Reader::<()>::new(mem, chain) else { return Some(0) };
         let len = reader.available_bytes();
+        if !limiter.consume(len as u64) {
+            return None;
+        }
+        Some(Self::send(tap, buf, &mut reader, len))
+    }
+
+    fn send(tap: &mut Tap, buf: &mut [u8], reader: &mut Reader<'_>, len: usize) -> u32 {
         if !(VNET_HDR_LEN..=buf.len()).contains(&len) || reader.read_exact(&mut buf[..len]).is_err() {
             return 0;
         }
@@ -134,11 +167,12 @@ impl NetHandler {
     }
 
     fn transmit(&mut self) -> bool {
-        let (mem, tap, buf) = (&self.mem, &mut self.tap, &mut self.tx_buf);
-        match crate::queue::drain(&mut self.tx, mem, &self.interrupt, |chain| {
-            Self::transmit_chain(mem, tap, buf, chain)
-        }) {
-            Drained::Idle => false,
+        let (mem, tap, buf, limiter) = (&self.mem, &mut self.tap, &mut self.tx_buf, &self.tx_limiter);
+        let serve = |chain: virtio_queue::DescriptorChain<&GuestMemory>| {
+            Self::transmit_chain(mem, tap, buf, limiter, chain)
+        };
+        match crate::queue::drain_lingering(&mut self.tx, mem, &self.interrupt, Duration::ZERO, serve) {
+            Drained::Idle | Drained::Throttled => false,
             Drained::More => true,
             Drained::Broken => {
                 self.broken = true;
@@ -158,7 +192,16 @@ impl QueueHandler for NetHandler {
         }
     }
 
-    fn process_fd(&mut self, _index: usize) -> bool {
+    fn process_fd(&mut self, index: usize) -> bool {
+        match index {
+            FD_TAP => {}
+            FD_RX_LIMITER => self.rx_limiter.timer_fired(),
+            FD_TX_LIMITER => {
+                self.tx_limiter.timer_fired();
+                return !self.broken && self.transmit();
+            }
+            _ => {}
+        }
         !self.broken && self.receive()
     }
 }

@@ -90,7 +90,7 @@ impl VsockHandler {
         match crate::queue::drain(&mut self.tx, mem, &self.interrupt, |chain| {
             transmit_chain(mem, muxer, buf, chain)
         }) {
-            Drained::Idle => false,
+            Drained::Idle | Drained::Throttled => false,
             Drained::More => true,
             Drained::Broken => {
                 self.broken = true;

@@ -29,7 +29,7 @@ use vmr_arch::{layout, MmioDeviceInfo};
 use vmr_devices::{Bus, BusError};
 use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
 use vmr_virtio::block::{Block, BlockDeviceError};
-use vmr_virtio::net::{Net, TapError};
+use vmr_virtio::net::{Net, NetDeviceError};
 use vmr_virtio::rng::Rng;
 use vmr_virtio::vsock::{Vsock, VsockError};
 use vmr_virtio::{Interrupt, IrqTrigger, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -40,7 +40,7 @@ pub enum DeviceError {
     #[error(transparent)]
     Disk(#[from] BlockDeviceError),
     #[error(transparent)]
-    Tap(#[from] TapError),
+    Net(#[from] NetDeviceError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
     #[error("{count} virtio devices requested; the machine has room for {max}")]
