@@ -102,6 +102,10 @@ struct RunArgs {
     /// A virtio entropy device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
+    /// Append Firecracker-style metrics (one JSON line of counter changes) to PATH every 60 s
+    /// and when the VM ends.
+    #[arg(long, value_name = "PATH")]
+    metrics_path: Option<PathBuf>,
 }
 
 /// The kernel command line used when the user gives a kernel but no `--cmdline`.
@@ -151,8 +155,15 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         reboot: args.reboot,
         virtio: VirtioConfig { disks: args.disks, nets: args.nets, vsock: args.vsock, rng: args.rng },
     };
+    if let Some(path) = &args.metrics_path {
+        vmr_vmm::metrics::metrics().init(path)?;
+        vmr_vmm::metrics::start_periodic_flush()?;
+    }
     let reason = vmr_vmm::run(&config)?;
     vmr_vmm::console::restore_terminal();
+    if args.metrics_path.is_some() {
+        vmr_vmm::metrics::metrics().flush()?;
+    }
     match &reason {
         ExitReason::Poweroff | ExitReason::ConsoleQuit => {}
         ExitReason::Reboot => eprintln!("vmr: guest rebooted (exit code {})", reason.exit_code()),

@@ -115,7 +115,7 @@ pub fn blk(data: &[u8]) {
     let flags = data.get(1).copied().unwrap_or(0);
     let disk = Box::new(MemDisk { data: vec![0; 64 << 10], read_only: flags & 2 != 0 });
     let acked = features::VERSION_1 | crate::block::features::DISCARD | crate::block::features::WRITE_ZEROES;
-    let mut executor = Executor::new(disk, *b"fuzz-serial-0123456\0", acked);
+    let mut executor = Executor::new(disk, *b"fuzz-serial-0123456\0", acked, Arc::default());
     let irq = interrupt();
     for _ in 0..2 {
         let serve = |chain: virtio_queue::DescriptorChain<&GuestMemory>| {

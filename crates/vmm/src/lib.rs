@@ -9,7 +9,9 @@ pub mod config;
 pub mod console;
 pub mod devices;
 mod error;
+pub mod logger;
 mod machine;
+pub mod metrics;
 mod vcpu;
 
 pub use accel::{select_backend, BackendChoice};

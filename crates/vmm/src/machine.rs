@@ -87,15 +87,19 @@ struct MachineOps {
 
 impl VmOps for MachineOps {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
+        crate::metrics::metrics().vcpu.exit_io_in.inc();
         self.pio.read(u64::from(port), data);
     }
     fn pio_write(&self, port: u16, data: &[u8]) {
+        crate::metrics::metrics().vcpu.exit_io_out.inc();
         self.pio.write(u64::from(port), data);
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        crate::metrics::metrics().vcpu.exit_mmio_read.inc();
         self.mmio.read(addr, data);
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
+        crate::metrics::metrics().vcpu.exit_mmio_write.inc();
         self.mmio.write(addr, data);
     }
 }

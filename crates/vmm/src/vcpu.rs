@@ -26,11 +26,20 @@ pub fn spawn(
 
 fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, events: &Sender<VmEvent>) {
     let id = vcpu.id();
+    let counters = &crate::metrics::metrics().vcpu;
     loop {
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let event = match vcpu.run() {
+        let exit = vcpu.run();
+        match &exit {
+            Ok(VcpuExit::Interrupted) => counters.exit_interrupted.inc(),
+            Ok(VcpuExit::Hlt) => counters.exit_hlt.inc(),
+            Ok(VcpuExit::SystemPoweroff | VcpuExit::SystemReset) => counters.exit_system_event.inc(),
+            Ok(VcpuExit::Shutdown) => counters.exit_shutdown.inc(),
+            Ok(VcpuExit::InternalError(_)) | Err(_) => counters.failures.inc(),
+        }
+        let event = match exit {
             Ok(VcpuExit::Interrupted) => continue,
             Ok(VcpuExit::Hlt) => {
                 // Only backends without their own interrupt handling return HLT; none of ours

@@ -21,6 +21,7 @@ use vmr_block::{BlockError, DiskImage, OpenOptions, SECTOR_SIZE};
 pub use config::{DiskConfig, DiskConfigError, SERIAL_MAX_LEN};
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::metrics::BlockMetrics;
 use crate::queue::Drained;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterHandle};
 use crate::worker::{QueueHandler, Worker};
@@ -85,6 +86,7 @@ impl QueueHandler for BlockHandler {
         let serve = |chain: DescriptorChain<&GuestMemory>| {
             // A throttled request stays in the ring; the limiter's timer brings the worker back.
             if !limiter.consume(Executor::data_len(mem, &chain)) {
+                executor.metrics().counters.rate_limiter_throttled_events.inc();
                 return None;
             }
             Some(executor.execute(mem, chain))
@@ -119,6 +121,7 @@ pub struct Block {
     index: usize,
     queue_sizes: [u16; 1],
     limiter: Arc<RateLimiter>,
+    metrics: Arc<BlockMetrics>,
 }
 
 /// A stable default serial: "vmr" and 16 hex digits of the FNV-1a hash of the image path.
@@ -166,7 +169,13 @@ impl Block {
             index,
             queue_sizes: [QUEUE_SIZE],
             limiter,
+            metrics: Arc::default(),
         }
+    }
+
+    /// This disk's counters (they live as long as any holder, across resets).
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
     }
 
     /// What the VMM keeps to change this disk's limits while the guest runs.
@@ -231,7 +240,7 @@ impl VirtioDevice for Block {
             mem: ctx.mem,
             interrupt: ctx.interrupt,
             queue: ctx.queues.remove(0),
-            executor: Executor::new(disk, self.serial, ctx.acked_features),
+            executor: Executor::new(disk, self.serial, ctx.acked_features, self.metrics.clone()),
             limiter: self.limiter.clone(),
             broken: false,
         };

@@ -76,6 +76,7 @@ pub struct Net {
     queue_sizes: [u16; 2],
     rx_limiter: Arc<RateLimiter>,
     tx_limiter: Arc<RateLimiter>,
+    metrics: Arc<crate::metrics::NetMetrics>,
 }
 
 /// TUN_F_* flags for the guest receive offloads the driver accepted.
@@ -114,6 +115,7 @@ impl Net {
         Net {
             rx_limiter,
             tx_limiter,
+            metrics: Arc::default(),
             tap_name: tap.name().to_owned(),
             tap: Some(tap),
             mac,
@@ -122,6 +124,11 @@ impl Net {
             index,
             queue_sizes: [QUEUE_SIZE; 2],
         }
+    }
+
+    /// This card's counters.
+    pub fn metrics(&self) -> Arc<crate::metrics::NetMetrics> {
+        self.metrics.clone()
     }
 
     /// What the VMM keeps to change the guest receive limits while the guest runs.
@@ -179,7 +186,7 @@ impl VirtioDevice for Net {
         let tx = ctx.queues.pop().ok_or(ActivateError::QueueCount { expected: 2, got: 1 })?;
         let rx = ctx.queues.pop().ok_or(ActivateError::QueueCount { expected: 2, got: 0 })?;
         let limiters = (self.rx_limiter.clone(), self.tx_limiter.clone());
-        let handler = NetHandler::new(ctx.mem, ctx.interrupt, (rx, tx), tap, limiters);
+        let handler = NetHandler::new(ctx.mem, ctx.interrupt, (rx, tx), tap, limiters, self.metrics.clone());
         self.acked_features = ctx.acked_features;
         // In the order of handler::FD_TAP, FD_RX_LIMITER, FD_TX_LIMITER.
         let fds = [

@@ -7,9 +7,11 @@ use super::TokenBucketConfig;
 /// A bucket of `size` tokens that refills at `size / refill_time`, with a one-time burst that is
 /// spent first and never refilled.
 ///
-/// A request larger than the bucket is let through when the bucket is full and leaves it in
-/// debt (a negative budget): the next requests wait until the debt is refilled. So the long-run
-/// rate stays `size / refill_time` whatever the request sizes, and no request waits for ever.
+/// A request larger than the bucket is let through as soon as the bucket is out of debt, and
+/// leaves it in debt (a negative budget): the next requests wait until the debt is refilled.
+/// So the long-run rate stays `size / refill_time` whatever the request sizes, no request waits
+/// for ever, and a worker woken late loses no tokens (they are lost only to a full bucket, and
+/// a bucket in debt is far from full).
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
     size: u64,
@@ -66,10 +68,15 @@ impl TokenBucket {
         self.scaled_budget = self.scaled_budget.saturating_add(added).min(self.capacity());
     }
 
-    /// Tokens the budget must hold for a request of `tokens`: what the burst does not cover, at
-    /// most a full bucket (a larger request goes through a full bucket and leaves debt).
+    /// Tokens the budget must hold for a request of `tokens`: what the burst does not cover;
+    /// nothing for a request larger than the bucket (it only needs the bucket out of debt).
     fn needed(&self, tokens: u64) -> u64 {
-        tokens.saturating_sub(self.one_time_burst).min(self.size)
+        let rest = tokens.saturating_sub(self.one_time_burst);
+        if rest > self.size {
+            0
+        } else {
+            rest
+        }
     }
 
     /// True if `tokens` could be taken now (see [`TokenBucket::take`]), without taking them.
@@ -159,6 +166,8 @@ mod tests {
         assert!(b.can_take(300, t0), "a request above the size must not wait for ever");
         b.take(300, t0);
         assert_eq!(b.budget(t0), -200.0);
+        assert!(!b.can_take(300, t0 + Duration::from_millis(199)), "still in debt");
+        assert!(b.can_take(300, t0 + Duration::from_millis(200)), "out of debt: the next big one goes");
         // The debt is paid at the bucket's rate: 200 tokens = 200 ms, then a full bucket 100 ms later.
         assert!(!b.can_take(1, t0 + Duration::from_millis(150)));
         assert_eq!(b.wait_for(100, t0 + Duration::from_millis(200)), Duration::from_millis(100));
