@@ -106,6 +106,10 @@ struct RunArgs {
     /// and when the VM ends.
     #[arg(long, value_name = "PATH")]
     metrics_path: Option<PathBuf>,
+    /// Seccomp filters on every vmr thread: on (default) or off (for debugging; a syscall
+    /// outside a thread's list otherwise stops vmr with a line naming thread and syscall).
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    seccomp: String,
 }
 
 /// The kernel command line used when the user gives a kernel but no `--cmdline`.
@@ -155,6 +159,7 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         reboot: args.reboot,
         virtio: VirtioConfig { disks: args.disks, nets: args.nets, vsock: args.vsock, rng: args.rng },
     };
+    vmr_vmm::seccomp::set_enabled(args.seccomp == "on");
     if let Some(path) = &args.metrics_path {
         vmr_vmm::metrics::metrics().init(path)?;
         vmr_vmm::metrics::start_periodic_flush()?;

@@ -12,6 +12,7 @@ mod error;
 pub mod logger;
 mod machine;
 pub mod metrics;
+pub mod seccomp;
 mod vcpu;
 
 pub use accel::{select_backend, BackendChoice};
@@ -58,6 +59,9 @@ impl ExitReason {
 /// Runs the VM described by `config` until it ends, applying the reboot policy.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
+    // Every thread from here on runs under its role's filter, stacked on main's.
+    seccomp::install_thread_hook();
+    seccomp::try_apply(seccomp::Role::Main)?;
     let events = machine::EventChannel::new()?;
     let mut backend: Option<BackendChoice> = None;
     let mut console: Option<console::ConsoleInput> = None;

@@ -44,6 +44,7 @@ impl EventChannel {
         std::thread::Builder::new()
             .name("vmr-signals".into())
             .spawn(move || {
+                crate::seccomp::apply_for_thread(crate::seccomp::Role::Signals);
                 for sig in signals.forever() {
                     if signal_tx.send(VmEvent::Signal(sig)).is_err() {
                         return;

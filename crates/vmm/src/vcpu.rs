@@ -20,7 +20,10 @@ pub fn spawn(
     let id = vcpu.id();
     thread::Builder::new()
         .name(format!("vmr-vcpu{id}"))
-        .spawn(move || run_loop(vcpu.as_mut(), &stop, &events))
+        .spawn(move || {
+            crate::seccomp::apply_for_thread(crate::seccomp::Role::Vcpu);
+            run_loop(vcpu.as_mut(), &stop, &events)
+        })
         .map_err(|source| VmmError::Thread { what: "vCPU", source })
 }
 

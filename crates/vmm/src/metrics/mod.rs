@@ -233,11 +233,14 @@ pub fn start_periodic_flush() -> Result<(), MetricsError> {
 fn start_flush_thread(interval: Duration) -> Result<(), MetricsError> {
     std::thread::Builder::new()
         .name("vmr-metrics".into())
-        .spawn(move || loop {
-            std::thread::sleep(interval);
-            match metrics().flush() {
-                Ok(()) | Err(MetricsError::NotInitialized) => {}
-                Err(e) => tracing::warn!("{e}"),
+        .spawn(move || {
+            crate::seccomp::apply_for_thread(crate::seccomp::Role::Metrics);
+            loop {
+                std::thread::sleep(interval);
+                match metrics().flush() {
+                    Ok(()) | Err(MetricsError::NotInitialized) => {}
+                    Err(e) => tracing::warn!("{e}"),
+                }
             }
         })
         .map(|_| ())
