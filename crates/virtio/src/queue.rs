@@ -183,11 +183,9 @@ mod tests {
         assert_eq!(drain(&mut q, mem, &irq, |_| 0), Drained::More);
     }
 
-    /// Lingering: chains the driver adds while the device polls are served in the same call
-    /// (one interrupt); an idle queue does not poll at all.
-    #[test]
-    fn lingering_drain_picks_up_late_chains_and_idle_queues_do_not_wait() {
-        let mem = memory();
+    /// A queue of 16 one-descriptor chains (none available yet), its used ring moved off the
+    /// mock's avail ring, and an interrupt.
+    fn sixteen_chains(mem: &GuestMemory) -> (MockSplitQueue<'_, GuestMemory>, Queue, Interrupt) {
         let mock = MockSplitQueue::new(mem, 16);
         for i in 0..16 {
             mock.desc_table().store(i, RawDescriptor::from(Descriptor::new(0x10_0000, 16, 2, 0))).unwrap();
@@ -195,6 +193,15 @@ mod tests {
         let mut q: Queue = mock.create_queue().unwrap();
         q.set_used_ring_address(Some(0x8000), Some(0));
         let irq = Interrupt::new(IrqTrigger::EventFd(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        (mock, q, irq)
+    }
+
+    /// Lingering: chains the driver adds while the device polls are served in the same call
+    /// (one interrupt); an idle queue does not poll at all.
+    #[test]
+    fn lingering_drain_picks_up_late_chains_and_idle_queues_do_not_wait() {
+        let mem = memory();
+        let (mock, mut q, irq) = sixteen_chains(mem);
         let start = Instant::now();
         assert_eq!(drain_lingering(&mut q, mem, &irq, Duration::from_secs(5), |_| Some(0)), Drained::Idle);
         assert!(start.elapsed() < Duration::from_secs(1), "an idle queue lingered");
@@ -217,13 +224,7 @@ mod tests {
     #[test]
     fn throttled_chain_stays_available() {
         let mem = memory();
-        let mock = MockSplitQueue::new(mem, 16);
-        for i in 0..16 {
-            mock.desc_table().store(i, RawDescriptor::from(Descriptor::new(0x10_0000, 16, 2, 0))).unwrap();
-        }
-        let mut q: Queue = mock.create_queue().unwrap();
-        q.set_used_ring_address(Some(0x8000), Some(0));
-        let irq = Interrupt::new(IrqTrigger::EventFd(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let (mock, mut q, irq) = sixteen_chains(mem);
         mock.avail().idx().store(3);
         let mut allow = 1;
         let mut serve = |_: DescriptorChain<&GuestMemory>| {

@@ -101,7 +101,8 @@ thread_local! {
 }
 
 /// Builds `role`'s filter: its lists allowed, anything else traps. vCPUs get `ioctl` only for
-/// the KVM requests they make and the tap offload set on device activation; other threads
+/// the KVM requests they make, the tap offload set on device activation and FIONBIO; vsock
+/// workers only FIONBIO; other threads
 /// that open files after start (glibc reads /proc and /sys files for its allocator) may
 /// `openat` read-only.
 pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
@@ -112,9 +113,18 @@ pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
             rules.insert(nr, Vec::new());
         }
     }
-    if role == Role::Vcpu {
-        let mut requests = vmr_kvm::vcpu_thread_ioctls();
-        requests.push(libc::TUNSETOFFLOAD as u64);
+    // Rust's set_nonblocking is ioctl(FIONBIO): the vsock worker sets it on the sockets it
+    // accepts and connects (and the worker's filter stacks on its vCPU's).
+    let requests = match role {
+        Role::Vcpu => {
+            let mut r = vmr_kvm::vcpu_thread_ioctls();
+            r.extend([libc::TUNSETOFFLOAD as u64, libc::FIONBIO]);
+            Some(r)
+        }
+        Role::VsockWorker => Some(vec![libc::FIONBIO]),
+        _ => None,
+    };
+    if let Some(requests) = requests {
         let ioctl = requests
             .into_iter()
             .map(|r| arg_is(1, r).and_then(|c| SeccompRule::new(vec![c])))

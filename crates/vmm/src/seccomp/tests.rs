@@ -35,6 +35,42 @@ fn spawners_allow_what_their_children_need() {
     }
 }
 
+/// Found in the lab: the vsock worker makes its sockets non-blocking with ioctl(FIONBIO); it
+/// must pass both its own filter and its vCPU's (the filters stack). Checked in a child
+/// process, which may then die on a mistake without taking the test runner along.
+#[test]
+fn vsock_worker_may_set_sockets_non_blocking_under_the_vcpu_filter() {
+    const CHILD: &str = "VMR_SECCOMP_FIONBIO_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // Made before any filter, as the host sockets are made by other syscalls.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let t = std::thread::Builder::new()
+            .name("vmr-vcpu0".into())
+            .spawn(move || {
+                apply_for_thread(Role::Vcpu);
+                let w = std::thread::Builder::new().name("vmr-virtio-vsock0".into()).spawn(move || {
+                    apply_for_thread(Role::VsockWorker);
+                    a.set_nonblocking(true).unwrap();
+                    eprintln!("non-blocking set");
+                });
+                w.unwrap().join().unwrap();
+            })
+            .unwrap();
+        let _ = t.join();
+        std::process::exit(0);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "seccomp::tests::vsock_worker_may_set_sockets_non_blocking_under_the_vcpu_filter"])
+        .args(["--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("non-blocking set"), "{stderr}");
+}
+
 #[test]
 fn thread_names_map_to_roles() {
     assert_eq!(Role::from_thread_name("vmr-vcpu12"), Some(Role::Vcpu));
