@@ -1,7 +1,9 @@
 //! The allow-lists, one per thread role, derived from `strace -ff` of vmr booting the lab's
 //! Debian guest on the software CPU (2 vCPUs, disk with a rate limit, tap, vsock, rng,
 //! metrics), of `tests/machine.rs` (tiny kernels: console, power-off, reset, crash, signals),
-//! and of the KVM backend's code paths for the ioctls (checked in the nested lab).
+//! and of the KVM backend's code paths for the ioctls, then checked in the nested lab
+//! (`tests/lab/run.sh --only "boot-vmlinux cpus-2 net-tap vsock disk-raw signals"`, which
+//! found the vsock worker's FIONBIO and timer calls).
 //!
 //! A thread's filter is stacked on the filters of the thread that spawned it (seccomp filters
 //! are inherited and all must allow a syscall), so a spawner's list must hold its children's:
@@ -88,6 +90,9 @@ pub(super) const VSOCK_WORKER: List = syscalls!(
     SYS_shutdown,
     SYS_fcntl,
     SYS_getsockopt,
+    // The muxer's connect-timeout timer.
+    SYS_timerfd_settime,
+    SYS_timerfd_gettime,
 );
 pub(super) const RNG_WORKER: List = syscalls!(SYS_epoll_wait, SYS_epoll_pwait);
 
