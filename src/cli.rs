@@ -272,6 +272,25 @@ mod tests {
     }
 
     #[test]
+    fn seccomp_and_metrics_options() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["vmr", "run", "--kernel", "k"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let Command::Run(args) = parse(&[]).unwrap().command else { panic!("not run") };
+        assert_eq!((args.seccomp.as_str(), args.metrics_path), ("on", None));
+        let Command::Run(args) = parse(&["--seccomp=off", "--metrics-path", "m.json"]).unwrap().command
+        else {
+            panic!("not run")
+        };
+        assert_eq!((args.seccomp.as_str(), args.metrics_path), ("off", Some(PathBuf::from("m.json"))));
+        assert!(parse(&["--seccomp=maybe"]).is_err());
+        let err = parse(&["--disk", "path=a.img,bw=fast"]).err().unwrap().to_string();
+        assert!(err.contains("bw must be a rate per second"), "{err}");
+    }
+
+    #[test]
     fn image_create_needs_a_size_or_a_backing_file() {
         assert!(Cli::try_parse_from(["vmr", "image", "create", "x.img"]).is_err());
         assert!(Cli::try_parse_from(["vmr", "image", "create", "-b", "base.raw", "x.qcow2"]).is_ok());
