@@ -123,17 +123,49 @@ impl EscapeParser {
     }
 }
 
+/// Input read while no machine takes it (before the first boot's serial port exists, between
+/// two boots of `--reboot restart`), held for the next sink, up to this many bytes.
+const HELD_INPUT_MAX: usize = 1 << 20;
+
+/// Where console input goes: the current machine's sink, or held until there is one.
+#[derive(Default)]
+struct InputRoute {
+    sink: Option<InputSink>,
+    held: Vec<u8>,
+}
+
+impl InputRoute {
+    fn deliver(&mut self, bytes: &[u8]) {
+        match &self.sink {
+            Some(sink) => sink(bytes),
+            None => {
+                let room = HELD_INPUT_MAX.saturating_sub(self.held.len());
+                self.held.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+        }
+    }
+
+    fn set_sink(&mut self, sink: Option<InputSink>) {
+        self.sink = sink;
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            self.deliver(&held);
+        }
+    }
+}
+
 /// Reads stdin on its own thread for the life of the process, forwarding bytes to the current
-/// sink. The sink can be swapped when the VM restarts. `on_quit` runs on `Ctrl-A x` (only when
-/// stdin is a terminal: piped input is passed through untouched).
+/// sink. The sink can be swapped when the VM restarts; input that arrives while there is none
+/// (typed or piped before the machine is built) is held for the next one. `on_quit` runs on
+/// `Ctrl-A x` (only when stdin is a terminal: piped input is passed through untouched).
 pub struct ConsoleInput {
-    sink: Arc<Mutex<Option<InputSink>>>,
+    route: Arc<Mutex<InputRoute>>,
 }
 
 impl ConsoleInput {
     pub fn start(on_quit: Box<dyn Fn() + Send>) -> Self {
-        let sink: Arc<Mutex<Option<InputSink>>> = Arc::new(Mutex::new(None));
-        let thread_sink = sink.clone();
+        let route: Arc<Mutex<InputRoute>> = Arc::default();
+        let thread_route = route.clone();
         // SAFETY: isatty only inspects the descriptor.
         let interactive = unsafe { libc::isatty(std::io::stdin().as_raw_fd()) } == 1;
         let spawned = thread::Builder::new().name("vmr-console".into()).spawn(move || {
@@ -158,27 +190,54 @@ impl ConsoleInput {
                 } else {
                     out.extend_from_slice(&buf[..n]);
                 }
-                let current = thread_sink.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some(sink) = current {
-                    sink(&out);
-                }
+                thread_route.lock().unwrap_or_else(|e| e.into_inner()).deliver(&out);
             }
         });
         if let Err(e) = spawned {
             tracing::warn!("console input disabled: cannot start its thread: {e}");
         }
-        ConsoleInput { sink }
+        ConsoleInput { route }
     }
 
-    /// Sends further input to `sink` (or nowhere with `None`).
+    /// Sends further input to `sink`, starting with what was held while there was none; `None`
+    /// holds input until the next sink.
     pub fn set_sink(&self, sink: Option<InputSink>) {
-        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = sink;
+        self.route.lock().unwrap_or_else(|e| e.into_inner()).set_sink(sink);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recording_sink() -> (InputSink, Arc<Mutex<Vec<u8>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        (Arc::new(move |b: &[u8]| g.lock().unwrap().extend_from_slice(b)), got)
+    }
+
+    #[test]
+    fn input_before_a_sink_is_held_for_it_in_order() {
+        let mut route = InputRoute::default();
+        route.deliver(b"echo typed-ahead\n");
+        let (sink, got) = recording_sink();
+        route.set_sink(Some(sink));
+        route.deliver(b"later\n");
+        assert_eq!(got.lock().unwrap().as_slice(), b"echo typed-ahead\nlater\n");
+        // Between two boots (--reboot restart) input is held again, not lost.
+        route.set_sink(None);
+        route.deliver(b"between");
+        assert_eq!(route.held, b"between");
+    }
+
+    #[test]
+    fn held_input_is_bounded() {
+        let mut route = InputRoute::default();
+        for _ in 0..(HELD_INPUT_MAX / 4096 + 10) {
+            route.deliver(&[b'x'; 4096]);
+        }
+        assert_eq!(route.held.len(), HELD_INPUT_MAX);
+    }
 
     #[test]
     fn escape_sequences() {
