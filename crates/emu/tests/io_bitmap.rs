@@ -313,3 +313,120 @@ fn iopl_and_tss_type() {
         assert_eq!(end, End::Gp(0, 0));
     }
 }
+
+// Seeds of the `cpu` fuzz target (`fuzz/seeds/cpu`): the same checks as inputs of the fuzz
+// harness, which starts at CPL 0 in long mode. Each seed makes the first 2 MiB user-accessible
+// through its table-slot entries, loads a TSS with a bitmap (ports 0x3f0-0x3f7 and 0x3fc-0x3ff
+// denied, the others allowed) and enters CPL 3 with IRETQ, where the user code does port I/O
+// until an access faults (every vector ends the case).
+
+/// A `cpu` fuzz input: the TSS limit, then the user code.
+fn cpu_seed(tss_limit: u16, user: impl FnOnce(&mut CodeAssembler)) -> Vec<u8> {
+    let mut data = vec![0u8]; // mode 0: long mode, the harness's RSP
+    data.extend_from_slice(&[0u8; 16 * 8]); // registers
+    let slots: [(u64, u64); 3] = [(0, 0x2000 | 7), (512, 0x3000 | 7), (1024, 0x87)];
+    data.push(slots.len() as u8);
+    for (slot, entry) in slots {
+        data.extend_from_slice(&slot.to_le_bytes());
+        data.extend_from_slice(&entry.to_le_bytes());
+    }
+    let desc = u64::from(tss_limit) | (TSS << 16) | (0x89 << 40);
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut user_start = a.create_label();
+    a.mov(rax, desc).unwrap();
+    a.mov(qword_ptr(GDT + u64::from(TSS_SEL)), rax).unwrap();
+    a.mov(eax, u32::from(TSS_SEL)).unwrap();
+    a.ltr(ax).unwrap();
+    a.mov(word_ptr(TSS + 0x66), u32::from(MAP)).unwrap();
+    a.mov(byte_ptr(TSS + u64::from(MAP) + 0x7e), 0xff).unwrap();
+    a.mov(byte_ptr(TSS + u64::from(MAP) + 0x7f), 0xf0).unwrap();
+    a.push(i32::from(USER_DS)).unwrap();
+    a.push(USER_STACK as i32).unwrap();
+    a.push(2i32).unwrap();
+    a.push(i32::from(USER_CS)).unwrap();
+    a.lea(rax, ptr(user_start)).unwrap();
+    a.push(rax).unwrap();
+    a.iretq().unwrap();
+    a.set_label(&mut user_start).unwrap();
+    user(&mut a);
+    a.hlt().unwrap();
+    data.extend(a.assemble(CODE).unwrap());
+    data
+}
+
+/// The seeds: (name, input, port writes the run must show in order).
+fn cpu_seeds() -> Vec<(&'static str, Vec<u8>, Vec<(u16, u64)>)> {
+    let sizes = cpu_seed(0xfff, |a| {
+        a.mov(eax, 0x4433_2211u32).unwrap();
+        a.mov(edx, 0x3f8u32).unwrap();
+        a.out(dx, al).unwrap();
+        a.out(dx, ax).unwrap();
+        a.out(dx, eax).unwrap();
+        a.mov(edx, 0x3f7u32).unwrap();
+        a.out(dx, ax).unwrap(); // 0x3f7 denied: #GP
+        a.out(dx, al).unwrap();
+    });
+    let strings = cpu_seed(0xfff, |a| {
+        a.mov(edx, 0x3f8u32).unwrap();
+        a.mov(ecx, 2u32).unwrap();
+        a.mov(esi, CODE as u32).unwrap();
+        a.rep().outsb().unwrap();
+        a.in_(al, dx).unwrap();
+        a.mov(edx, 0x3fau32).unwrap();
+        a.in_(ax, dx).unwrap();
+        a.out(dx, al).unwrap();
+        a.mov(edx, 0x3fbu32).unwrap();
+        a.in_(ax, dx).unwrap(); // 0x3fc denied: #GP
+        a.out(dx, al).unwrap();
+    });
+    // Limit 0x68 + 0x7f: bitmap byte 0x7f (port 0x3f8) is the last inside the TSS, so the
+    // second byte read for it is outside.
+    let limit = cpu_seed(u16::from(MAP) + 0x7f, |a| {
+        a.mov(eax, 0x55u32).unwrap();
+        a.mov(edx, 0x3e8u32).unwrap();
+        a.out(dx, al).unwrap();
+        a.mov(edx, 0x3f8u32).unwrap();
+        a.out(dx, al).unwrap(); // beyond the limit: #GP
+    });
+    vec![
+        ("io-bitmap-sizes", sizes, vec![(0x3f8, 0x11), (0x3f8, 0x2211), (0x3f8, 0x4433_2211)]),
+        ("io-bitmap-strings-and-in", strings, vec![(0x3fa, 0xff)]),
+        ("io-bitmap-limit", limit, vec![(0x3e8, 0x55)]),
+    ]
+}
+
+#[test]
+fn fuzz_seeds_do_user_port_io_through_the_bitmap() {
+    let mut w = common::fuzz_cpu::world();
+    for (name, data, want) in cpu_seeds() {
+        common::fuzz_cpu::run(&mut w, &data);
+        let pio = w.g.ops.pio.lock().unwrap().clone();
+        let io: Vec<(u16, u64)> = pio.iter().copied().filter(|(p, _)| (0x3e0..0x400).contains(p)).collect();
+        let outs: Vec<(u16, u64)> =
+            io.iter().copied().filter(|(p, _)| *p != 0x3f8 || name != "io-bitmap-strings-and-in").collect();
+        assert_eq!(outs, want, "{name}");
+        if name == "io-bitmap-strings-and-in" {
+            assert_eq!(io.iter().filter(|(p, _)| *p == 0x3f8).count(), 2, "REP OUTSB wrote both bytes");
+        }
+        assert_eq!(pio.last().map(|w| w.0), Some(DONE_PORT), "{name}: the fault ended the case");
+    }
+}
+
+/// `fuzz/seeds/cpu` holds exactly what `cpu_seeds` generates. Regenerate with
+/// `VMR_WRITE_FUZZ_SEEDS=1 cargo test -p vmr-emu --test io_bitmap seed_files`.
+#[test]
+fn seed_files_match_the_generator() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cpu");
+    for (name, data, _) in cpu_seeds() {
+        let path = dir.join(name);
+        if std::env::var_os("VMR_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &data).unwrap();
+        }
+        assert!(
+            std::fs::read(&path).unwrap_or_default() == data,
+            "{} differs from the generator",
+            path.display()
+        );
+    }
+}
