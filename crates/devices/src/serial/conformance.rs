@@ -189,9 +189,46 @@ fn fcr_controls_the_fifo_bits_and_clears_the_receiver() {
     u.wr(IER, 0x01);
     u.s.enqueue_input(b"stale");
     assert_eq!(u.rd(LSR) & 1, 1);
+    u.wr(IER, 0x00);
     u.wr(FCR, 0x03); // clear the receive FIFO
     assert_eq!(u.rd(LSR) & 1, 0);
     assert_eq!(u.rd(IIR), 0xc1);
+    // Host input is not lost to the clear: it comes again once the receive interrupt is on.
+    u.wr(IER, 0x01);
+    u.wr(LCR, 0x03);
+    let got: Vec<u8> = std::iter::from_fn(|| (u.rd(LSR) & 1 != 0).then(|| u.rd(RBR))).collect();
+    assert_eq!(got, b"stale");
+    // Bytes the guest sent itself in loopback mode are cleared for good.
+    u.wr(MCR, 0x10);
+    u.wr(THR, b'l');
+    u.wr(FCR, 0x03);
+    u.wr(MCR, 0x08);
+    assert_eq!(u.rd(LSR) & 1, 0);
+    assert_eq!(u.s.pending_input(), 0);
+}
+
+/// Linux's port start-up (6.1 `serial8250_do_startup` and `set_termios`): FIFOs cleared and
+/// disabled, the discarding reads, IER with the receive interrupt, then LCR, divisor and the
+/// FIFOs enabled again, which clears them. Input typed before all this arrives whole.
+#[test]
+fn input_typed_ahead_survives_linux_port_start_up() {
+    let mut u = Uart::new();
+    assert_eq!(u.s.enqueue_input(b"echo early\n"), 11);
+    u.wr(FCR, 0x01);
+    u.wr(FCR, 0x07);
+    u.wr(FCR, 0x00);
+    for off in [LSR, RBR, IIR, MSR] {
+        u.rd(off);
+    }
+    u.wr(IER, 0x05);
+    u.wr(LCR, 0x83);
+    u.wr(RBR, 0x01);
+    u.wr(IER, 0x00);
+    u.wr(LCR, 0x03);
+    u.wr(FCR, 0x01);
+    u.wr(FCR, 0x81);
+    let got: Vec<u8> = std::iter::from_fn(|| (u.rd(LSR) & 1 != 0).then(|| u.rd(RBR))).collect();
+    assert_eq!(got, b"echo early\n");
 }
 
 #[test]

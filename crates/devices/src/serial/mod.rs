@@ -179,7 +179,7 @@ impl Serial {
     /// [`PENDING_INPUT_MAX`] bytes already wait: the rest must be offered again later). Bytes
     /// enter the FIFO, raising the receive interrupt, once the guest has enabled it.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(PENDING_INPUT_MAX - self.pending.len());
+        let n = bytes.len().min(PENDING_INPUT_MAX.saturating_sub(self.pending.len()));
         self.pending.extend(&bytes[..n]);
         self.pump();
         n
@@ -248,6 +248,10 @@ impl BusDevice for Serial {
             // An output error loses the byte; the guest still sees THR empty, like a real UART
             // with nothing attached.
             let _ = self.uart.write(offset, value);
+            // Input a FIFO clear removed goes back in front of the queue.
+            for b in self.uart.take_cleared().into_iter().rev() {
+                self.pending.push_front(b);
+            }
             if offset != IER {
                 self.pump();
             }

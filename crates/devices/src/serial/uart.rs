@@ -108,6 +108,8 @@ pub(super) struct Uart {
     /// THR-empty interrupt latched.
     pub(super) thre_pending: bool,
     pub(super) rx: VecDeque<u8>,
+    /// Host input an FCR write cleared from the FIFO, for the caller to deliver again.
+    cleared: Vec<u8>,
     out: Box<dyn Write + Send>,
     irq: IrqLine,
     /// INTR level last seen.
@@ -129,6 +131,7 @@ impl Uart {
             msr_deltas: 0,
             thre_pending: false,
             rx: VecDeque::new(),
+            cleared: Vec::new(),
             out,
             irq,
             intr: false,
@@ -291,7 +294,11 @@ impl Uart {
     fn write_fcr(&mut self, value: u8) {
         // Changing the enable bit clears the FIFOs; so does the receiver-reset bit.
         if (value ^ self.fcr) & FCR_ENABLE != 0 || value & FCR_CLEAR_RX != 0 {
-            self.rx.clear();
+            let loopback = self.loopback();
+            let bytes = self.rx.drain(..);
+            if !loopback {
+                self.cleared.extend(bytes);
+            }
         }
         self.fcr = fcr_value(value);
     }
@@ -314,6 +321,14 @@ impl Uart {
         if before & MSR_RI != 0 && now & MSR_RI == 0 {
             self.msr_deltas |= MSR_TERI;
         }
+    }
+
+    /// Host input the guest's last FIFO clear removed (unread by the guest). Linux clears and
+    /// re-enables the FIFOs while it opens the port, after it has enabled the receive
+    /// interrupt, which is when queued input starts to enter the FIFO: that input must not be
+    /// lost, so the caller queues it again and it arrives as if a moment later.
+    pub(super) fn take_cleared(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.cleared)
     }
 
     /// LSR as the guest would read it, without clearing anything (for snapshots).
