@@ -4,11 +4,7 @@
 //! `fuzz/README.md`); the tests below check that the files match this code and that every seed
 //! still gets the conforming answer from the device.
 
-use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
-
-use super::{blk_run, mmio_run};
 use crate::block::request::{S_IOERR, S_OK, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT};
-use crate::status;
 
 /// One seed input of a fuzz target.
 pub struct Seed {
@@ -133,7 +129,11 @@ fn mmio_bad_queue_num(size: u32) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
+
+    use super::super::{blk_run, mmio_run};
     use super::*;
+    use crate::status;
 
     /// Each request of the blk seed gets its status, and the used length counts the status
     /// byte (plus the data of the one good read).
