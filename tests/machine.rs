@@ -277,3 +277,154 @@ fn metrics_path_gets_the_guests_exits_and_devices() {
         .unwrap();
     assert!(io_out >= 24, "{io_out} port writes in {line}");
 }
+
+/// A guest on the software CPU sees the 16550's THR-empty interrupt through the IOAPIC when it
+/// sets IER.ETBEI with the transmitter empty, also after masking it again (Linux's console
+/// masks IER while it prints and relies on the interrupt coming back when it restores IER).
+/// The edge of the first enable goes to a masked IOAPIC pin and is lost; the second enable
+/// must raise a new one. The handler reads IIR (0xc2) and reports it.
+#[test]
+fn thre_interrupt_reaches_a_guest_on_the_software_cpu() {
+    let out = run_emu(&kernel_raw("thre-irq", &thre_guest()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "THRE interrupt, IIR=c2\n");
+}
+
+/// A kernel of `code` only (no MSG / IDT0 data).
+fn kernel_raw(name: &str, code: &[u8]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("machine");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    tiny_pvh_kernel_with(&path, code, &[]);
+    path
+}
+
+/// The guest's code. 32-bit code cannot address a label as memory, so the code is assembled
+/// twice: first to learn where the handlers and messages are, then with their addresses.
+fn thre_guest() -> Vec<u8> {
+    let (_, addrs) = thre_guest_with([0; 6]);
+    let (code, again) = thre_guest_with(addrs);
+    assert_eq!(addrs, again);
+    code
+}
+
+/// Assembles the guest with `addrs` (bad, good, none, bad, good, wrong-IIR messages) and
+/// returns the code and where those labels ended up.
+fn thre_guest_with(addrs: [u32; 6]) -> (Vec<u8>, [u32; 6]) {
+    use iced_x86::code_asm::*;
+    use iced_x86::BlockEncoderOptions;
+    const IDT: u32 = LOAD as u32 + 0x2000;
+    const IDTR: u32 = LOAD as u32 + 0x1ff0;
+    const VECTOR: u32 = 0x30;
+    const IOAPIC: u32 = 0xfec0_0000;
+    let mut a = CodeAssembler::new(32).unwrap();
+    let (mut fill, mut not_com1, mut spin, mut bad, mut good, mut wrong_iir, mut print, mut off) = (
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+    );
+    let (mut msg_none, mut msg_bad, mut msg_good, mut msg_iir) =
+        (a.create_label(), a.create_label(), a.create_label(), a.create_label());
+    (|| -> Result<(), IcedError> {
+        a.cli()?;
+        a.mov(esp, LOAD as u32 + 0x3000)?;
+        // Both PICs masked: IRQ 4 comes through the IOAPIC only.
+        a.mov(al, 0xffu32)?;
+        a.out(0x21, al)?;
+        a.out(0xa1, al)?;
+        // IDT: vectors 0..=VECTOR, all to `bad` but VECTOR to `good`.
+        a.mov(ebx, cs)?;
+        a.mov(edi, IDT)?;
+        a.xor(ecx, ecx)?;
+        a.set_label(&mut fill)?;
+        a.mov(eax, addrs[0])?;
+        a.cmp(ecx, VECTOR)?;
+        a.jne(not_com1)?;
+        a.mov(eax, addrs[1])?;
+        a.set_label(&mut not_com1)?;
+        a.mov(word_ptr(edi), ax)?;
+        a.mov(word_ptr(edi + 2), bx)?;
+        a.mov(word_ptr(edi + 4), 0x8e00u32)?;
+        a.shr(eax, 16)?;
+        a.mov(word_ptr(edi + 6), ax)?;
+        a.add(edi, 8)?;
+        a.inc(ecx)?;
+        a.cmp(ecx, VECTOR + 1)?;
+        a.jne(fill)?;
+        a.mov(word_ptr(IDTR), VECTOR * 8 + 7)?;
+        a.mov(dword_ptr(IDTR + 2), IDT)?;
+        a.lidt(ptr(IDTR))?;
+        // LAPIC on; IOAPIC pin 4 -> VECTOR on APIC 0, masked for now.
+        a.mov(dword_ptr(0xfee0_00f0u32), 0x1ffu32)?;
+        a.mov(dword_ptr(IOAPIC), 0x19u32)?;
+        a.mov(dword_ptr(IOAPIC + 0x10), 0u32)?;
+        a.mov(dword_ptr(IOAPIC), 0x18u32)?;
+        a.mov(dword_ptr(IOAPIC + 0x10), 0x1_0000 | VECTOR)?;
+        // UART: FIFOs on; ETBEI on (the edge hits the masked pin) and off again.
+        a.mov(dx, 0x3fau32)?;
+        a.mov(al, 1u32)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x3f9u32)?;
+        a.mov(al, 2u32)?;
+        a.out(dx, al)?;
+        a.xor(eax, eax)?;
+        a.out(dx, al)?;
+        // Pin unmasked, interrupts on, ETBEI on again: THR is empty, so THRE is raised.
+        a.mov(dword_ptr(IOAPIC + 0x10), VECTOR)?;
+        a.sti()?;
+        a.mov(al, 2u32)?;
+        a.out(dx, al)?;
+        a.mov(ecx, 20_000_000u32)?;
+        a.set_label(&mut spin)?;
+        a.dec(ecx)?;
+        a.jnz(spin)?;
+        a.mov(esi, addrs[2])?;
+        a.jmp(print)?;
+        a.set_label(&mut bad)?;
+        a.mov(esi, addrs[3])?;
+        a.jmp(print)?;
+        a.set_label(&mut good)?;
+        a.mov(dx, 0x3fau32)?;
+        a.in_(al, dx)?;
+        a.mov(esi, addrs[4])?;
+        a.cmp(al, 0xc2u32)?;
+        a.jne(wrong_iir)?;
+        a.jmp(print)?;
+        a.set_label(&mut wrong_iir)?;
+        a.mov(esi, addrs[5])?;
+        a.set_label(&mut print)?;
+        a.mov(dx, 0x3f8u32)?;
+        let mut next = a.create_label();
+        a.set_label(&mut next)?;
+        a.lodsb()?;
+        a.test(al, al)?;
+        a.jz(off)?;
+        a.out(dx, al)?;
+        a.jmp(next)?;
+        a.set_label(&mut off)?;
+        a.mov(dx, 0x600u32)?;
+        a.mov(al, 0x34u32)?;
+        a.out(dx, al)?;
+        a.hlt()?;
+        a.set_label(&mut msg_none)?;
+        a.db(b"no interrupt\n\0")?;
+        a.set_label(&mut msg_bad)?;
+        a.db(b"wrong vector\n\0")?;
+        a.set_label(&mut msg_good)?;
+        a.db(b"THRE interrupt, IIR=c2\n\0")?;
+        a.set_label(&mut msg_iir)?;
+        a.db(b"THRE interrupt, IIR not c2\n\0")?;
+        Ok(())
+    })()
+    .unwrap();
+    let r = a.assemble_options(LOAD, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+    let ip = |l: &CodeLabel| r.label_ip(l).unwrap() as u32;
+    let found = [ip(&bad), ip(&good), ip(&msg_none), ip(&msg_bad), ip(&msg_good), ip(&msg_iir)];
+    (r.inner.code_buffer, found)
+}

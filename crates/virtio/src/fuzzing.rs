@@ -110,8 +110,14 @@ impl DiskImage for MemDisk {
 
 /// virtio-blk: arbitrary guest memory and queue, requests executed against a 64 KiB disk.
 pub fn blk(data: &[u8]) {
+    blk_run(data);
+}
+
+/// [`blk`], returning the guest memory afterwards (None if the queue was rejected), so the
+/// seed tests can check what the device wrote.
+fn blk_run(data: &[u8]) -> Option<GuestMemory> {
     let mem = memory(data);
-    let Some(mut q) = queue(data, &mem) else { return };
+    let mut q = queue(data, &mem)?;
     let flags = data.get(1).copied().unwrap_or(0);
     let disk = Box::new(MemDisk { data: vec![0; 64 << 10], read_only: flags & 2 != 0 });
     let acked = features::VERSION_1 | crate::block::features::DISCARD | crate::block::features::WRITE_ZEROES;
@@ -127,6 +133,7 @@ pub fn blk(data: &[u8]) {
             break;
         }
     }
+    Some(mem)
 }
 
 /// virtio-rng: arbitrary guest memory and queue.
@@ -233,8 +240,13 @@ fn guided_init(t: &mut MmioTransport, cfg: &[u8]) {
 /// value), with the same bytes as guest memory. If the first byte is odd, the driver init
 /// sequence runs first with ring placement taken from the next bytes.
 pub fn mmio(data: &[u8]) {
+    mmio_run(data);
+}
+
+/// [`mmio`], returning the transport afterwards (for the seed tests).
+fn mmio_run(data: &[u8]) -> Option<MmioTransport> {
     let mem = memory(data);
-    let Ok(mut t) = MmioTransport::new(mem, Box::new(SyncRng { sizes: [256] }), interrupt()) else { return };
+    let mut t = MmioTransport::new(mem, Box::new(SyncRng { sizes: [256] }), interrupt()).ok()?;
     if data.first().is_some_and(|b| b & 1 != 0) {
         guided_init(&mut t, data.get(1..9).unwrap_or(&[]));
     }
@@ -252,7 +264,10 @@ pub fn mmio(data: &[u8]) {
             t.read(offset, &mut buf[..width]);
         }
     }
+    Some(t)
 }
+
+pub mod seeds;
 
 #[cfg(test)]
 mod tests {

@@ -98,11 +98,17 @@ impl Harness {
 
     /// Sets up every queue of the device.
     pub(crate) fn setup_queue(&mut self) {
+        self.setup_queue_with_size(u32::from(self.qsize));
+    }
+
+    /// Sets up every queue of the device, writing `size` to QueueNum (a hostile driver may
+    /// write any value).
+    pub(crate) fn setup_queue_with_size(&mut self, size: u32) {
         for i in 0..self.queues.len() {
             let q = &self.queues[i];
             let (d, a, u) = (q.desc_table_addr().0, q.avail_addr().0, q.desc_table_addr().0 + USED_OFFSET);
             self.wr(0x30, i as u32);
-            self.wr(0x38, u32::from(self.qsize));
+            self.wr(0x38, size);
             for (reg, addr) in [(0x80, d), (0x90, a), (0xa0, u)] {
                 self.wr(reg, addr as u32);
                 self.wr(reg + 4, (addr >> 32) as u32);

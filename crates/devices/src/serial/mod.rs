@@ -1,22 +1,23 @@
-//! 16550A UART (COM1) on top of vm-superio.
+//! 16550A UART (COM1).
 //!
-//! Guest output goes to a `Box<dyn Write + Send>`; host input is queued with
-//! [`Serial::enqueue_input`] (by the console thread). It waits in a host-side queue until the
-//! guest's driver has the port open (receive interrupt enabled), then enters the 64-byte FIFO as
-//! the guest drains it: what a user types or pipes in before the guest is ready is not lost to
-//! the FIFO clears and discarding reads of the driver's start-up. Interrupts are edge pulses on
-//! the ISA line (IRQ 4 for COM1).
+//! The register model is in `uart.rs` (why not vm-superio's is said there). Guest output goes
+//! to a `Box<dyn Write + Send>`; host input is queued with [`Serial::enqueue_input`] (by the
+//! console thread). It waits in a host-side queue until the guest's driver has the port open
+//! (receive interrupt enabled), then enters the 64-byte FIFO as the guest drains it: what a
+//! user types or pipes in before the guest is ready is not lost to the FIFO clears and
+//! discarding reads of the driver's start-up. Interrupts are edge pulses on the ISA line
+//! (IRQ 4 for COM1).
+
+mod uart;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use vm_superio::serial::{NoEvents, SerialState as SuperioState};
-use vm_superio::Trigger;
 
 use crate::{BusDevice, IrqLine};
+use uart::{Uart, FIFO_SIZE, IER, IER_ERBFI, LCR_DLAB, LSR, LSR_ERRORS, RBR};
 
 /// COM1 base port.
 pub const COM1_PORT: u16 = 0x3f8;
@@ -36,20 +37,9 @@ pub enum SerialError {
     PendingOverflow { len: usize, max: usize },
 }
 
-/// Raises the UART's interrupt line.
-struct IrqTrigger(IrqLine);
-
-impl Trigger for IrqTrigger {
-    type E = Infallible;
-
-    fn trigger(&self) -> Result<(), Infallible> {
-        self.0.pulse();
-        Ok(())
-    }
-}
-
-/// Register state of the UART (a serde mirror of vm-superio's `SerialState`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Register state of the UART. The field set is the one vm-superio's `SerialState` had (older
+/// snapshots restore), plus FCR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialState {
     /// Divisor latch low byte.
     pub baud_divisor_low: u8,
@@ -57,15 +47,16 @@ pub struct SerialState {
     pub baud_divisor_high: u8,
     /// Interrupt enable register.
     pub interrupt_enable: u8,
-    /// Interrupt identification register.
+    /// The THR-empty interrupt latch: 0x02 when pending, else 0x01 (the other sources follow
+    /// from LSR, the FIFO and MSR; vm-superio's bit mask had THRE in the same bit).
     pub interrupt_identification: u8,
     /// Line control register.
     pub line_control: u8,
-    /// Line status register.
+    /// Line status register (its error bits are kept until the guest reads it).
     pub line_status: u8,
     /// Modem control register.
     pub modem_control: u8,
-    /// Modem status register.
+    /// Modem status register (its delta bits are kept until the guest reads it).
     pub modem_status: u8,
     /// Scratch register.
     pub scratch: u8,
@@ -74,56 +65,40 @@ pub struct SerialState {
     /// Host input not yet in the FIFO (waiting for the guest to open the port or drain it).
     #[serde(default)]
     pub pending_input: Vec<u8>,
+    /// FIFO control register (enable and receive trigger level). States from before it was
+    /// kept had FIFOs on (vm-superio always reported them), trigger level 1.
+    #[serde(default = "fifo_on")]
+    pub fifo_control: u8,
 }
 
-impl From<SuperioState> for SerialState {
-    fn from(s: SuperioState) -> Self {
+fn fifo_on() -> u8 {
+    0x01
+}
+
+impl Default for SerialState {
+    /// The reset state.
+    fn default() -> Self {
         SerialState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
+            baud_divisor_low: uart::DEFAULT_DIVISOR_LOW,
+            baud_divisor_high: 0,
+            interrupt_enable: 0,
+            interrupt_identification: 0x01,
+            line_control: uart::DEFAULT_LCR,
+            line_status: 0x60,
+            modem_control: uart::DEFAULT_MCR,
+            modem_status: 0xb0,
+            scratch: 0,
+            in_buffer: Vec::new(),
             pending_input: Vec::new(),
+            fifo_control: 0,
         }
     }
 }
-
-impl From<&SerialState> for SuperioState {
-    fn from(s: &SerialState) -> Self {
-        SuperioState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer.clone(),
-        }
-    }
-}
-
-type Uart = vm_superio::Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>;
 
 /// Host input held before it enters the FIFO, at most (a paste or a piped script fits; beyond
 /// it [`Serial::enqueue_input`] takes nothing until the guest reads).
 pub const PENDING_INPUT_MAX: usize = 1 << 20;
 
-/// Register offsets and bits this wrapper looks at.
-const RBR: u8 = 0;
-const IER: u8 = 1;
-const LCR: u8 = 3;
-const LSR: u8 = 5;
-const IER_RDI: u8 = 0x01;
-const LCR_DLAB: u8 = 0x80;
 /// Reads of LSR in a row, with the receive interrupt off and no other access to the UART in
 /// between, after which the guest is taken to poll for input (a driver without interrupts) and
 /// input is let in. Linux never does that: it reads LSR once per character it prints, between
@@ -136,9 +111,6 @@ pub struct Serial {
     uart: Uart,
     /// Host input not yet in the FIFO.
     pending: VecDeque<u8>,
-    /// Shadows of IER and LCR (vm-superio does not expose them without copying its state).
-    ier: u8,
-    lcr: u8,
     /// Consecutive LSR reads with the receive interrupt off and no other access in between
     /// (see [`POLLING_READS`]).
     lsr_polls: u32,
@@ -147,15 +119,7 @@ pub struct Serial {
 impl Serial {
     /// A UART in reset state raising `irq`, writing guest output to `out`.
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
-        let uart = vm_superio::Serial::new(IrqTrigger(irq), out);
-        let st = uart.state();
-        Serial {
-            uart,
-            pending: VecDeque::new(),
-            ier: st.interrupt_enable,
-            lcr: st.line_control,
-            lsr_polls: 0,
-        }
+        Serial { uart: Uart::new(irq, out), pending: VecDeque::new(), lsr_polls: 0 }
     }
 
     /// Restores a UART from [`Serial::state`].
@@ -164,9 +128,8 @@ impl Serial {
         irq: IrqLine,
         out: Box<dyn Write + Send>,
     ) -> Result<Self, SerialError> {
-        let max = 64;
-        if state.in_buffer.len() > max {
-            return Err(SerialError::FifoOverflow { len: state.in_buffer.len(), max });
+        if state.in_buffer.len() > FIFO_SIZE {
+            return Err(SerialError::FifoOverflow { len: state.in_buffer.len(), max: FIFO_SIZE });
         }
         if state.pending_input.len() > PENDING_INPUT_MAX {
             return Err(SerialError::PendingOverflow {
@@ -174,27 +137,49 @@ impl Serial {
                 max: PENDING_INPUT_MAX,
             });
         }
-        let uart = vm_superio::Serial::from_state(&state.into(), IrqTrigger(irq), NoEvents, out)
-            .map_err(|_| SerialError::FifoOverflow { len: state.in_buffer.len(), max })?;
+        let mut uart = Uart::new(irq, out);
+        uart.dll = state.baud_divisor_low;
+        uart.dlm = state.baud_divisor_high;
+        uart.ier = state.interrupt_enable & 0x0f;
+        uart.lcr = state.line_control;
+        uart.mcr = state.modem_control & 0x1f;
+        uart.fcr = uart::fcr_value(state.fifo_control);
+        uart.scr = state.scratch;
+        uart.lsr_errors = state.line_status & LSR_ERRORS;
+        uart.msr_deltas = state.modem_status & 0x0f;
+        uart.thre_pending = state.interrupt_identification & 0x03 == 0x02;
+        uart.rx = state.in_buffer.iter().copied().collect();
         Ok(Serial {
-            uart,
+            uart: uart.restored(),
             pending: state.pending_input.iter().copied().collect(),
-            ier: state.interrupt_enable,
-            lcr: state.line_control,
             lsr_polls: 0,
         })
     }
 
     /// The register state, for snapshots.
     pub fn state(&self) -> SerialState {
-        SerialState { pending_input: self.pending.iter().copied().collect(), ..self.uart.state().into() }
+        let u = &self.uart;
+        SerialState {
+            baud_divisor_low: u.dll,
+            baud_divisor_high: u.dlm,
+            interrupt_enable: u.ier,
+            interrupt_identification: if u.thre_pending { 0x02 } else { 0x01 },
+            line_control: u.lcr,
+            line_status: u.line_status(),
+            modem_control: u.mcr,
+            modem_status: u.modem_status(),
+            scratch: u.scr,
+            in_buffer: u.rx.iter().copied().collect(),
+            pending_input: self.pending.iter().copied().collect(),
+            fifo_control: u.fcr,
+        }
     }
 
     /// Queues host input for the guest; returns how many bytes were taken (all of them unless
     /// [`PENDING_INPUT_MAX`] bytes already wait: the rest must be offered again later). Bytes
     /// enter the FIFO, raising the receive interrupt, once the guest has enabled it.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(PENDING_INPUT_MAX - self.pending.len());
+        let n = bytes.len().min(PENDING_INPUT_MAX.saturating_sub(self.pending.len()));
         self.pending.extend(&bytes[..n]);
         self.pump();
         n
@@ -215,7 +200,7 @@ impl Serial {
     /// (after the start-up reads that discard what the FIFO holds) and off when the port is
     /// closed. Called on host input and on guest accesses (see `read`).
     fn pump(&mut self) {
-        if self.pending.is_empty() || (self.ier & IER_RDI == 0 && self.lsr_polls < POLLING_READS) {
+        if self.pending.is_empty() || (self.uart.ier & IER_ERBFI == 0 && self.lsr_polls < POLLING_READS) {
             return;
         }
         let room = self.uart.fifo_capacity().min(self.pending.len());
@@ -223,7 +208,7 @@ impl Serial {
             return;
         }
         let chunk: Vec<u8> = self.pending.drain(..room).collect();
-        let taken = self.uart.enqueue_raw_bytes(&chunk).unwrap_or(0);
+        let taken = self.uart.receive(&chunk);
         // Not taken (loopback mode): put back in front, in order.
         for &b in chunk[taken..].iter().rev() {
             self.pending.push_front(b);
@@ -239,7 +224,7 @@ impl BusDevice for Serial {
             // a test pattern with the receive bit to IER, reads it back and restores IER, and
             // input let in then would be thrown away by the driver's start-up. Opening the port
             // sets IER and then writes LCR, the divisor, FCR and MCR, which lets input in.
-            if offset == LSR && self.ier & IER_RDI == 0 {
+            if offset == LSR && self.uart.ier & IER_ERBFI == 0 {
                 self.lsr_polls = self.lsr_polls.saturating_add(1);
                 if self.lsr_polls == POLLING_READS && !self.pending.is_empty() {
                     tracing::debug!("serial: the guest polls LSR with interrupts off; letting input in");
@@ -251,7 +236,7 @@ impl BusDevice for Serial {
                 self.pump();
             }
             *first = self.uart.read(offset);
-            if offset == RBR && self.lcr & LCR_DLAB == 0 {
+            if offset == RBR && self.uart.lcr & LCR_DLAB == 0 {
                 self.pump();
             }
         }
@@ -260,14 +245,13 @@ impl BusDevice for Serial {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(&value), Ok(offset @ 0..=7)) = (data.first(), u8::try_from(offset)) {
             self.lsr_polls = 0;
-            match offset {
-                LCR => self.lcr = value,
-                IER if self.lcr & LCR_DLAB == 0 => self.ier = value & 0x0f,
-                _ => {}
-            }
             // An output error loses the byte; the guest still sees THR empty, like a real UART
             // with nothing attached.
             let _ = self.uart.write(offset, value);
+            // Input a FIFO clear removed goes back in front of the queue.
+            for b in self.uart.take_cleared().into_iter().rev() {
+                self.pending.push_front(b);
+            }
             if offset != IER {
                 self.pump();
             }
@@ -468,3 +452,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod conformance;

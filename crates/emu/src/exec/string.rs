@@ -116,7 +116,7 @@ fn step(cpu: &mut Cpu, op: &Op, kind: Kind, a: u8, delta: u64) -> Ex<bool> {
 
 fn run(cpu: &mut Cpu, op: &Op, kind: Kind) -> Ex {
     if matches!(kind, Kind::Ins | Kind::Outs) {
-        cpu.check_io_privilege()?;
+        cpu.check_io_permission(cpu.gpr[2] as u16, elem_size(op))?;
         cpu.block_break = true;
     }
     let a = match op.m.amask {

@@ -49,12 +49,50 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
 }
 
 impl Cpu {
-    /// IN/OUT/INS/OUTS privilege check (no TSS I/O bitmap: CPL > IOPL faults).
+    /// CLI/STI privilege check: CPL > IOPL faults in protected mode. (Virtual-8086 mode is not
+    /// modelled: IRET and POPF never set EFLAGS.VM.)
     pub fn check_io_privilege(&self) -> Ex {
-        if self.protected() && self.cpl as u64 > (self.flags.word & IOPL) >> 12 {
-            return Err(Exc::gp(0));
+        if self.io_privileged() {
+            Ok(())
+        } else {
+            Err(Exc::gp(0))
         }
-        Ok(())
+    }
+
+    /// CPL <= IOPL, or not in protected mode.
+    fn io_privileged(&self) -> bool {
+        !self.protected() || self.cpl as u64 <= (self.flags.word & IOPL) >> 12
+    }
+
+    /// IN/OUT/INS/OUTS of `size` bytes at `port`: with CPL > IOPL the access must be allowed by
+    /// the TSS I/O permission bitmap, else #GP(0) (Intel SDM vol. 1, 19.5.2). This is how
+    /// `ioperm()` and `iopl()` give user space ports.
+    pub fn check_io_permission(&mut self, port: u16, size: u8) -> Ex {
+        if self.io_privileged() || self.io_bitmap_allows(port, size)? {
+            Ok(())
+        } else {
+            Err(Exc::gp(0))
+        }
+    }
+
+    /// Whether every bitmap bit for `port..port + size` is clear. The CPU reads the 16-bit I/O
+    /// map base at TSS offset 0x66 and then two bitmap bytes (an access may straddle a byte),
+    /// both within the TSS limit; a 16-bit TSS has no bitmap. These are implicit supervisor
+    /// reads, so a page fault on them is delivered as such.
+    fn io_bitmap_allows(&mut self, port: u16, size: u8) -> Ex<bool> {
+        let tr = self.tr;
+        let tss32 = !tr.s && (tr.type_ == 0x9 || tr.type_ == 0xb);
+        if tr.unusable || !tss32 || tr.limit < 0x67 {
+            return Ok(false);
+        }
+        let map_base = self.read_lin(self.wrap_lin(tr.base.wrapping_add(0x66)), 2, Access::SYS_READ)?;
+        let byte = map_base + u64::from(port / 8);
+        if byte + 1 > u64::from(tr.limit) {
+            return Ok(false);
+        }
+        let bits = self.read_lin(self.wrap_lin(tr.base.wrapping_add(byte)), 2, Access::SYS_READ)?;
+        let mask = ((1u64 << size.min(4)) - 1) << (port % 8);
+        Ok(bits & mask == 0)
     }
 
     /// Writes CR0 with the architectural checks and side effects.
@@ -361,19 +399,19 @@ fn sldt(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn in_(cpu: &mut Cpu, op: &Op) -> Ex {
-    cpu.check_io_privilege()?;
     let port = cpu.rd(op, 1, 2)? as u16;
     let mut buf = [0u8; 8];
     let s = op.size;
+    cpu.check_io_permission(port, s)?;
     cpu.mem.pio_read(port, &mut buf[..s as usize]);
     cpu.block_break = true;
     cpu.wr(op, 0, s, u64::from_le_bytes(buf))
 }
 
 fn out(cpu: &mut Cpu, op: &Op) -> Ex {
-    cpu.check_io_privilege()?;
     let port = cpu.rd(op, 0, 2)? as u16;
     let s = cpu.opnd_size(op, 1);
+    cpu.check_io_permission(port, s)?;
     let v = cpu.rd(op, 1, s)?;
     cpu.mem.pio_write(port, &v.to_le_bytes()[..s as usize]);
     // Devices may have kicked the vCPU or raised an interrupt: end the block.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fuzz_cpu;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 

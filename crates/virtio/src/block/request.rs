@@ -110,6 +110,10 @@ impl Executor {
         let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
         self.count(kind, reader.available_bytes(), writer.available_bytes());
+        if !data_direction_ok(kind, &reader, writer) {
+            tracing::debug!("virtio-blk: request type {kind} with data descriptors in the wrong direction");
+            return (S_IOERR, 0);
+        }
         match kind {
             T_IN => self.read(sector, writer),
             T_OUT => (self.write(sector, &mut reader), 0),
@@ -223,6 +227,21 @@ impl Executor {
             }
         }
         S_OK
+    }
+}
+
+/// Whether the data descriptors after the header (`reader`, device-readable) and before the
+/// status byte (`writer`, device-writable) go the way request `kind` moves data (virtio 1.2,
+/// 5.2.6.1: the device must not touch a buffer the driver gave in the other direction). A read
+/// or GET_ID only writes, a write, discard or write-zeroes only reads, a flush has no data.
+/// Other types are answered UNSUPP whatever their layout.
+fn data_direction_ok(kind: u32, reader: &Reader<'_>, writer: &Writer<'_>) -> bool {
+    let (readable, writable) = (reader.available_bytes(), writer.available_bytes());
+    match kind {
+        T_IN | T_GET_ID => readable == 0,
+        T_OUT | T_DISCARD | T_WRITE_ZEROES => writable == 0,
+        T_FLUSH => readable == 0 && writable == 0,
+        _ => true,
     }
 }
 

@@ -47,13 +47,18 @@ fn disk_with_options(read_only: bool, extra: &str) -> Result<Disk, BlockDeviceEr
 impl Disk {
     /// Sends header + optional data descriptor + status; returns (status, used len).
     fn request(&mut self, kind: u32, sector: u64, data: Option<(u64, u32, u16)>) -> (u8, u32) {
+        self.request_chain(kind, sector, data.as_slice())
+    }
+
+    /// Sends header + the `data` descriptors + status; returns (status, used len).
+    fn request_chain(&mut self, kind: u32, sector: u64, data: &[(u64, u32, u16)]) -> (u8, u32) {
         let mut hdr = [0u8; 16];
         hdr[..4].copy_from_slice(&kind.to_le_bytes());
         hdr[8..].copy_from_slice(&sector.to_le_bytes());
         self.h.write_mem(HDR, &hdr);
         self.h.write_mem(STATUS, &[0xff]);
         let mut chain = vec![(HDR, 16, 0)];
-        chain.extend(data);
+        chain.extend_from_slice(data);
         chain.push((STATUS, 1, F_WRITE));
         let first = (self.n * 4) % 16;
         self.h.add_chain(first, &chain);
@@ -185,9 +190,9 @@ fn malformed_requests_get_error_status() {
     assert_eq!(d.request(T_IN, u64::MAX / 256, Some((BUF, 512, F_WRITE))).0, S_IOERR);
     // Unknown type.
     assert_eq!(d.request(99, 0, None).0, S_UNSUPP);
-    // Wrong direction: the "data" of a read is device-readable, so the read has no room.
-    let (st, _) = d.request(T_IN, 0, Some((BUF, 512, 0)));
-    assert_eq!(st, S_OK, "a read of zero bytes is a valid no-op");
+    // Wrong direction: the data of a read is device-readable (see
+    // `data_descriptors_in_the_wrong_direction_fail`).
+    assert_eq!(d.request(T_IN, 0, Some((BUF, 512, 0))), (S_IOERR, 1));
     // Data buffer outside guest memory.
     assert_eq!(d.request(T_IN, 0, Some((MEM_SIZE as u64, 512, F_WRITE))).1, 0);
     assert_eq!(d.request(T_OUT, 0, Some((MEM_SIZE as u64 - 256, 512, 0))), (S_IOERR, 1));
@@ -301,4 +306,50 @@ fn unlimited_disk_is_not_paced() {
     let mut d = disk(false);
     let took = timed_reads(&mut d, 8, 128 << 10);
     assert!(took < std::time::Duration::from_millis(500), "{took:?}");
+}
+
+/// Data descriptors in the wrong direction fail the request with IOERR (used length 1: only the
+/// status byte is written), and neither the disk nor guest memory changes: a read whose buffer
+/// is device-readable, a write whose buffer is device-writable, and the same for GET_ID (must
+/// be writable), FLUSH (no data at all) and DISCARD / WRITE_ZEROES (must be readable).
+#[test]
+fn data_descriptors_in_the_wrong_direction_fail() {
+    let mut d = disk(false);
+    let disk_data = vec![0x5au8; 1024];
+    d.h.write_mem(BUF, &disk_data);
+    assert_eq!(d.request(T_OUT, 8, Some((BUF, 1024, 0))), (S_OK, 1));
+    let guest = vec![0xc3u8; 1024];
+    let two = BUF + 0x1000;
+    let cases: [(u32, &[(u64, u32, u16)]); 11] = [
+        (T_IN, &[(BUF, 512, 0)]),
+        (T_IN, &[(BUF, 512, F_WRITE), (two, 512, 0)]),
+        (T_IN, &[(BUF, 512, 0), (two, 512, F_WRITE)]),
+        (T_OUT, &[(BUF, 512, F_WRITE)]),
+        (T_OUT, &[(BUF, 512, 0), (two, 512, F_WRITE)]),
+        (T_GET_ID, &[(BUF, 20, 0)]),
+        (T_FLUSH, &[(BUF, 512, 0)]),
+        (T_FLUSH, &[(BUF, 512, F_WRITE)]),
+        (T_DISCARD, &[(BUF, 16, F_WRITE)]),
+        (T_WRITE_ZEROES, &[(BUF, 16, F_WRITE)]),
+        (T_DISCARD, &[(BUF, 16, 0), (two, 16, F_WRITE)]),
+    ];
+    for (kind, data) in cases {
+        d.h.write_mem(BUF, &guest);
+        d.h.write_mem(two, &guest);
+        if matches!(kind, T_DISCARD | T_WRITE_ZEROES) {
+            // One valid segment: sector 8, 2 sectors.
+            let mut seg = [0u8; 16];
+            seg[..8].copy_from_slice(&8u64.to_le_bytes());
+            seg[8..12].copy_from_slice(&2u32.to_le_bytes());
+            d.h.write_mem(BUF, &seg);
+        }
+        let before = (d.h.read_mem(BUF, 1024), d.h.read_mem(two, 1024));
+        assert_eq!(d.request_chain(kind, 8, data), (S_IOERR, 1), "type {kind}, data {data:x?}");
+        assert_eq!((d.h.read_mem(BUF, 1024), d.h.read_mem(two, 1024)), before, "type {kind}: guest memory");
+        assert_eq!(d.file_bytes(8 * 512, 1024), disk_data, "type {kind}: disk");
+    }
+    // The right directions still work after the failures.
+    assert_eq!(d.request(T_IN, 8, Some((BUF, 1024, F_WRITE))), (S_OK, 1025));
+    assert_eq!(d.h.read_mem(BUF, 1024), disk_data);
+    assert_eq!(d.request(T_GET_ID, 0, Some((BUF, 20, F_WRITE))), (S_OK, 21));
 }

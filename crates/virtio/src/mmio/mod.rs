@@ -72,6 +72,9 @@ pub struct MmioTransport {
     interrupt: Arc<Interrupt>,
     queue_evts: Vec<EventFd>,
     queues: Vec<Queue>,
+    /// Per queue: the last QueueNum the driver wrote was invalid (virtio-queue keeps the
+    /// previous size then), so QueueReady is refused until a valid one is written.
+    bad_size: Vec<bool>,
     status: u32,
     driver_features: u64,
     device_features_select: u32,
@@ -104,6 +107,7 @@ impl MmioTransport {
             mem,
             interrupt,
             queue_evts,
+            bad_size: vec![false; queues.len()],
             queues,
             status: 0,
             driver_features: 0,
@@ -217,20 +221,8 @@ impl MmioTransport {
             0x020 => self.write_driver_features(v),
             0x024 => self.driver_features_select = v,
             0x030 => self.queue_select = v,
-            0x038 => {
-                if let Some(q) = self.selected_queue_mut() {
-                    // virtio-queue ignores sizes that are zero, too big or not a power of two.
-                    q.set_size(v as u16);
-                    if u32::from(q.size()) != v {
-                        tracing::debug!("virtio-mmio: invalid queue size {v} ignored");
-                    }
-                }
-            }
-            0x044 => {
-                if let Some(q) = self.selected_queue_mut() {
-                    q.set_ready(v == 1);
-                }
-            }
+            0x038 => self.write_queue_num(v),
+            0x044 => self.write_queue_ready(v),
             QUEUE_NOTIFY_OFFSET => self.notify(v),
             0x064 => self.interrupt.ack(v),
             0x070 => self.write_status(v),
@@ -241,6 +233,35 @@ impl MmioTransport {
             0x0a0 => self.set_queue_addr(|q| q.set_used_ring_address(Some(v), None)),
             0x0a4 => self.set_queue_addr(|q| q.set_used_ring_address(None, Some(v))),
             _ => tracing::debug!("virtio-mmio: write {v:#x} to unknown register {offset:#x} ignored"),
+        }
+    }
+
+    /// QueueNum. virtio-queue ignores sizes that are zero, above the maximum or not a power of
+    /// two; the transport remembers that one was written so that QueueReady is refused rather
+    /// than running the ring at a size the driver did not lay out. Ignored while the queue is
+    /// ready, like the ring addresses.
+    fn write_queue_num(&mut self, v: u32) {
+        let sel = self.queue_select as usize;
+        let Some(q) = self.selected_queue_mut() else { return };
+        if q.ready() {
+            return;
+        }
+        let valid = u16::try_from(v).is_ok_and(|n| n.is_power_of_two() && n <= q.max_size());
+        if valid {
+            q.set_size(v as u16);
+        } else {
+            tracing::debug!("virtio-mmio: invalid queue size {v}: the queue cannot be made ready");
+        }
+        if let Some(bad) = self.bad_size.get_mut(sel) {
+            *bad = !valid;
+        }
+    }
+
+    /// QueueReady: 1 makes the queue ready unless its size is invalid (it then reads back 0).
+    fn write_queue_ready(&mut self, v: u32) {
+        let bad = self.bad_size.get(self.queue_select as usize).copied().unwrap_or(true);
+        if let Some(q) = self.selected_queue_mut() {
+            q.set_ready(v == 1 && !bad);
         }
     }
 
@@ -351,6 +372,7 @@ impl MmioTransport {
         for q in &mut self.queues {
             q.reset();
         }
+        self.bad_size.fill(false);
         self.status = 0;
         self.driver_features = 0;
         self.device_features_select = 0;

@@ -142,3 +142,40 @@ fn random_register_traffic_never_panics() {
     h.wr(0x70, 0);
     assert_eq!(h.rd(0x70), 0);
 }
+
+/// QueueReady is refused (reads back 0) while the last QueueNum the driver wrote is invalid:
+/// zero, not a power of two (split ring) or above QueueNumMax. The device would otherwise run
+/// the ring at a size the driver did not lay out.
+#[test]
+fn queue_ready_refused_for_an_invalid_queue_size() {
+    for bad in [0u32, 3, 100, 512, 1024, 0x1_0000, u32::MAX] {
+        let mut h = rng();
+        h.negotiate(features::VERSION_1);
+        h.setup_queue_with_size(bad);
+        assert_eq!(h.rd(0x44), 0, "QueueReady accepted with QueueNum {bad}");
+        // A valid size afterwards makes the queue usable again.
+        h.wr(0x38, 16);
+        h.wr(0x44, 1);
+        assert_eq!(h.rd(0x44), 1, "valid QueueNum after {bad}");
+        assert_eq!(h.transport.state().queues[0].size, 16);
+    }
+    // Every valid size is accepted, up to QueueNumMax.
+    for good in [1u32, 2, 16, 256] {
+        let mut h = rng();
+        h.negotiate(features::VERSION_1);
+        h.setup_queue_with_size(good);
+        assert_eq!(h.rd(0x44), 1, "QueueNum {good}");
+        assert_eq!(h.transport.state().queues[0].size, good as u16);
+    }
+}
+
+/// DRIVER_OK after a refused QueueReady does not start the device on the bad queue.
+#[test]
+fn driver_ok_after_an_invalid_queue_size_needs_reset() {
+    let mut h = rng();
+    let st = h.negotiate(features::VERSION_1);
+    h.setup_queue_with_size(6);
+    h.wr(0x70, st | status::DRIVER_OK);
+    assert_ne!(h.rd(0x70) & status::DEVICE_NEEDS_RESET, 0);
+    assert!(!h.transport.state().activated);
+}
