@@ -13,6 +13,7 @@ pub mod logger;
 mod machine;
 pub mod metrics;
 pub mod seccomp;
+pub mod stats;
 mod vcpu;
 
 pub use accel::{select_backend, BackendChoice};
@@ -82,8 +83,13 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         let console = console.get_or_insert_with(|| console::ConsoleInput::start(events.quit_notifier()));
         _raw.get_or_insert_with(console::RawModeGuard::new);
         console.set_sink(Some(machine.console_sink()));
+        let stats = machine.stats();
         let reason = machine.run(&events)?;
         console.set_sink(None);
+        if stats::enabled() {
+            // `\r`: the terminal may still be in raw mode.
+            eprintln!("{}\r", stats.line());
+        }
         match (reason, config.reboot) {
             (ExitReason::Reboot, RebootPolicy::Restart) => {
                 eprintln!("\r\nvmr: guest rebooted; restarting the VM\r");

@@ -8,10 +8,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmr_devices::{Bus, BusDevice, IrqLine, VmExitRequest, VmExitRequester};
-use vmr_hypervisor::{GuestMemory, Hypervisor, IrqChip, Vcpu, VcpuKicker, Vm, VmConfig as HvVmConfig, VmOps};
+use vmr_hypervisor::{ExitKind, GuestMemory, Hypervisor, IrqChip, Vcpu, VcpuKicker, Vm, VmConfig as HvVmConfig, VmOps};
 
 use crate::config::VmConfig;
 use crate::console::InputSink;
+use crate::stats::ExitStats;
 use crate::{vcpu, ExitReason, VmmError};
 
 /// What ends or changes a running machine.
@@ -80,28 +81,36 @@ impl EventChannel {
     }
 }
 
-/// Routes the guest's port I/O and MMIO to the device buses.
+/// Routes the guest's port I/O and MMIO to the device buses, counting them.
 struct MachineOps {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    stats: Arc<ExitStats>,
 }
 
 impl VmOps for MachineOps {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
         crate::metrics::metrics().vcpu.exit_io_in.inc();
+        self.stats.port_access(port);
         self.pio.read(u64::from(port), data);
     }
     fn pio_write(&self, port: u16, data: &[u8]) {
         crate::metrics::metrics().vcpu.exit_io_out.inc();
+        self.stats.port_access(port);
         self.pio.write(u64::from(port), data);
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         crate::metrics::metrics().vcpu.exit_mmio_read.inc();
+        self.stats.mmio_access();
         self.mmio.read(addr, data);
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         crate::metrics::metrics().vcpu.exit_mmio_write.inc();
+        self.stats.mmio_access();
         self.mmio.write(addr, data);
+    }
+    fn exit_seen(&self, kind: ExitKind) {
+        self.stats.exit(kind);
     }
 }
 
@@ -127,6 +136,7 @@ pub struct Machine {
     _vm: Arc<dyn Vm>,
     vcpus: Vec<Box<dyn Vcpu>>,
     serial: Arc<Mutex<vmr_devices::serial::Serial>>,
+    stats: Arc<ExitStats>,
 }
 
 /// Guest memory with the kernel, initrd and boot tables already written: everything about a
@@ -178,7 +188,8 @@ impl Machine {
         let serial = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
         crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio)?;
 
-        let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio });
+        let stats = Arc::new(ExitStats::default());
+        let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio, stats: stats.clone() });
         let supported = hv.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
@@ -193,7 +204,12 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        Ok(Machine { _memory: memory, _vm: vm, vcpus, serial })
+        Ok(Machine { _memory: memory, _vm: vm, vcpus, serial, stats })
+    }
+
+    /// This boot's exit counters (see [`crate::stats`]).
+    pub fn stats(&self) -> Arc<ExitStats> {
+        self.stats.clone()
     }
 
     /// Where console input goes.
