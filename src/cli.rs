@@ -110,6 +110,9 @@ struct RunArgs {
     /// outside a thread's list otherwise stops vmr with a line naming thread and syscall).
     #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
     seccomp: String,
+    /// Pass the kernel command line exactly as given, without vmr's hints (`pci=off`).
+    #[arg(long)]
+    no_cmdline_hints: bool,
 }
 
 /// The kernel command line used when the user gives a kernel but no `--cmdline`.
@@ -158,6 +161,7 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         accel: args.accel,
         reboot: args.reboot,
         virtio: VirtioConfig { disks: args.disks, nets: args.nets, vsock: args.vsock, rng: args.rng },
+        cmdline_hints: !args.no_cmdline_hints,
     };
     vmr_vmm::seccomp::set_enabled(args.seccomp == "on");
     if let Some(path) = &args.metrics_path {

@@ -83,6 +83,8 @@ one_run() {
 # when the kernel started /init.
 profile() {
     one_run "$1" profile "initcall_debug vmr.profile=1" | sed 's/^LAB-BENCH/LAB-PROFILE-RUN/'
+    # The whole log goes to the L1 serial log only (run.sh shows lines starting with LAB).
+    sed -n "s/^VMR-LAB dmesg /DMESG-$1 /p" "/tmp/bench/$1.profile.log"
     tr -d '\r' < "/tmp/bench/$1.profile.log" | awk -v vmm="$1" '
         /^VMR-LAB dmesg \[/ {
             rest = $0; sub(/^VMR-LAB dmesg \[ */, "", rest)

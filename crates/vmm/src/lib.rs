@@ -5,6 +5,7 @@
 //! into events. See `docs/ARCHITECTURE.md`.
 
 mod accel;
+pub mod cmdline;
 pub mod config;
 pub mod console;
 pub mod devices;

@@ -159,7 +159,7 @@ impl PreparedBoot {
                 vcpus: config.vcpus,
                 kernel: config.kernel.clone(),
                 initrd: config.initrd.clone(),
-                cmdline: config.cmdline.clone(),
+                cmdline: config.kernel_cmdline(),
                 virtio_mmio,
             },
         )?;

@@ -8,9 +8,31 @@ use std::time::Instant;
 
 use vmr_hypervisor::ExitKind;
 
-/// Ports below this are counted one by one (legacy ISA space: serial, i8042, CMOS, PCI config);
-/// the rest together.
-const TRACKED_PORTS: usize = 0x1000;
+/// Ports below this (legacy ISA space: serial, i8042, CMOS, PIT) and the PCI configuration
+/// ports are counted one by one, the rest together: 4 KiB of counters.
+const ISA_PORTS: usize = 0x400;
+const PCI_CONFIG_PORTS: std::ops::RangeInclusive<u16> = 0xcf8..=0xcff;
+const TRACKED_PORTS: usize = ISA_PORTS + 8;
+
+/// Counter index of `port`, if it has its own.
+fn port_slot(port: u16) -> Option<usize> {
+    if usize::from(port) < ISA_PORTS {
+        Some(usize::from(port))
+    } else if PCI_CONFIG_PORTS.contains(&port) {
+        Some(ISA_PORTS + usize::from(port - PCI_CONFIG_PORTS.start()))
+    } else {
+        None
+    }
+}
+
+/// The port of counter `slot` (inverse of [`port_slot`]).
+fn slot_port(slot: usize) -> usize {
+    if slot < ISA_PORTS {
+        slot
+    } else {
+        slot - ISA_PORTS + usize::from(*PCI_CONFIG_PORTS.start())
+    }
+}
 /// How many of the busiest ports the line names.
 const TOP_PORTS: usize = 8;
 
@@ -52,7 +74,7 @@ impl ExitStats {
 
     /// One port access (string I/O makes several per exit).
     pub fn port_access(&self, port: u16) {
-        match self.ports.get(usize::from(port)) {
+        match port_slot(port).and_then(|i| self.ports.get(i)) {
             Some(c) => c.fetch_add(1, Ordering::Relaxed),
             None => self.high_ports.fetch_add(1, Ordering::Relaxed) as u32,
         };
@@ -74,7 +96,7 @@ impl ExitStats {
             .ports
             .iter()
             .enumerate()
-            .map(|(p, c)| (p, c.load(Ordering::Relaxed)))
+            .map(|(i, c)| (slot_port(i), c.load(Ordering::Relaxed)))
             .filter(|&(_, n)| n > 0)
             .collect();
         ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -108,19 +130,22 @@ mod tests {
         s.port_access(0xcf8);
         s.port_access(0xcf8);
         s.port_access(0xc000);
+        s.port_access(0x400);
         s.mmio_access();
         let line = s.line();
         assert!(line.starts_with("vmr: stats wall_ms="), "{line}");
         assert!(line.contains(" exits=4 pio_in=0 pio_out=3 mmio_read=0 mmio_write=0 hlt=1 "), "{line}");
-        assert!(line.contains("| port_accesses=7 0x3f8=3 0xcf8=2 0x70=1 high=1 | mmio_accesses=1"), "{line}");
+        assert!(line.contains("| port_accesses=8 0x3f8=3 0xcf8=2 0x70=1 high=2 | mmio_accesses=1"), "{line}");
     }
 
     #[test]
     fn only_the_busiest_ports_are_named() {
         let s = ExitStats::default();
-        for port in 0..20u16 {
+        for port in (0..10u16).chain(0xcf8..=0xcff) {
             s.port_access(port);
         }
+        s.port_access(0xcff);
+        assert!(s.line().contains("port_accesses=19 0xcff=2 0x0=1 0x1=1 "), "{}", s.line());
         let named = s.line().split(" | ").nth(1).unwrap().split(' ').count() - 1;
         assert_eq!(named, TOP_PORTS);
     }
