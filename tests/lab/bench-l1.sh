@@ -6,7 +6,7 @@
 #   overhead = VmHWM - sum(Rss of the mappings of at least 3/4 of guest RAM), sampled right
 #   after the marker (guest RSS only grows, so this bounds the peak non-guest RSS).
 # vmr runs with VMR_STATS=1: its exits by kind and busiest ports, one line per boot.
-# Before the timed runs, one profile boot per VMM (initcall_debug, vmr.profile=1: the L2 init
+# Before the timed runs, one profile boot per VMM (initcall_debug log_buf_len=1M vmr.profile=1: the L2 init
 # prints the kernel log): gaps of over 100 ms between kernel log lines and initcalls of over
 # 50 ms. The words vmr adds to the kernel command line (read back from the guest's
 # /proc/cmdline) are also given to QEMU as "qemu-hints", so both VMMs boot with the same hints.
@@ -82,7 +82,7 @@ one_run() {
 # of over 100 ms between log lines (with the lines either side), initcalls of over 50 ms, and
 # when the kernel started /init.
 profile() {
-    one_run "$1" profile "initcall_debug vmr.profile=1" | sed 's/^LAB-BENCH/LAB-PROFILE-RUN/'
+    one_run "$1" profile "initcall_debug log_buf_len=1M vmr.profile=1" | sed 's/^LAB-BENCH/LAB-PROFILE-RUN/'
     # The whole log goes to the L1 serial log only (run.sh shows lines starting with LAB).
     sed -n "s/^VMR-LAB dmesg /DMESG-$1 /p" "/tmp/bench/$1.profile.log"
     tr -d '\r' < "/tmp/bench/$1.profile.log" | awk -v vmm="$1" '
@@ -114,7 +114,7 @@ HINTS=""
 for v in $vmms; do profile "$v"; done
 if [ "$LAB_HAVE_VMR" = 1 ]; then
     for w in $(sed -n 's/^VMR-LAB cmdline //p' /tmp/bench/vmr.profile.log | tr -d '\r'); do
-        case " $CMDLINE initcall_debug vmr.profile=1 " in *" $w "*) ;; *) HINTS="$HINTS $w" ;; esac
+        case " $CMDLINE initcall_debug log_buf_len=1M vmr.profile=1 " in *" $w "*) ;; *) HINTS="$HINTS $w" ;; esac
     done
     echo "LAB-BENCH vmr adds to the kernel command line:${HINTS:- nothing}"
     if [ -n "$HINTS" ]; then vmms="$vmms qemu-hints"; profile qemu-hints; fi

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use kvm_bindings::{kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vmr_hypervisor::{
-    CpuidEntry, ExitKind, FpuState, HypervisorError, LapicState, MsrEntry, Regs, Result, SpecialRegs, Vcpu, VcpuExit,
-    VcpuKicker, VmOps,
+    CpuidEntry, ExitKind, FpuState, HypervisorError, LapicState, MsrEntry, Regs, Result, SpecialRegs, Vcpu,
+    VcpuExit, VcpuKicker, VmOps,
 };
 
 use crate::convert;

@@ -35,12 +35,13 @@ pub fn with_hints(cmdline: &str) -> String {
 
 /// The whitespace-separated words of `text` with their byte offsets.
 fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.split(|c: char| c.is_ascii_whitespace()).scan(0usize, |at, w| {
-        let start = *at;
-        *at += w.len() + 1;
-        Some((start, w))
-    })
-    .filter(|(_, w)| !w.is_empty())
+    text.split(|c: char| c.is_ascii_whitespace())
+        .scan(0usize, |at, w| {
+            let start = *at;
+            *at += w.len() + 1;
+            Some((start, w))
+        })
+        .filter(|(_, w)| !w.is_empty())
 }
 
 fn sets_key(words: &[&str], key: &str) -> bool {

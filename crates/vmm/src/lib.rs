@@ -69,6 +69,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let mut console: Option<console::ConsoleInput> = None;
     let mut _raw = None;
     loop {
+        let boot_started = std::time::Instant::now();
         // Kernel, initrd and sizes are checked before a backend is opened, so bad input gets
         // its own error whatever the host offers.
         let prepared = machine::PreparedBoot::new(config)?;
@@ -85,11 +86,13 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         _raw.get_or_insert_with(console::RawModeGuard::new);
         console.set_sink(Some(machine.console_sink()));
         let stats = machine.stats();
+        let (start, setup) = (stats::since_process_start(), boot_started.elapsed());
+        let run_started = std::time::Instant::now();
         let reason = machine.run(&events)?;
         console.set_sink(None);
         if stats::enabled() {
             // `\r`: the terminal may still be in raw mode.
-            eprintln!("{}\r", stats.line());
+            eprintln!("{}\r", stats.line(start, setup, run_started.elapsed()));
         }
         match (reason, config.reboot) {
             (ExitReason::Reboot, RebootPolicy::Restart) => {

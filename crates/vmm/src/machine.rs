@@ -8,7 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmr_devices::{Bus, BusDevice, IrqLine, VmExitRequest, VmExitRequester};
-use vmr_hypervisor::{ExitKind, GuestMemory, Hypervisor, IrqChip, Vcpu, VcpuKicker, Vm, VmConfig as HvVmConfig, VmOps};
+use vmr_hypervisor::{
+    ExitKind, GuestMemory, Hypervisor, IrqChip, Vcpu, VcpuKicker, Vm, VmConfig as HvVmConfig, VmOps,
+};
 
 use crate::config::VmConfig;
 use crate::console::InputSink;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
 use vmr_hypervisor::ExitKind;
 
@@ -36,6 +36,18 @@ fn slot_port(slot: usize) -> usize {
 /// How many of the busiest ports the line names.
 const TOP_PORTS: usize = 8;
 
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Remembers now as the process start (call first thing in `main`), for `start_ms`.
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(std::time::Instant::now);
+}
+
+/// Time since [`mark_process_start`] (zero if it was not called).
+pub fn since_process_start() -> Duration {
+    PROCESS_START.get().map_or(Duration::ZERO, |t| t.elapsed())
+}
+
 /// The environment variable that turns the statistics line on.
 pub const STATS_ENV: &str = "VMR_STATS";
 
@@ -46,7 +58,6 @@ pub fn enabled() -> bool {
 
 /// Counters of one machine, shared by its vCPU threads.
 pub struct ExitStats {
-    started: Instant,
     exits: [AtomicU64; ExitKind::COUNT],
     ports: Box<[AtomicU32]>,
     high_ports: AtomicU64,
@@ -56,7 +67,6 @@ pub struct ExitStats {
 impl Default for ExitStats {
     fn default() -> Self {
         ExitStats {
-            started: Instant::now(),
             exits: Default::default(),
             ports: (0..TRACKED_PORTS).map(|_| AtomicU32::new(0)).collect(),
             high_ports: AtomicU64::new(0),
@@ -84,11 +94,19 @@ impl ExitStats {
         self.mmio.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `vmr: stats wall_ms=.. exits=.. pio_in=.. ... ports 0x3f8=.. 0x3fd=.. (pio accesses) mmio=..`
-    pub fn line(&self) -> String {
+    /// `vmr: stats start_ms=.. setup_ms=.. run_ms=.. exits=.. pio_in=.. ... | port_accesses=..
+    /// 0x3f8=.. ... | mmio_accesses=..`: `start` is the time from the process start to the vCPUs
+    /// starting, `setup` the part of it spent building this boot (memory, kernel, tables,
+    /// devices), `run` from the vCPUs starting to the end.
+    pub fn line(&self, start: Duration, setup: Duration, run: Duration) -> String {
         let counts: Vec<u64> = self.exits.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let mut out =
-            format!("vmr: stats wall_ms={} exits={}", self.started.elapsed().as_millis(), counts.iter().sum::<u64>());
+        let mut out = format!(
+            "vmr: stats start_ms={} setup_ms={} run_ms={} exits={}",
+            start.as_millis(),
+            setup.as_millis(),
+            run.as_millis(),
+            counts.iter().sum::<u64>()
+        );
         for (kind, n) in ExitKind::ALL.iter().zip(&counts) {
             let _ = write!(out, " {}={n}", kind.name());
         }
@@ -100,7 +118,8 @@ impl ExitStats {
             .filter(|&(_, n)| n > 0)
             .collect();
         ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let total: u64 = ports.iter().map(|&(_, n)| u64::from(n)).sum::<u64>() + self.high_ports.load(Ordering::Relaxed);
+        let total: u64 =
+            ports.iter().map(|&(_, n)| u64::from(n)).sum::<u64>() + self.high_ports.load(Ordering::Relaxed);
         let _ = write!(out, " | port_accesses={total}");
         for (port, n) in ports.iter().take(TOP_PORTS) {
             let _ = write!(out, " {port:#x}={n}");
@@ -132,8 +151,8 @@ mod tests {
         s.port_access(0xc000);
         s.port_access(0x400);
         s.mmio_access();
-        let line = s.line();
-        assert!(line.starts_with("vmr: stats wall_ms="), "{line}");
+        let line = s.line(Duration::from_millis(20), Duration::from_millis(12), Duration::from_millis(3400));
+        assert!(line.starts_with("vmr: stats start_ms=20 setup_ms=12 run_ms=3400 exits=4 "), "{line}");
         assert!(line.contains(" exits=4 pio_in=0 pio_out=3 mmio_read=0 mmio_write=0 hlt=1 "), "{line}");
         assert!(line.contains("| port_accesses=8 0x3f8=3 0xcf8=2 0x70=1 high=2 | mmio_accesses=1"), "{line}");
     }
@@ -145,8 +164,16 @@ mod tests {
             s.port_access(port);
         }
         s.port_access(0xcff);
-        assert!(s.line().contains("port_accesses=19 0xcff=2 0x0=1 0x1=1 "), "{}", s.line());
-        let named = s.line().split(" | ").nth(1).unwrap().split(' ').count() - 1;
+        let line = s.line(Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        assert!(line.contains("port_accesses=19 0xcff=2 0x0=1 0x1=1 "), "{line}");
+        let named = s
+            .line(Duration::ZERO, Duration::ZERO, Duration::ZERO)
+            .split(" | ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .count()
+            - 1;
         assert_eq!(named, TOP_PORTS);
     }
 }
