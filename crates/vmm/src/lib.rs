@@ -73,6 +73,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         // Kernel, initrd and sizes are checked before a backend is opened, so bad input gets
         // its own error whatever the host offers.
         let prepared = machine::PreparedBoot::new(config)?;
+        let load = boot_started.elapsed();
         let backend = match &backend {
             Some(b) => b,
             None => {
@@ -86,13 +87,19 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         _raw.get_or_insert_with(console::RawModeGuard::new);
         console.set_sink(Some(machine.console_sink()));
         let stats = machine.stats();
-        let (start, setup) = (stats::since_process_start(), boot_started.elapsed());
+        let mut times = stats::BootTimes {
+            start: stats::since_process_start(),
+            load,
+            setup: boot_started.elapsed(),
+            ..Default::default()
+        };
         let run_started = std::time::Instant::now();
         let reason = machine.run(&events)?;
         console.set_sink(None);
         if stats::enabled() {
             // `\r`: the terminal may still be in raw mode.
-            eprintln!("{}\r", stats.line(start, setup, run_started.elapsed()));
+            times.run = run_started.elapsed();
+            eprintln!("{}\r", stats.line(&times));
         }
         match (reason, config.reboot) {
             (ExitReason::Reboot, RebootPolicy::Restart) => {

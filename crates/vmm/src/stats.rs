@@ -56,6 +56,20 @@ pub fn enabled() -> bool {
     std::env::var_os(STATS_ENV).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Where the time of one boot went, for the statistics line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootTimes {
+    /// From the process start to the vCPUs starting.
+    pub start: Duration,
+    /// Of `setup`: guest memory, kernel, initrd and tables (before any backend call).
+    pub load: Duration,
+    /// From the start of this boot to the vCPUs starting: `load`, then the backend's VM,
+    /// devices and vCPUs.
+    pub setup: Duration,
+    /// From the vCPUs starting to the end of the boot.
+    pub run: Duration,
+}
+
 /// Counters of one machine, shared by its vCPU threads.
 pub struct ExitStats {
     exits: [AtomicU64; ExitKind::COUNT],
@@ -94,17 +108,16 @@ impl ExitStats {
         self.mmio.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `vmr: stats start_ms=.. setup_ms=.. run_ms=.. exits=.. pio_in=.. ... | port_accesses=..
-    /// 0x3f8=.. ... | mmio_accesses=..`: `start` is the time from the process start to the vCPUs
-    /// starting, `setup` the part of it spent building this boot (memory, kernel, tables,
-    /// devices), `run` from the vCPUs starting to the end.
-    pub fn line(&self, start: Duration, setup: Duration, run: Duration) -> String {
+    /// `vmr: stats start_ms=.. load_ms=.. setup_ms=.. run_ms=.. exits=.. pio_in=.. ... |
+    /// port_accesses=.. 0x3f8=.. ... | mmio_accesses=..` (times: see [`BootTimes`]).
+    pub fn line(&self, t: &BootTimes) -> String {
         let counts: Vec<u64> = self.exits.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         let mut out = format!(
-            "vmr: stats start_ms={} setup_ms={} run_ms={} exits={}",
-            start.as_millis(),
-            setup.as_millis(),
-            run.as_millis(),
+            "vmr: stats start_ms={} load_ms={} setup_ms={} run_ms={} exits={}",
+            t.start.as_millis(),
+            t.load.as_millis(),
+            t.setup.as_millis(),
+            t.run.as_millis(),
             counts.iter().sum::<u64>()
         );
         for (kind, n) in ExitKind::ALL.iter().zip(&counts) {
@@ -151,8 +164,12 @@ mod tests {
         s.port_access(0xc000);
         s.port_access(0x400);
         s.mmio_access();
-        let line = s.line(Duration::from_millis(20), Duration::from_millis(12), Duration::from_millis(3400));
-        assert!(line.starts_with("vmr: stats start_ms=20 setup_ms=12 run_ms=3400 exits=4 "), "{line}");
+        let ms = Duration::from_millis;
+        let line = s.line(&BootTimes { start: ms(20), load: ms(9), setup: ms(12), run: ms(3400) });
+        assert!(
+            line.starts_with("vmr: stats start_ms=20 load_ms=9 setup_ms=12 run_ms=3400 exits=4 "),
+            "{line}"
+        );
         assert!(line.contains(" exits=4 pio_in=0 pio_out=3 mmio_read=0 mmio_write=0 hlt=1 "), "{line}");
         assert!(line.contains("| port_accesses=8 0x3f8=3 0xcf8=2 0x70=1 high=2 | mmio_accesses=1"), "{line}");
     }
@@ -164,7 +181,7 @@ mod tests {
             s.port_access(port);
         }
         s.port_access(0xcff);
-        let line = s.line(Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let line = s.line(&BootTimes::default());
         assert!(line.contains("port_accesses=19 0xcff=2 0x0=1 0x1=1 "), "{line}");
         let named = s
             .line(Duration::ZERO, Duration::ZERO, Duration::ZERO)
