@@ -148,10 +148,8 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, ArchError> {
     if usize::try_from(size).is_err() || size.checked_add(MMIO_HOLE_SIZE).is_none() {
         return Err(ArchError::MemoryTooLarge { size });
     }
-    let mem = GuestMemory::from_ranges(&guest_memory_regions(size))
-        .map_err(|e| ArchError::GuestMemory { size_mib: size / MIB, source: Box::new(e) })?;
-    crate::prefault::advise_huge_pages(&mem);
-    Ok(mem)
+    GuestMemory::from_ranges(&guest_memory_regions(size))
+        .map_err(|e| ArchError::GuestMemory { size_mib: size / MIB, source: Box::new(e) })
 }
 
 /// Type of an e820 entry.

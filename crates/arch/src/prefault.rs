@@ -1,43 +1,19 @@
-//! How guest RAM is backed on the host: transparent huge pages where the host allows them, and
-//! the parts the loader fills faulted in with one system call.
+//! Faulting in the guest memory the loader is about to fill, in one system call.
 //!
-//! Huge pages: every first guest access to a page the host has not mapped for the guest yet is
-//! a nested page fault (EPT/NPT violation) handled by the host; backed by 2 MiB pages, guest
-//! RAM needs 512 times fewer of them. `MADV_HUGEPAGE` asks for them even where the host's
-//! default (`/sys/kernel/mm/transparent_hugepage/enabled`) is `madvise`, and lets the host
-//! compact memory to find them; Cloud Hypervisor does the same by default. The guest's
-//! resident memory then grows in 2 MiB steps instead of 4 KiB ones.
-//!
-//! Pre-faulting:
 //! Loading a kernel writes tens of MiB into fresh anonymous memory. Faulted in page by page,
 //! that is one exception per 4 KiB, which is cheap on bare metal but not under nested or
-//! emulated virtualisation: in the lab, loading the 60 MiB of a generic vmlinux took 0.8-3 s
-//! of vmr's start-up. `MADV_POPULATE_WRITE` (Linux 5.14) makes the range resident in one call.
-//! Only what the loader writes right after becomes resident, so the guest's memory footprint
+//! emulated virtualisation. `MADV_POPULATE_WRITE` (Linux 5.14) makes the range resident in one
+//! call: natively it took loading the 60 MiB of the generic Debian vmlinux + initramfs from
+//! ~190 ms to ~90 ms (medians of 6, a busy host). Asking for transparent huge pages as well
+//! (`MADV_HUGEPAGE`) took it to 30 ms natively, but in the nested lab it made start-up 4-6 s
+//! slower once memory was fragmented (the host compacts memory to find huge pages), so guest
+//! RAM keeps the host's default. Only what the loader writes right after becomes resident, so the guest's memory footprint
 //! does not change. Kernels without it refuse the call and pages fault in as before.
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmr_hypervisor::GuestMemory;
 
 const PAGE_SIZE: usize = 4096;
-
-/// Asks for transparent huge pages for all of guest RAM. Returns false if the host refused
-/// (no THP support): the guest then runs on 4 KiB pages as before.
-pub fn advise_huge_pages(mem: &GuestMemory) -> bool {
-    let mut advised = true;
-    for region in mem.iter() {
-        let (Ok(host), Ok(len)) =
-            (region.get_host_address(MemoryRegionAddress(0)), usize::try_from(region.len()))
-        else {
-            advised = false;
-            continue;
-        };
-        // SAFETY: the whole region is one live mapping starting at `host`, page aligned;
-        // MADV_HUGEPAGE only changes how it is backed, not its contents.
-        advised &= unsafe { libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE) } == 0;
-    }
-    advised
-}
 
 /// Makes `[start, start + len)` of guest RAM resident and writable; parts outside RAM are
 /// skipped. Returns false if the host refused (nothing is wrong then, only slower).

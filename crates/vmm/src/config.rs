@@ -153,9 +153,8 @@ mod tests {
         assert!(parse_memory_size("99999999999999T").is_err());
     }
 
-    #[test]
-    fn validation() {
-        let mut c = VmConfig {
+    fn sample() -> VmConfig {
+        VmConfig {
             kernel: "k".into(),
             initrd: None,
             cmdline: String::new(),
@@ -165,7 +164,12 @@ mod tests {
             reboot: RebootPolicy::Exit,
             virtio: VirtioConfig::default(),
             cmdline_hints: true,
-        };
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = sample();
         assert!(c.validate().is_ok());
         c.vcpus = 0;
         assert!(c.validate().is_err());
@@ -176,17 +180,7 @@ mod tests {
 
     #[test]
     fn cmdline_hints_can_be_turned_off() {
-        let mut c = VmConfig {
-            kernel: "k".into(),
-            initrd: None,
-            cmdline: "console=ttyS0".into(),
-            vcpus: 1,
-            memory: 256 << 20,
-            accel: Accel::Kvm,
-            reboot: RebootPolicy::Exit,
-            virtio: VirtioConfig::default(),
-            cmdline_hints: true,
-        };
+        let mut c = VmConfig { cmdline: "console=ttyS0".into(), ..sample() };
         assert_eq!(c.kernel_cmdline(), "console=ttyS0 pci=off");
         c.cmdline_hints = false;
         assert_eq!(c.kernel_cmdline(), "console=ttyS0");

@@ -183,14 +183,7 @@ mod tests {
         s.port_access(0xcff);
         let line = s.line(&BootTimes::default());
         assert!(line.contains("port_accesses=19 0xcff=2 0x0=1 0x1=1 "), "{line}");
-        let named = s
-            .line(Duration::ZERO, Duration::ZERO, Duration::ZERO)
-            .split(" | ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .count()
-            - 1;
+        let named = s.line(&BootTimes::default()).split(" | ").nth(1).unwrap().split(' ').count() - 1;
         assert_eq!(named, TOP_PORTS);
     }
 }
