@@ -155,16 +155,22 @@ impl PreparedBoot {
         let memory = vmr_arch::create_guest_memory(config.memory)?;
         // The slots `Machine::build` fills, described in the DSDT.
         let virtio_mmio = vmr_arch::virtio_mmio_slots(config.virtio.count())?;
-        let boot = vmr_arch::configure_system(
-            &memory,
-            &vmr_arch::MachineConfig {
-                vcpus: config.vcpus,
-                kernel: config.kernel.clone(),
-                initrd: config.initrd.clone(),
-                cmdline: config.kernel_cmdline(),
-                virtio_mmio,
-            },
-        )?;
+        let mut machine = vmr_arch::MachineConfig {
+            vcpus: config.vcpus,
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            cmdline: config.kernel_cmdline(),
+            virtio_mmio,
+        };
+        let boot = match vmr_arch::configure_system(&memory, &machine) {
+            // The hints are optional: a command line that fits only without them boots without
+            // them, and one that does not fit is reported with the user's own length.
+            Err(vmr_arch::ArchError::CmdlineTooLong { .. }) if machine.cmdline != config.cmdline => {
+                machine.cmdline = config.cmdline.clone();
+                vmr_arch::configure_system(&memory, &machine)?
+            }
+            other => other?,
+        };
         Ok(PreparedBoot { memory, boot })
     }
 }
