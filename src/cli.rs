@@ -110,6 +110,9 @@ struct RunArgs {
     /// outside a thread's list otherwise stops vmr with a line naming thread and syscall).
     #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
     seccomp: String,
+    /// Pass the kernel command line exactly as given, without vmr's hints (`pci=off`).
+    #[arg(long)]
+    no_cmdline_hints: bool,
 }
 
 /// The kernel command line used when the user gives a kernel but no `--cmdline`.
@@ -158,6 +161,7 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         accel: args.accel,
         reboot: args.reboot,
         virtio: VirtioConfig { disks: args.disks, nets: args.nets, vsock: args.vsock, rng: args.rng },
+        cmdline_hints: !args.no_cmdline_hints,
     };
     vmr_vmm::seccomp::set_enabled(args.seccomp == "on");
     if let Some(path) = &args.metrics_path {
@@ -267,6 +271,10 @@ mod tests {
         assert!(args.disks[0].read_only);
         assert_eq!(args.nets[0].tap, "tap0");
         assert!(args.rng);
+        assert!(!args.no_cmdline_hints, "hints are on by default");
+        let cli = Cli::try_parse_from(["vmr", "run", "--kernel", "k", "--no-cmdline-hints"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert!(args.no_cmdline_hints);
         let err = Cli::try_parse_from(["vmr", "run", "--disk", "readonly=on"]).err().unwrap().to_string();
         assert!(err.contains("--disk needs path=FILE"), "{err}");
     }

@@ -5,6 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    vmr_vmm::stats::mark_process_start();
     // stderr at VMR_LOG's level; the API's PUT /logger can redirect it later.
     vmr_vmm::logger::install();
     let code = cli::main();

@@ -428,3 +428,32 @@ fn thre_guest_with(addrs: [u32; 6]) -> (Vec<u8>, [u32; 6]) {
     let found = [ip(&bad), ip(&good), ip(&msg_none), ip(&msg_bad), ip(&msg_good), ip(&msg_iir)];
     (r.inner.code_buffer, found)
 }
+
+/// vmr's command-line hints are optional: a command line of the longest length the kernel
+/// accepts still boots, without them.
+#[test]
+fn a_command_line_that_fits_only_without_hints_boots() {
+    let longest = "a".repeat(2047);
+    let child = spawn_emu(&kernel("poweroff-long-cmdline", &print_then(POWEROFF)), &["--cmdline", &longest]);
+    let out = child.wait_with_output().expect("vmr output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+}
+
+/// `VMR_STATS=1`: one statistics line per boot on stderr, with the guest's serial port among
+/// the busiest ports.
+#[test]
+fn vmr_stats_prints_one_line_with_the_busiest_ports() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmr"));
+    cmd.args(["run", "--accel", "emu", "--memory", "64M", "--kernel"])
+        .arg(kernel("poweroff-stats", &print_then(POWEROFF)))
+        .env("VMR_STATS", "1")
+        .stdin(Stdio::null());
+    let out = cmd.output().expect("vmr output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("vmr: stats ")).collect();
+    assert_eq!(lines.len(), 1, "stderr: {stderr}");
+    assert!(lines[0].contains(" start_ms=") && lines[0].contains(" load_ms="), "{}", lines[0]);
+    assert!(lines[0].contains(" 0x3f8="), "the serial port is counted: {}", lines[0]);
+}

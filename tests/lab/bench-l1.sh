@@ -5,6 +5,11 @@
 # 10 ms) and the VMM's peak RSS minus the guest memory it touched:
 #   overhead = VmHWM - sum(Rss of the mappings of at least 3/4 of guest RAM), sampled right
 #   after the marker (guest RSS only grows, so this bounds the peak non-guest RSS).
+# vmr runs with VMR_STATS=1: its exits by kind and busiest ports, one line per boot.
+# Before the timed runs, one profile boot per VMM (initcall_debug log_buf_len=1M vmr.profile=1: the L2 init
+# prints the kernel log): gaps of over 100 ms between kernel log lines and initcalls of over
+# 50 ms. The words vmr adds to the kernel command line (read back from the guest's
+# /proc/cmdline) are also given to QEMU as "qemu-hints", so both VMMs boot with the same hints.
 . /lab/config
 RUNS=${LAB_BENCH_RUNS:-5}
 MEM_MB=256
@@ -32,15 +37,21 @@ vmm_cmd() { # vmm -> the VMM command line without the kernel command line
     esac
 }
 
-# one_run VMM N: prints "LAB-BENCH vmm=.. run=N init_ms=.. hwm_kb=.. guest_kb=.. overhead_kb=.."
+# cmdline_of VMM: the kernel command line for VMM (qemu-hints: with vmr's additions).
+cmdline_of() {
+    if [ "$1" = qemu-hints ]; then echo "$CMDLINE$HINTS"; else echo "$CMDLINE"; fi
+}
+
+# one_run VMM N [EXTRA]: prints "LAB-BENCH vmm=.. run=N init_ms=.. hwm_kb=.. guest_kb=.. overhead_kb=.."
 one_run() {
     vmm=$1; n=$2; log=/tmp/bench/$vmm.$n.log; fifo=/tmp/bench/fifo
-    rm -f "$fifo"; mkfifo "$fifo"
+    rm -f "$fifo" "$log"; mkfifo "$fifo"
+    cmdline="$(cmdline_of "$vmm")${3:+ $3}"
     t0=$(now_ms)
-    if [ "$vmm" = qemu ]; then
-        $(vmm_cmd qemu) -append "$CMDLINE" < /dev/null > "$fifo" 2>&1 &
+    if [ "$vmm" = vmr ]; then
+        VMR_STATS=1 $(vmm_cmd vmr) --cmdline "$cmdline" < /dev/null > "$fifo" 2>&1 &
     else
-        $(vmm_cmd vmr) --cmdline "$CMDLINE" < /dev/null > "$fifo" 2>&1 &
+        $(vmm_cmd qemu) -append "$cmdline" < /dev/null > "$fifo" 2>&1 &
     fi
     pid=$!
     # The watchdog must not hold our stdout (a pipe to tee) open while it sleeps.
@@ -64,6 +75,33 @@ one_run() {
     fi
     uptime=$(sed -n 's/.*VMR-LAB init uptime=\([0-9.]*\).*/\1/p' "$log" | tr -d '\r')
     echo "LAB-BENCH vmm=$vmm run=$n init_ms=$init_ms guest_uptime=$uptime hwm_kb=$hwm guest_kb=$gkb overhead_kb=$((hwm - gkb)) rc=$rc"
+    grep -a '^vmr: stats' "$log" | tr -d '\r' | sed "s/^vmr: stats/LAB-STATS vmm=$vmm run=$n/"
+}
+
+# profile VMM: one boot with initcall_debug whose init prints the kernel log; prints the gaps
+# of over 100 ms between log lines (with the lines either side), initcalls of over 50 ms, and
+# when the kernel started /init.
+profile() {
+    one_run "$1" profile "initcall_debug log_buf_len=1M vmr.profile=1" | sed 's/^LAB-BENCH/LAB-PROFILE-RUN/'
+    # The whole log goes to the L1 serial log only (run.sh shows lines starting with LAB).
+    sed -n "s/^VMR-LAB dmesg /DMESG-$1 /p" "/tmp/bench/$1.profile.log"
+    tr -d '\r' < "/tmp/bench/$1.profile.log" | awk -v vmm="$1" '
+        /^VMR-LAB dmesg \[/ {
+            rest = $0; sub(/^VMR-LAB dmesg \[ */, "", rest)
+            t = rest; sub(/\].*/, "", t); t += 0
+            text = rest; sub(/^[^]]*\] */, "", text)
+            if (n && t - prev > 0.1)
+                printf "LAB-PROFILE vmm=%s gap_ms=%d at=%.3f after=\"%s\" next=\"%s\"\n", vmm,
+                    (t - prev) * 1000, prev, substr(ptext, 1, 72), substr(text, 1, 72)
+            if (text ~ /^initcall .* returned .* after [0-9]+ usecs/) {
+                us = text; sub(/.* after /, "", us); sub(/ usecs.*/, "", us)
+                name = text; sub(/^initcall /, "", name); sub(/ returned.*/, "", name)
+                if (us + 0 >= 50000) printf "LAB-PROFILE vmm=%s initcall_ms=%d %s\n", vmm, us / 1000, name
+            }
+            if (text ~ /^Run \/init/) init = t
+            prev = t; ptext = text; n++
+        }
+        END { printf "LAB-PROFILE vmm=%s dmesg_lines=%d run_init_at=%s\n", vmm, n, init }'
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
@@ -72,6 +110,15 @@ field() { sed -n "s/.*vmm=$1 .* $2=\([0-9.]*\).*/\1/p" /tmp/bench/results; }
 vmms="qemu"
 [ "$LAB_HAVE_VMR" = 1 ] && vmms="vmr qemu"
 : > /tmp/bench/results
+HINTS=""
+for v in $vmms; do profile "$v"; done
+if [ "$LAB_HAVE_VMR" = 1 ]; then
+    for w in $(sed -n 's/^VMR-LAB cmdline //p' /tmp/bench/vmr.profile.log | tr -d '\r'); do
+        case " $CMDLINE initcall_debug log_buf_len=1M vmr.profile=1 " in *" $w "*) ;; *) HINTS="$HINTS $w" ;; esac
+    done
+    echo "LAB-BENCH vmr adds to the kernel command line:${HINTS:- nothing}"
+    if [ -n "$HINTS" ]; then vmms="$vmms qemu-hints"; profile qemu-hints; fi
+fi
 i=1
 while [ "$i" -le "$RUNS" ]; do
     for v in $vmms; do one_run "$v" "$i" | tee -a /tmp/bench/results; done
@@ -83,11 +130,15 @@ for v in $vmms; do
         echo "LAB bench-$v FAIL only $ok of $RUNS runs reached the init marker"
         continue
     fi
-    eval "init_$v=$(field "$v" init_ms | median)"
-    eval "over_$v=$(field "$v" overhead_kb | median)"
-    eval "up_$v=$(field "$v" guest_uptime | median)"
-    eval "echo \"LAB bench-$v PASS median of $RUNS: start to init \$init_$v ms (guest uptime \$up_$v s), RSS outside guest RAM \$((over_$v / 1024)) MiB\""
+    k=$(echo "$v" | tr - _)
+    eval "init_$k=$(field "$v" init_ms | median)"
+    eval "over_$k=$(field "$v" overhead_kb | median)"
+    eval "up_$k=$(field "$v" guest_uptime | median)"
+    eval "echo \"LAB bench-$v PASS median of $RUNS: start to init \$init_$k ms (guest uptime \$up_$k s), RSS outside guest RAM \$((over_$k / 1024)) MiB\""
 done
 if [ -n "$init_vmr" ] && [ -n "$init_qemu" ]; then
     echo "LAB bench-ratio PASS vmr/qemu: start to init $(awk -v a="$init_vmr" -v b="$init_qemu" 'BEGIN { printf "%.2f", a / b }')x, RSS outside guest RAM $(awk -v a="$over_vmr" -v b="$over_qemu" 'BEGIN { printf "%.2f", a / b }')x"
+fi
+if [ -n "$init_vmr" ] && [ -n "$init_qemu_hints" ]; then
+    echo "LAB bench-ratio PASS vmr/qemu-hints: start to init $(awk -v a="$init_vmr" -v b="$init_qemu_hints" 'BEGIN { printf "%.2f", a / b }')x, guest uptime at init $(awk -v a="$up_vmr" -v b="$up_qemu_hints" 'BEGIN { printf "%.2f", a / b }')x"
 fi

@@ -15,6 +15,7 @@ mod error;
 pub mod layout;
 pub mod loader;
 pub mod mptable;
+mod prefault;
 pub mod regs;
 mod zeropage;
 

@@ -16,6 +16,7 @@ use vmr_hypervisor::GuestMemory;
 
 use crate::error::{write_err, ArchError, Result};
 use crate::layout::{low_ram_end, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MIB};
+use crate::prefault::prefault;
 
 const PAGE_SIZE: u64 = 4096;
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
@@ -146,8 +147,9 @@ fn read_u64(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
-/// Checks an ELF's headers against the file and the memory; returns the end of its segments.
-fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<u64> {
+/// Checks an ELF's headers against the file and the memory; returns the start and end of its
+/// segments.
+fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<(u64, u64)> {
     let truncated = |what: String| ArchError::TruncatedKernel { path: path.into(), format: "ELF", what };
     let unsupported =
         |reason: &str| ArchError::UnsupportedKernel { path: path.into(), reason: reason.into() };
@@ -167,7 +169,7 @@ fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<
     if table_end.is_none_or(|end| end > file_len) {
         return Err(truncated("the program header table lies past the end of the file".into()));
     }
-    let mut kernel_end = 0u64;
+    let (mut kernel_start, mut kernel_end) = (u64::MAX, 0u64);
     for i in 0..phnum {
         let ph = (phoff + i * 56) as usize;
         let field = |off: usize| read_u64(image, ph + off).unwrap_or(0);
@@ -184,6 +186,7 @@ fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<
         let end =
             paddr.checked_add(memsz.max(filesz)).ok_or_else(|| unsupported("segment address overflows"))?;
         kernel_end = kernel_end.max(end);
+        kernel_start = kernel_start.min(paddr);
     }
     if kernel_end == 0 {
         return Err(unsupported("the ELF has no loadable segment"));
@@ -191,11 +194,12 @@ fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<
     if kernel_end > low_ram_end(mem_size) {
         return Err(ArchError::MemoryTooSmallForKernel { mem_mib: mem_size / MIB, needed_end: kernel_end });
     }
-    Ok(kernel_end)
+    Ok((kernel_start, kernel_end))
 }
 
 fn load_elf(mem: &GuestMemory, mem_size: u64, path: &Path, kernel: KernelFile) -> Result<LoadedKernel> {
-    let kernel_end = check_elf(kernel.head, kernel.len, path, mem_size)?;
+    let (kernel_start, kernel_end) = check_elf(kernel.head, kernel.len, path, mem_size)?;
+    prefault(mem, GuestAddress(kernel_start), kernel_end - kernel_start);
     let result = Elf::load(mem, None, kernel.file, Some(GuestAddress(HIMEM_START)))
         .map_err(|source| ArchError::KernelLoad { path: path.into(), source })?;
     let (protocol, entry) = match result.pvh_boot_cap {
@@ -243,6 +247,7 @@ fn load_bzimage(mem: &GuestMemory, mem_size: u64, path: &Path, kernel: KernelFil
     if kernel_end > low_ram_end(mem_size) {
         return Err(ArchError::MemoryTooSmallForKernel { mem_mib: mem_size / MIB, needed_end: kernel_end });
     }
+    prefault(mem, GuestAddress(HIMEM_START), kernel.len);
     let result = BzImage::load(mem, None, kernel.file, Some(GuestAddress(HIMEM_START)))
         .map_err(|source| ArchError::KernelLoad { path: path.into(), source })?;
     let entry = GuestAddress(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET);
@@ -294,6 +299,7 @@ pub fn load_initrd(mem: &GuestMemory, path: &Path, kernel: &LoadedKernel) -> Res
     let addr = place_initrd(size, kernel.kernel_end, initrd_limit(kernel, mem_size), mem_size)?;
     // Straight from the file into guest memory: no copy of the initrd on the VMM's heap.
     let len = usize::try_from(size).unwrap_or(usize::MAX);
+    prefault(mem, addr, size);
     mem.read_exact_volatile_from(addr, &mut file, len).map_err(write_err("initrd"))?;
     Ok(InitrdInfo { addr, size })
 }

@@ -16,6 +16,57 @@ pub trait VmOps: Send + Sync {
     fn pio_write(&self, port: u16, data: &[u8]);
     fn mmio_read(&self, addr: u64, data: &mut [u8]);
     fn mmio_write(&self, addr: u64, data: &[u8]);
+    /// Called once per exit from guest mode to the VMM, before the exit is handled, by
+    /// backends that have such exits (KVM); for statistics (`VMR_STATS`), so it must be cheap.
+    fn exit_seen(&self, _kind: ExitKind) {}
+}
+
+/// What made a vCPU leave guest mode for the VMM, for exit statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    PioIn,
+    PioOut,
+    MmioRead,
+    MmioWrite,
+    Hlt,
+    /// A signal or kick (`EINTR`) or `KVM_EXIT_INTR`.
+    Interrupted,
+    IrqWindow,
+    /// Anything else: shutdown, system events, errors.
+    Other,
+}
+
+impl ExitKind {
+    pub const COUNT: usize = 8;
+    pub const ALL: [ExitKind; Self::COUNT] = [
+        ExitKind::PioIn,
+        ExitKind::PioOut,
+        ExitKind::MmioRead,
+        ExitKind::MmioWrite,
+        ExitKind::Hlt,
+        ExitKind::Interrupted,
+        ExitKind::IrqWindow,
+        ExitKind::Other,
+    ];
+
+    /// Position in [`ExitKind::ALL`], for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Short name used in the statistics line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::PioIn => "pio_in",
+            ExitKind::PioOut => "pio_out",
+            ExitKind::MmioRead => "mmio_read",
+            ExitKind::MmioWrite => "mmio_write",
+            ExitKind::Hlt => "hlt",
+            ExitKind::Interrupted => "intr",
+            ExitKind::IrqWindow => "irq_window",
+            ExitKind::Other => "other",
+        }
+    }
 }
 
 /// Why [`Vcpu::run`] returned. Port I/O and MMIO never appear here: the backend handles them

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use kvm_bindings::{kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vmr_hypervisor::{
-    CpuidEntry, FpuState, HypervisorError, LapicState, MsrEntry, Regs, Result, SpecialRegs, Vcpu, VcpuExit,
-    VcpuKicker, VmOps,
+    CpuidEntry, ExitKind, FpuState, HypervisorError, LapicState, MsrEntry, Regs, Result, SpecialRegs, Vcpu,
+    VcpuExit, VcpuKicker, VmOps,
 };
 
 use crate::convert;
@@ -51,6 +51,7 @@ impl KvmVcpu {
         self.kick.set_in_kvm_run(true);
         let exit = self.fd.run();
         self.kick.set_in_kvm_run(false);
+        self.ops.exit_seen(exit_kind(&exit));
         match exit {
             Ok(KvmExit::IoIn(port, data)) => {
                 // SAFETY: `run_page` is `fd`'s page and this exit is KVM_EXIT_IO.
@@ -114,6 +115,21 @@ impl KvmVcpu {
                 Step::Failed(e) => return Err(HypervisorError::os("KVM_RUN", e)),
             }
         }
+    }
+}
+
+/// The statistics kind of one `KVM_RUN` result.
+fn exit_kind(exit: &std::result::Result<KvmExit, kvm_ioctls::Error>) -> ExitKind {
+    match exit {
+        Ok(KvmExit::IoIn(..)) => ExitKind::PioIn,
+        Ok(KvmExit::IoOut(..)) => ExitKind::PioOut,
+        Ok(KvmExit::MmioRead(..)) => ExitKind::MmioRead,
+        Ok(KvmExit::MmioWrite(..)) => ExitKind::MmioWrite,
+        Ok(KvmExit::Hlt) => ExitKind::Hlt,
+        Ok(KvmExit::Intr) => ExitKind::Interrupted,
+        Ok(KvmExit::IrqWindowOpen) => ExitKind::IrqWindow,
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitKind::Interrupted,
+        _ => ExitKind::Other,
     }
 }
 

@@ -67,6 +67,14 @@ pub struct VmConfig {
     /// Disks, network cards and the entropy device (virtio-mmio).
     #[serde(default)]
     pub virtio: VirtioConfig,
+    /// Add vmr's kernel command-line hints (`pci=off`, see [`crate::cmdline`]) where the
+    /// command line does not set their keys.
+    #[serde(default = "default_true")]
+    pub cmdline_hints: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl VmConfig {
@@ -83,6 +91,15 @@ impl VmConfig {
             return Err(ConfigError::MemoryTooSmall(self.memory));
         }
         Ok(())
+    }
+
+    /// The command line the guest kernel gets: `cmdline` plus the hints, if enabled.
+    pub fn kernel_cmdline(&self) -> String {
+        if self.cmdline_hints {
+            crate::cmdline::with_hints(&self.cmdline)
+        } else {
+            self.cmdline.clone()
+        }
     }
 }
 
@@ -136,9 +153,8 @@ mod tests {
         assert!(parse_memory_size("99999999999999T").is_err());
     }
 
-    #[test]
-    fn validation() {
-        let mut c = VmConfig {
+    fn sample() -> VmConfig {
+        VmConfig {
             kernel: "k".into(),
             initrd: None,
             cmdline: String::new(),
@@ -147,12 +163,26 @@ mod tests {
             accel: Accel::Kvm,
             reboot: RebootPolicy::Exit,
             virtio: VirtioConfig::default(),
-        };
+            cmdline_hints: true,
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = sample();
         assert!(c.validate().is_ok());
         c.vcpus = 0;
         assert!(c.validate().is_err());
         c.vcpus = 1;
         c.memory = 1 << 20;
         assert_eq!(c.validate(), Err(ConfigError::MemoryTooSmall(1 << 20)));
+    }
+
+    #[test]
+    fn cmdline_hints_can_be_turned_off() {
+        let mut c = VmConfig { cmdline: "console=ttyS0".into(), ..sample() };
+        assert_eq!(c.kernel_cmdline(), "console=ttyS0 pci=off");
+        c.cmdline_hints = false;
+        assert_eq!(c.kernel_cmdline(), "console=ttyS0");
     }
 }

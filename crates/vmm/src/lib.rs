@@ -5,6 +5,7 @@
 //! into events. See `docs/ARCHITECTURE.md`.
 
 mod accel;
+pub mod cmdline;
 pub mod config;
 pub mod console;
 pub mod devices;
@@ -13,6 +14,7 @@ pub mod logger;
 mod machine;
 pub mod metrics;
 pub mod seccomp;
+pub mod stats;
 mod vcpu;
 
 pub use accel::{select_backend, BackendChoice};
@@ -67,9 +69,11 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let mut console: Option<console::ConsoleInput> = None;
     let mut _raw = None;
     loop {
+        let boot_started = std::time::Instant::now();
         // Kernel, initrd and sizes are checked before a backend is opened, so bad input gets
         // its own error whatever the host offers.
         let prepared = machine::PreparedBoot::new(config)?;
+        let load = boot_started.elapsed();
         let backend = match &backend {
             Some(b) => b,
             None => {
@@ -82,8 +86,21 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         let console = console.get_or_insert_with(|| console::ConsoleInput::start(events.quit_notifier()));
         _raw.get_or_insert_with(console::RawModeGuard::new);
         console.set_sink(Some(machine.console_sink()));
+        let stats = machine.stats();
+        let mut times = stats::BootTimes {
+            start: stats::since_process_start(),
+            load,
+            setup: boot_started.elapsed(),
+            ..Default::default()
+        };
+        let run_started = std::time::Instant::now();
         let reason = machine.run(&events)?;
         console.set_sink(None);
+        if stats::enabled() {
+            // `\r`: the terminal may still be in raw mode.
+            times.run = run_started.elapsed();
+            eprintln!("{}\r", stats.line(&times));
+        }
         match (reason, config.reboot) {
             (ExitReason::Reboot, RebootPolicy::Restart) => {
                 eprintln!("\r\nvmr: guest rebooted; restarting the VM\r");

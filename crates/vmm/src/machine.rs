@@ -8,10 +8,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmr_devices::{Bus, BusDevice, IrqLine, VmExitRequest, VmExitRequester};
-use vmr_hypervisor::{GuestMemory, Hypervisor, IrqChip, Vcpu, VcpuKicker, Vm, VmConfig as HvVmConfig, VmOps};
+use vmr_hypervisor::{
+    ExitKind, GuestMemory, Hypervisor, IrqChip, Vcpu, VcpuKicker, Vm, VmConfig as HvVmConfig, VmOps,
+};
 
 use crate::config::VmConfig;
 use crate::console::InputSink;
+use crate::stats::ExitStats;
 use crate::{vcpu, ExitReason, VmmError};
 
 /// What ends or changes a running machine.
@@ -80,28 +83,36 @@ impl EventChannel {
     }
 }
 
-/// Routes the guest's port I/O and MMIO to the device buses.
+/// Routes the guest's port I/O and MMIO to the device buses, counting them.
 struct MachineOps {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    stats: Arc<ExitStats>,
 }
 
 impl VmOps for MachineOps {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
         crate::metrics::metrics().vcpu.exit_io_in.inc();
+        self.stats.port_access(port);
         self.pio.read(u64::from(port), data);
     }
     fn pio_write(&self, port: u16, data: &[u8]) {
         crate::metrics::metrics().vcpu.exit_io_out.inc();
+        self.stats.port_access(port);
         self.pio.write(u64::from(port), data);
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         crate::metrics::metrics().vcpu.exit_mmio_read.inc();
+        self.stats.mmio_access();
         self.mmio.read(addr, data);
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         crate::metrics::metrics().vcpu.exit_mmio_write.inc();
+        self.stats.mmio_access();
         self.mmio.write(addr, data);
+    }
+    fn exit_seen(&self, kind: ExitKind) {
+        self.stats.exit(kind);
     }
 }
 
@@ -127,6 +138,7 @@ pub struct Machine {
     _vm: Arc<dyn Vm>,
     vcpus: Vec<Box<dyn Vcpu>>,
     serial: Arc<Mutex<vmr_devices::serial::Serial>>,
+    stats: Arc<ExitStats>,
 }
 
 /// Guest memory with the kernel, initrd and boot tables already written: everything about a
@@ -143,16 +155,22 @@ impl PreparedBoot {
         let memory = vmr_arch::create_guest_memory(config.memory)?;
         // The slots `Machine::build` fills, described in the DSDT.
         let virtio_mmio = vmr_arch::virtio_mmio_slots(config.virtio.count())?;
-        let boot = vmr_arch::configure_system(
-            &memory,
-            &vmr_arch::MachineConfig {
-                vcpus: config.vcpus,
-                kernel: config.kernel.clone(),
-                initrd: config.initrd.clone(),
-                cmdline: config.cmdline.clone(),
-                virtio_mmio,
-            },
-        )?;
+        let mut machine = vmr_arch::MachineConfig {
+            vcpus: config.vcpus,
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            cmdline: config.kernel_cmdline(),
+            virtio_mmio,
+        };
+        let boot = match vmr_arch::configure_system(&memory, &machine) {
+            // The hints are optional: a command line that fits only without them boots without
+            // them, and one that does not fit is reported with the user's own length.
+            Err(vmr_arch::ArchError::CmdlineTooLong { .. }) if machine.cmdline != config.cmdline => {
+                machine.cmdline = config.cmdline.clone();
+                vmr_arch::configure_system(&memory, &machine)?
+            }
+            other => other?,
+        };
         Ok(PreparedBoot { memory, boot })
     }
 }
@@ -178,7 +196,8 @@ impl Machine {
         let serial = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
         crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio)?;
 
-        let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio });
+        let stats = Arc::new(ExitStats::default());
+        let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio, stats: stats.clone() });
         let supported = hv.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
@@ -193,7 +212,12 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        Ok(Machine { _memory: memory, _vm: vm, vcpus, serial })
+        Ok(Machine { _memory: memory, _vm: vm, vcpus, serial, stats })
+    }
+
+    /// This boot's exit counters (see [`crate::stats`]).
+    pub fn stats(&self) -> Arc<ExitStats> {
+        self.stats.clone()
     }
 
     /// Where console input goes.
