@@ -5,17 +5,27 @@
 //! into events. See `docs/ARCHITECTURE.md`.
 
 mod accel;
+pub mod api;
 pub mod config;
 pub mod console;
 pub mod devices;
 mod error;
+pub mod logger;
 mod machine;
+mod pause;
 mod vcpu;
+mod vmm;
 
 pub use accel::{select_backend, BackendChoice};
 pub use config::{Accel, RebootPolicy, VmConfig};
 pub use error::VmmError;
 pub use machine::Machine;
+pub use vmm::{Vmm, VERSION};
+
+/// The kernel command line used when the user gives a kernel but no command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// Most vCPUs the API accepts (Firecracker's limit).
+pub const MAX_API_VCPUS: u32 = 32;
 
 /// vmr's exit code after a guest `poweroff` (or `Ctrl-A x`).
 pub const EXIT_POWEROFF: i32 = 0;
@@ -53,37 +63,26 @@ impl ExitReason {
     }
 }
 
-/// Runs the VM described by `config` until it ends, applying the reboot policy.
+/// Runs the VM described by `config` until it ends, applying the reboot policy: `vmr run`
+/// without an API socket, a thin adapter over [`Vmm`].
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
-    let events = machine::EventChannel::new()?;
-    let mut backend: Option<BackendChoice> = None;
-    let mut console: Option<console::ConsoleInput> = None;
-    let mut _raw = None;
-    loop {
-        // Kernel, initrd and sizes are checked before a backend is opened, so bad input gets
-        // its own error whatever the host offers.
-        let prepared = machine::PreparedBoot::new(config)?;
-        let backend = match &backend {
-            Some(b) => b,
-            None => {
-                let b = select_backend(config.accel)?;
-                eprintln!("vmr: accelerator: {} ({})", b.hypervisor.name(), b.reason);
-                backend.insert(b)
-            }
-        };
-        let machine = Machine::build(config, prepared, backend.hypervisor.as_ref(), &events)?;
-        let console = console.get_or_insert_with(|| console::ConsoleInput::start(events.quit_notifier()));
-        _raw.get_or_insert_with(console::RawModeGuard::new);
-        console.set_sink(Some(machine.console_sink()));
-        let reason = machine.run(&events)?;
-        console.set_sink(None);
-        match (reason, config.reboot) {
-            (ExitReason::Reboot, RebootPolicy::Restart) => {
-                eprintln!("\r\nvmr: guest rebooted; restarting the VM\r");
-                continue;
-            }
-            (reason, _) => return Ok(reason),
+    let mut vmm = Vmm::from_config(config)?;
+    vmm.start_configured()?;
+    vmm.run()
+}
+
+/// "outer: inner: innermost", skipping a source whose text the outer message already holds.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
         }
+        source = s.source();
     }
+    text
 }

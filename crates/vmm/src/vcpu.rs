@@ -8,27 +8,36 @@ use std::thread::{self, JoinHandle};
 use vmr_hypervisor::{Regs, SpecialRegs, Vcpu, VcpuExit};
 
 use crate::machine::VmEvent;
+use crate::pause::PauseGate;
 use crate::VmmError;
 
 /// Spawns the thread that runs `vcpu` until `stop` is set (and the vCPU kicked) or the guest
-/// does something that ends the machine.
+/// does something that ends the machine. Between runs the thread passes `gate`, where it parks
+/// while the machine is paused.
 pub fn spawn(
     mut vcpu: Box<dyn Vcpu>,
     stop: Arc<AtomicBool>,
+    gate: Arc<PauseGate>,
     events: Sender<VmEvent>,
 ) -> Result<JoinHandle<()>, VmmError> {
     let id = vcpu.id();
     thread::Builder::new()
         .name(format!("vmr-vcpu{id}"))
-        .spawn(move || run_loop(vcpu.as_mut(), &stop, &events))
+        .spawn(move || run_loop(vcpu.as_mut(), &stop, &gate, &events))
         .map_err(|source| VmmError::Thread { what: "vCPU", source })
 }
 
-fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, events: &Sender<VmEvent>) {
+fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, gate: &PauseGate, events: &Sender<VmEvent>) {
     let id = vcpu.id();
     loop {
         if stop.load(Ordering::Acquire) {
             return;
+        }
+        if gate.pass(stop) {
+            if let Err(e) = vcpu.resumed_after_pause() {
+                tracing::warn!("vCPU {id}: telling the guest it was paused failed: {e}");
+            }
+            continue;
         }
         let event = match vcpu.run() {
             Ok(VcpuExit::Interrupted) => continue,
