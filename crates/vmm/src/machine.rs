@@ -131,13 +131,21 @@ pub struct Machine {
     vm: Arc<dyn Vm>,
     vcpus: Vec<Box<dyn Vcpu>>,
     serial: Arc<Mutex<vmr_devices::serial::Serial>>,
-    legacy: LegacyDevices,
+    handles: DeviceHandles,
 }
 
 /// The legacy devices the VMM itself acts on after boot.
 #[derive(Clone)]
 struct LegacyDevices {
     i8042: Arc<Mutex<vmr_devices::i8042::I8042>>,
+}
+
+/// Handles the VMM keeps on the machine's devices.
+#[derive(Clone)]
+struct DeviceHandles {
+    legacy: LegacyDevices,
+    /// One per disk, in `--disk` order.
+    disks: Vec<Arc<vmr_virtio::block::DiskSwap>>,
 }
 
 /// A machine whose vCPU threads run (or are parked at the pause gate).
@@ -148,7 +156,7 @@ pub struct RunningMachine {
     gate: Arc<PauseGate>,
     kickers: Vec<Arc<dyn VcpuKicker>>,
     threads: Vec<JoinHandle<()>>,
-    legacy: LegacyDevices,
+    handles: DeviceHandles,
 }
 
 /// How long a pause waits for every vCPU to leave the guest.
@@ -179,7 +187,23 @@ impl RunningMachine {
 
     /// Types Ctrl-Alt-Del on the guest's keyboard; false if the guest has it disabled.
     pub fn send_ctrl_alt_del(&self) -> bool {
-        self.legacy.i8042.lock().unwrap_or_else(|e| e.into_inner()).send_ctrl_alt_del()
+        self.handles.legacy.i8042.lock().unwrap_or_else(|e| e.into_inner()).send_ctrl_alt_del()
+    }
+
+    /// Replaces the backing image of disk `index` by `image` (already opened).
+    pub fn swap_disk(
+        &self,
+        index: usize,
+        image: Box<dyn vmr_virtio::vmr_block::DiskImage>,
+        path: String,
+    ) -> bool {
+        match self.handles.disks.get(index) {
+            Some(swap) => {
+                swap.replace(image, path);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops every vCPU thread (a paused machine too).
@@ -230,6 +254,7 @@ impl Machine {
         check_host_limits(config, hv)?;
         // Images and taps first: a missing or locked image fails before anything is built.
         let virtio = crate::devices::open_devices(&config.virtio)?;
+        let disks = virtio.iter().filter_map(|d| d.disk_swap.clone()).collect();
         let vm = hv.create_vm(&HvVmConfig { vcpus: config.vcpus })?;
         vm.set_memory(&memory)?;
 
@@ -254,7 +279,7 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        Ok(Machine { memory, vm, vcpus, serial, legacy })
+        Ok(Machine { memory, vm, vcpus, serial, handles: DeviceHandles { legacy, disks } })
     }
 
     /// Where console input goes.
@@ -291,7 +316,7 @@ impl Machine {
             gate: gate.clone(),
             kickers,
             threads: Vec::with_capacity(self.vcpus.len()),
-            legacy: self.legacy,
+            handles: self.handles,
         };
         for vcpu in self.vcpus {
             match vcpu::spawn(vcpu, stop.clone(), gate.clone(), events.sender()) {

@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmr_arch::{layout, MmioDeviceInfo};
 use vmr_devices::{Bus, BusError};
 use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
-use vmr_virtio::block::{Block, BlockDeviceError};
+use vmr_virtio::block::{Block, BlockDeviceError, DiskSwap};
 use vmr_virtio::net::{Net, TapError};
 use vmr_virtio::rng::Rng;
 use vmr_virtio::vsock::{Vsock, VsockError};
@@ -91,6 +91,8 @@ pub struct OpenDevice {
     /// What error messages and logs call it (`disk0 (root.img)`, `net0 (tap0)`, `rng0`).
     pub name: String,
     pub device: Box<dyn VirtioDevice>,
+    /// For a disk: the handle its backing image is swapped through.
+    pub disk_swap: Option<Arc<DiskSwap>>,
 }
 
 /// Opens every backend: images (taking their locks), taps, the vsock socket. Disks come first,
@@ -105,19 +107,28 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
         let device = Block::new(disk, i)?;
         devices.push(OpenDevice {
             name: format!("disk{i} ({})", disk.path.display()),
+            disk_swap: Some(device.swap_handle()),
             device: Box::new(device),
         });
     }
     for (i, net) in config.nets.iter().enumerate() {
         let device = Net::new(net, i)?;
-        devices.push(OpenDevice { name: format!("net{i} ({})", net.tap), device: Box::new(device) });
+        devices.push(OpenDevice {
+            name: format!("net{i} ({})", net.tap),
+            device: Box::new(device),
+            disk_swap: None,
+        });
     }
     if let Some(vsock) = &config.vsock {
         let device = Vsock::new(vsock, 0)?;
-        devices.push(OpenDevice { name: format!("vsock0 (cid {})", vsock.cid), device: Box::new(device) });
+        devices.push(OpenDevice {
+            name: format!("vsock0 (cid {})", vsock.cid),
+            device: Box::new(device),
+            disk_swap: None,
+        });
     }
     if config.rng {
-        devices.push(OpenDevice { name: "rng0".into(), device: Box::new(Rng::new(0)) });
+        devices.push(OpenDevice { name: "rng0".into(), device: Box::new(Rng::new(0)), disk_swap: None });
     }
     Ok(devices)
 }
@@ -146,7 +157,7 @@ fn attach_one(
     dev: OpenDevice,
     slot: &MmioDeviceInfo,
 ) -> Result<(), DeviceError> {
-    let OpenDevice { name, device } = dev;
+    let OpenDevice { name, device, .. } = dev;
     let transport_err = |source| DeviceError::Transport { name: name.clone(), source };
     let register_err =
         |what: &'static str, source| DeviceError::Register { what, name: name.clone(), source };

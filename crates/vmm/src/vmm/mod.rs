@@ -48,8 +48,6 @@ pub struct Vmm {
     logger: Option<Logger>,
     backend: Option<BackendChoice>,
     running: Option<RunningMachine>,
-    /// The configuration the machine was built from (kept for `--reboot restart`).
-    booted: Option<VmConfig>,
     console: Option<console::ConsoleInput>,
     raw_mode: Option<console::RawModeGuard>,
 }
@@ -77,7 +75,6 @@ impl Vmm {
             logger: None,
             backend: None,
             running: None,
-            booted: None,
             console: None,
             raw_mode: None,
         };
@@ -155,7 +152,8 @@ impl Vmm {
                     return Ok(Some(reason));
                 }
             }
-            let config = self.booted.clone().unwrap_or_else(|| self.config.clone());
+            // The current configuration: a drive swapped through the API stays swapped.
+            let config = self.effective_config().map_err(|e| VmmError::Api(e.to_string()))?;
             self.boot(&config)?;
             return Ok(None);
         }
@@ -336,14 +334,26 @@ impl Vmm {
         if self.running.is_none() {
             return Err(ApiError::WrongState { what: "PATCH /drives", when: "before the VM has started" });
         }
-        if !self.drives.iter().any(|e| e.id == d.drive_id) {
+        let Some(index) = self.drives.iter().position(|e| e.id == d.drive_id) else {
             return Err(ApiError::InvalidValue(format!("no drive with drive_id {}", d.drive_id)));
-        }
+        };
         reject_rate_limiter(&d.rate_limiter, "changing a drive's rate_limiter")?;
-        match d.path_on_host {
-            Some(_) => Err(ApiError::NotSupportedYet("swapping a drive's backing file")),
-            None => Ok(VmmResponse::Empty),
+        let Some(path) = d.path_on_host else { return Ok(VmmResponse::Empty) };
+        let entry = &self.drives[index];
+        let options = vmr_virtio::vmr_block::OpenOptions {
+            read_only: entry.disk.read_only,
+            format: None,
+            direct: entry.disk.direct,
+        };
+        let image = vmr_virtio::vmr_block::open(std::path::Path::new(&path), &options).map_err(|e| {
+            ApiError::InvalidValue(format!("drive {}: {}", d.drive_id, crate::error_chain(&e)))
+        })?;
+        let m = self.running_machine("PATCH /drives")?;
+        if !m.swap_disk(index, image, path.clone()) {
+            return Err(ApiError::InvalidValue(format!("drive {} is not attached", d.drive_id)));
         }
+        self.drives[index].disk.path = path.into();
+        Ok(VmmResponse::Empty)
     }
 
     fn put_net(&mut self, n: NetworkInterface) -> ApiResult {
@@ -482,7 +492,6 @@ impl Vmm {
         self.raw_mode.get_or_insert_with(console::RawModeGuard::new);
         console.set_sink(Some(machine.console_sink()));
         self.running = Some(machine.start(&self.events)?);
-        self.booted = Some(config.clone());
         Ok(())
     }
 
