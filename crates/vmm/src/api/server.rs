@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use thiserror::Error;
@@ -138,23 +138,54 @@ async fn answer(req: Request<Incoming>, vmm: VmmHandle) -> Result<Response<Full<
     Ok(response)
 }
 
+/// Bytes of an oversized body read and thrown away before answering 413, so that a client
+/// still sending it gets the answer instead of a connection reset.
+const DRAIN_LIMIT: usize = 1 << 20;
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-    if declared.and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > MAX_BODY) {
+    let too_large = declared.and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > MAX_BODY);
+    let mut body = req.into_body();
+    if too_large {
+        drain(&mut body).await;
         return Err(ApiError::PayloadTooLarge(MAX_BODY));
     }
-    let limited = Limited::new(req.into_body(), MAX_BODY);
-    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge(MAX_BODY))
+    let mut collected = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::BadBody(format!("cannot read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > MAX_BODY {
+                    drain(&mut body).await;
+                    return Err(ApiError::PayloadTooLarge(MAX_BODY));
+                }
+                collected.extend_from_slice(&data);
+            }
         }
-        Ok(Err(e)) => Err(ApiError::BadBody(format!("cannot read the request body: {e}"))),
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(())) => Ok(Bytes::from(collected)),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(ApiError::BadBody(format!(
             "the request body did not arrive within {} s",
             BODY_TIMEOUT.as_secs()
         ))),
     }
+}
+
+/// Reads and discards up to [`DRAIN_LIMIT`] more bytes of `body` (for at most a second).
+async fn drain(body: &mut Incoming) {
+    let mut seen = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_LIMIT {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// Hands the request to the VMM thread and waits (asynchronously) for its answer.
