@@ -198,6 +198,70 @@ mod tests {
         }
     }
 
+    /// (METHOD, path) pairs of the OpenAPI document: paths are the keys indented by two spaces
+    /// under `paths:`, methods the keys indented by four under them.
+    fn documented_routes() -> Vec<(String, String)> {
+        let doc = include_str!("../../../../docs/api/vmr.yaml");
+        let mut routes = Vec::new();
+        let mut in_paths = false;
+        let mut path = String::new();
+        for line in doc.lines() {
+            if !line.starts_with(' ') {
+                in_paths = line == "paths:";
+                continue;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("  /") {
+                path = format!("/{}", p.trim_end_matches(':'));
+            } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+                if ["get", "put", "patch", "post", "delete"].contains(&m) {
+                    routes.push((m.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn openapi_document_matches_the_router() {
+        let placeholder = |p: &str| {
+            p.split('/')
+                .map(|seg| if seg.starts_with('{') { "{id}" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let mut documented: Vec<(String, String)> =
+            documented_routes().into_iter().map(|(m, p)| (m, placeholder(&p))).collect();
+        let mut served: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        served.sort();
+        assert!(documented.len() >= 17, "{documented:?}");
+        assert_eq!(documented, served, "docs/api/vmr.yaml and router::ROUTES differ");
+        // Every route is really served: it parses to a request or fails on the body, never on
+        // the path.
+        for (method, path) in &served {
+            let concrete = path.replace("{id}", "x1");
+            match parse(method, &concrete, b"{}") {
+                Err(ApiError::InvalidPath { .. }) | Err(ApiError::NotServed(_)) => {
+                    panic!("{method} {path} is documented but not served")
+                }
+                _ => {}
+            }
+        }
+        // And no method is served on a known path without being listed.
+        for (_, path) in &served {
+            for method in ["GET", "PUT", "PATCH", "POST", "DELETE", "HEAD"] {
+                let concrete = path.replace("{id}", "x1");
+                let listed = served.iter().any(|(m, p)| m == method && p == path);
+                let answered = !matches!(parse(method, &concrete, b"{}"), Err(ApiError::InvalidPath { .. }));
+                assert_eq!(answered, listed, "{method} {path}: served {answered}, listed {listed}");
+            }
+        }
+    }
+
     #[test]
     fn statuses() {
         assert_eq!(render(&Ok(VmmResponse::Empty)), (204, None));
