@@ -3,6 +3,8 @@
 //! Firecracker-compatible HTTP router ([`router`]) and its Unix-socket server ([`server`]).
 
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod router;
 pub mod schema;
 pub mod server;
