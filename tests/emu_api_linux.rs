@@ -2,7 +2,7 @@
 //! guest-visible parts of the contract. Configured over the socket and started with
 //! `InstanceStart`, it reaches its init marker; a counter it prints stops while the VM is paused
 //! and goes on after resume; a swapped drive's new size reaches the guest (config-change
-//! interrupt); `SendCtrlAltDel` makes Linux restart, which ends vmr cleanly (exit code 2, as
+//! interrupt); the power button's interrupt reaches the guest's ACPI; `SendCtrlAltDel` makes Linux restart, which ends vmr cleanly (exit code 2, as
 //! Firecracker ends on a guest reboot).
 //!
 //! Slow by nature (an interpreter booting a distribution kernel): one boot serves every check.
@@ -150,6 +150,28 @@ fn default_guest_through_the_api_pauses_resumes_sees_a_drive_swap_and_ends_on_ct
         resized.as_deref(),
         Some("8192"),
         "the guest did not see the new size; console:\n{}",
+        tail(&seen)
+    );
+
+    // vmr:PowerButton: an edge on the ACPI Generic Event Device's interrupt, counted by the
+    // guest's ACPI:Ged handler (the default guest has no button driver or acpid to act on it).
+    let ged = |stdin: &mut std::process::ChildStdin, seen: &mut Vec<String>, tag: &str| {
+        let cmd = format!("echo {tag}=$(grep Ged /proc/interrupts | tr -s ' ' | cut -d' ' -f3)\n");
+        stdin.write_all(cmd.as_bytes()).unwrap();
+        let prefix = format!("{tag}=");
+        wait_line(&rx, seen, Duration::from_secs(60), |l| {
+            l.strip_prefix(&prefix).and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    let before = ged(&mut stdin, &mut seen, "VMR-GED0")
+        .unwrap_or_else(|| panic!("no ACPI:Ged line; console:\n{}", tail(&seen)));
+    put(&sock, "PUT", "/actions", r#"{"action_type":"vmr:PowerButton"}"#.into());
+    std::thread::sleep(Duration::from_millis(500));
+    let after = ged(&mut stdin, &mut seen, "VMR-GED1");
+    assert_eq!(
+        after,
+        Some(before + 1),
+        "the power button interrupt reached the guest; console:\n{}",
         tail(&seen)
     );
 

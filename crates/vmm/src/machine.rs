@@ -138,6 +138,7 @@ pub struct Machine {
 #[derive(Clone)]
 struct LegacyDevices {
     i8042: Arc<Mutex<vmr_devices::i8042::I8042>>,
+    power_button: Arc<vmr_devices::acpi::PowerButton>,
 }
 
 /// Handles the VMM keeps on the machine's devices.
@@ -188,6 +189,12 @@ impl RunningMachine {
     /// Types Ctrl-Alt-Del on the guest's keyboard; false if the guest has it disabled.
     pub fn send_ctrl_alt_del(&self) -> bool {
         self.handles.legacy.i8042.lock().unwrap_or_else(|e| e.into_inner()).send_ctrl_alt_del()
+    }
+
+    /// Presses the ACPI power button (the guest decides what it does; Linux with acpid or
+    /// systemd powers off).
+    pub fn press_power_button(&self) {
+        self.handles.legacy.power_button.press();
     }
 
     /// Replaces the backing image of disk `index` by `image` (already opened).
@@ -404,7 +411,8 @@ fn add_legacy_devices(
         acpi::ACPI_PM_PORT_LEN,
     )?;
     place("reset control", Arc::new(Mutex::new(acpi::ResetControl::new(exit))), acpi::RESET_CONTROL_PORT, 1)?;
-    Ok((serial, LegacyDevices { i8042: kbd }))
+    let power_button = acpi::PowerButton::new(IrqLine::new(irqchip, vmr_arch::layout::POWER_BUTTON_IRQ));
+    Ok((serial, LegacyDevices { i8042: kbd, power_button: Arc::new(power_button) }))
 }
 
 fn check_host_limits(config: &VmConfig, hv: &dyn Hypervisor) -> Result<(), VmmError> {

@@ -418,8 +418,8 @@ impl Vmm {
                 Err(ApiError::NotSupportedYet("FlushMetrics (Firecracker's metrics file)"))
             }
             ActionType::PowerButton => {
-                self.running_machine("vmr:PowerButton")?;
-                Err(ApiError::NotSupportedYet("vmr:PowerButton (the ACPI power button)"))
+                self.running_machine("vmr:PowerButton")?.press_power_button();
+                Ok(VmmResponse::Empty)
             }
         }
     }
