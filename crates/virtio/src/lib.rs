@@ -66,6 +66,7 @@ pub mod fuzzing;
 mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod pause;
 mod queue;
 pub mod rate_limiter;
 pub mod rng;

@@ -147,6 +147,8 @@ struct DeviceHandles {
     legacy: LegacyDevices,
     /// One per disk, in `--disk` order.
     disks: Vec<Arc<vmr_virtio::block::DiskSwap>>,
+    /// Where the virtio workers park while the VM is paused.
+    workers: Arc<vmr_virtio::pause::WorkerGate>,
 }
 
 /// A machine whose vCPU threads run (or are parked at the pause gate).
@@ -167,6 +169,9 @@ impl RunningMachine {
     /// Parks every vCPU at the gate and returns once all are parked: from then on the guest
     /// runs no instruction and its vCPU threads sleep.
     pub fn pause(&self) -> Result<(), VmmError> {
+        // Workers first: a device finishing a request may still raise an interrupt, which a
+        // parked vCPU takes after resume.
+        self.handles.workers.pause();
         self.gate.close();
         self.kickers.iter().for_each(|k| k.kick());
         let running = self.threads.iter().filter(|t| !t.is_finished()).count();
@@ -174,11 +179,13 @@ impl RunningMachine {
             return Ok(());
         }
         self.gate.open();
+        self.handles.workers.resume();
         Err(VmmError::PauseTimeout(PAUSE_TIMEOUT.as_secs()))
     }
 
-    /// Lets the parked vCPUs run again.
+    /// Lets the parked vCPUs and device workers run again.
     pub fn resume(&self) {
+        self.handles.workers.resume();
         self.gate.open();
     }
 
@@ -269,7 +276,8 @@ impl Machine {
         let mmio = Arc::new(Bus::new());
         let exit = exit_requester(events.sender());
         let (serial, legacy) = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
-        crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio)?;
+        let workers = Arc::new(vmr_virtio::pause::WorkerGate::default());
+        crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio, &workers)?;
 
         let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio });
         let supported = hv.supported_cpuid()?;
@@ -286,7 +294,7 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        Ok(Machine { memory, vm, vcpus, serial, handles: DeviceHandles { legacy, disks } })
+        Ok(Machine { memory, vm, vcpus, serial, handles: DeviceHandles { legacy, disks, workers } })
     }
 
     /// Where console input goes.

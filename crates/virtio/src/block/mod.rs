@@ -230,7 +230,13 @@ impl VirtioDevice for Block {
             broken: false,
         };
         self.acked_features = ctx.acked_features;
-        match Worker::spawn(format!("vmr-virtio-blk{}", self.index), ctx.queue_evts, handler) {
+        match Worker::spawn_gated(
+            format!("vmr-virtio-blk{}", self.index),
+            ctx.queue_evts,
+            &[],
+            handler,
+            ctx.gate,
+        ) {
             Ok(worker) => {
                 self.worker = Some(worker);
                 Ok(())

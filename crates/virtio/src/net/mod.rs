@@ -145,9 +145,14 @@ impl VirtioDevice for Net {
         let handler = NetHandler::new(ctx.mem, ctx.interrupt, rx, tx, tap);
         self.acked_features = ctx.acked_features;
         let fds = [(tap_fd, EventSet::IN | EventSet::EDGE_TRIGGERED)];
-        let worker =
-            Worker::spawn_with_fds(format!("vmr-virtio-net{}", self.index), ctx.queue_evts, &fds, handler)
-                .map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn_gated(
+            format!("vmr-virtio-net{}", self.index),
+            ctx.queue_evts,
+            &fds,
+            handler,
+            ctx.gate,
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }

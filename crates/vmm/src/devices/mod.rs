@@ -30,6 +30,7 @@ use vmr_devices::{Bus, BusError};
 use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
 use vmr_virtio::block::{Block, BlockDeviceError, DiskSwap};
 use vmr_virtio::net::{Net, TapError};
+use vmr_virtio::pause::WorkerGate;
 use vmr_virtio::rng::Rng;
 use vmr_virtio::vsock::{Vsock, VsockError};
 use vmr_virtio::{Interrupt, IrqTrigger, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -141,11 +142,12 @@ pub fn attach_devices(
     mem: &GuestMemory,
     mmio: &Bus,
     devices: Vec<OpenDevice>,
+    gate: &Arc<WorkerGate>,
 ) -> Result<Vec<MmioDeviceInfo>, DeviceError> {
     let slots = vmr_arch::virtio_mmio_slots(devices.len())
         .map_err(|_| DeviceError::TooMany { count: devices.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
     for (dev, slot) in devices.into_iter().zip(&slots) {
-        attach_one(vm, mem, mmio, dev, slot)?;
+        attach_one(vm, mem, mmio, dev, slot, gate)?;
     }
     Ok(slots)
 }
@@ -156,6 +158,7 @@ fn attach_one(
     mmio: &Bus,
     dev: OpenDevice,
     slot: &MmioDeviceInfo,
+    gate: &Arc<WorkerGate>,
 ) -> Result<(), DeviceError> {
     let OpenDevice { name, device, .. } = dev;
     let transport_err = |source| DeviceError::Transport { name: name.clone(), source };
@@ -164,7 +167,8 @@ fn attach_one(
     let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(transport_err)?;
     vm.register_irqfd(&irqfd, slot.irq).map_err(|e| register_err("interrupt (irqfd)", e))?;
     let interrupt = Arc::new(Interrupt::new(IrqTrigger::EventFd(irqfd)));
-    let transport = MmioTransport::new(mem.clone(), device, interrupt).map_err(transport_err)?;
+    let mut transport = MmioTransport::new(mem.clone(), device, interrupt).map_err(transport_err)?;
+    transport.set_pause_gate(gate.clone());
     let notify = IoEventAddress::Mmio(slot.addr.0 + QUEUE_NOTIFY_OFFSET);
     for (queue, evt) in transport.queue_evts().iter().enumerate() {
         vm.register_ioevent(evt, notify, Some(queue as u64))
