@@ -44,6 +44,16 @@ fn wait_line<T>(
     None
 }
 
+/// A failed assertion must not leave a guest running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn count(line: &str) -> Option<u64> {
     line.split("VMR-COUNT=").nth(1).and_then(|v| v.trim().parse().ok())
 }
@@ -67,14 +77,17 @@ fn default_guest_through_the_api_pauses_resumes_sees_a_drive_swap_and_ends_on_ct
     std::fs::File::create(&small).unwrap().set_len(1 << 20).unwrap();
     std::fs::File::create(&large).unwrap().set_len(4 << 20).unwrap();
 
-    let mut child = Command::new(vmr)
-        .args(["--accel", "emu", "--api-sock"])
-        .arg(&sock)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(vmr)
+            .args(["--accel", "emu", "--api-sock"])
+            .arg(&sock)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let (tx, rx) = mpsc::channel::<String>();
     let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
