@@ -158,6 +158,18 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// `vmr run --accel emu` of the ticking guest with `--api-sock`, ready for requests.
+fn run_with_api(name: &str) -> Vmr {
+    let dir = test_dir(&format!("{name}-files"));
+    let kernel = ticking_kernel(&dir).display().to_string();
+    let mut vm = spawn(
+        name,
+        &["run", "--accel", "emu", "--memory", "64M", "--kernel", &kernel, "--api-sock", "{sock}"],
+    );
+    vm.wait_ready();
+    vm
+}
+
 /// Pause stops the guest (no new output, no host CPU), resume restarts it.
 fn check_pause_and_resume(vm: &Vmr) {
     let before = vm.wait_ticks(3);
@@ -329,13 +341,7 @@ fn kata_runtime_rs_sequence() {
 
 #[test]
 fn run_with_an_api_socket_and_vmr_ctl() {
-    let dir = test_dir("run-ctl-files");
-    let kernel = ticking_kernel(&dir).display().to_string();
-    let mut vm = spawn(
-        "run-ctl",
-        &["run", "--accel", "emu", "--memory", "64M", "--kernel", &kernel, "--api-sock", "{sock}"],
-    );
-    vm.wait_ready();
+    let vm = run_with_api("run-ctl");
     vm.wait_ticks(2);
     let sock = vm.sock.clone();
     let ctl = |args: &[&str]| {
@@ -353,7 +359,10 @@ fn run_with_an_api_socket_and_vmr_ctl() {
     };
     let (code, out, _) = ctl(&["info"]);
     assert_eq!(code, Some(0));
-    assert!(out.contains("state    Running") && out.contains("64 MiB") && out.contains(&kernel), "{out}");
+    assert!(
+        out.contains("state    Running") && out.contains("64 MiB") && out.contains("run-ctl-files/ticking"),
+        "{out}"
+    );
     assert_eq!(ctl(&["pause"]).0, Some(0));
     let (_, json, _) = ctl(&["--json", "info"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -391,13 +400,7 @@ fn an_existing_socket_path_is_a_one_line_error() {
 
 #[test]
 fn bad_input_gets_the_right_status_and_the_vm_keeps_running() {
-    let dir = test_dir("bad-files");
-    let kernel = ticking_kernel(&dir).display().to_string();
-    let mut vm = spawn(
-        "bad",
-        &["run", "--accel", "emu", "--memory", "64M", "--kernel", &kernel, "--api-sock", "{sock}"],
-    );
-    vm.wait_ready();
+    let vm = run_with_api("bad");
     vm.wait_ticks(1);
     // A client that sends half a request and stalls holds only its own connection.
     let mut stalled = UnixStream::connect(&vm.sock).unwrap();
