@@ -23,12 +23,13 @@ fn disk(read_only: bool) -> Disk {
 fn disk_with(read_only: bool, cache: &str) -> Result<Disk, BlockDeviceError> {
     let file = tempfile::NamedTempFile::new().unwrap();
     file.as_file().set_len(DISK_SIZE).unwrap();
-    let config = DiskConfig {
-        read_only,
-        serial: Some("disk-7".into()),
-        direct: cache == "none",
-        ..DiskConfig::new(file.path())
-    };
+    let config: DiskConfig = format!(
+        "path={},readonly={},serial=disk-7,cache={cache}",
+        file.path().display(),
+        if read_only { "on" } else { "off" }
+    )
+    .parse()
+    .unwrap();
     let block = Block::new(&config, 0)?;
     let mut h = Harness::new(Box::new(block), 16);
     let f = h.device_features() & !crate::features::RING_EVENT_IDX;
@@ -213,7 +214,7 @@ fn huge_request_is_served_in_bounded_chunks() {
 #[test]
 fn image_lock_is_held_while_the_device_exists() {
     let d = disk(false);
-    let config = DiskConfig::new(d.file.path());
+    let config: DiskConfig = format!("path={}", d.file.path().display()).parse().unwrap();
     let err = Block::new(&config, 1).err().unwrap().to_string();
     assert_eq!(err, format!("image {} is in use by another process", d.file.path().display()));
 }
@@ -253,7 +254,7 @@ fn event_idx_negotiated_still_completes_requests() {
 fn swapped_image_serves_the_next_requests_and_the_guest_is_told_the_new_size() {
     let old = tempfile::NamedTempFile::new().unwrap();
     old.as_file().set_len(DISK_SIZE).unwrap();
-    let config = DiskConfig::new(old.path());
+    let config: DiskConfig = format!("path={}", old.path().display()).parse().unwrap();
     let block = Block::new(&config, 0).unwrap();
     let swap = block.swap_handle();
     let mut h = Harness::new(Box::new(block), 16);

@@ -22,7 +22,7 @@ use std::os::unix::io::AsRawFd;
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::epoll::EventSet;
 
-pub use config::NetConfig;
+pub use config::{NetConfig, NetConfigError};
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};

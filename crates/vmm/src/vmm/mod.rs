@@ -306,7 +306,13 @@ impl Vmm {
         if d.is_root_device && self.drives.iter().any(|e| e.root && e.id != d.drive_id) {
             return Err(ApiError::InvalidValue("a root device is already configured".into()));
         }
-        let disk = DiskConfig { read_only: d.is_read_only.unwrap_or(false), ..DiskConfig::new(path) };
+        let disk = DiskConfig {
+            path: path.into(),
+            read_only: d.is_read_only.unwrap_or(false),
+            format: None,
+            serial: None,
+            direct: false,
+        };
         let entry = DriveEntry {
             id: d.drive_id,
             disk,
@@ -354,12 +360,11 @@ impl Vmm {
         check_id(&n.iface_id, "iface_id")?;
         reject_rate_limiter(&n.rx_rate_limiter, "rx_rate_limiter")?;
         reject_rate_limiter(&n.tx_rate_limiter, "tx_rate_limiter")?;
-        if n.host_dev_name.is_empty() || n.host_dev_name.len() > 15 || n.host_dev_name.contains('/') {
-            return Err(ApiError::InvalidValue("host_dev_name must be 1 to 15 bytes".into()));
+        let mut text = format!("tap={}", n.host_dev_name);
+        if let Some(mac) = &n.guest_mac {
+            text.push_str(&format!(",mac={mac}"));
         }
-        let mac = n.guest_mac.as_deref().map(crate::devices::options::parse_mac).transpose();
-        let mac = mac.map_err(|e| ApiError::InvalidValue(format!("guest_mac {e}")))?;
-        let net = NetConfig { tap: n.host_dev_name, mac };
+        let net: NetConfig = text.parse().map_err(|e| ApiError::InvalidValue(format!("{e}")))?;
         let entry = NetEntry { id: n.iface_id, net };
         match self.nets.iter_mut().find(|e| e.id == entry.id) {
             Some(existing) => *existing = entry,
@@ -384,17 +389,9 @@ impl Vmm {
     }
 
     fn put_vsock(&mut self, v: Vsock) -> ApiResult {
-        if !(3..u32::MAX).contains(&v.guest_cid) {
-            return Err(ApiError::InvalidValue(format!(
-                "guest_cid {} is out of range: 3 to 4294967294",
-                v.guest_cid
-            )));
-        }
-        if v.uds_path.is_empty() {
-            return Err(ApiError::InvalidValue("uds_path must not be empty".into()));
-        }
-        self.config.virtio.vsock =
-            Some(VsockConfig { cid: u64::from(v.guest_cid), socket: v.uds_path.into() });
+        let text = format!("cid={},socket={}", v.guest_cid, v.uds_path);
+        let vsock: VsockConfig = text.parse().map_err(|e| ApiError::InvalidValue(format!("{e}")))?;
+        self.config.virtio.vsock = Some(vsock);
         Ok(VmmResponse::Empty)
     }
 

@@ -166,7 +166,7 @@ fn the_command_line_config_round_trips_with_drive_ids() {
         accel: crate::Accel::Emu,
         reboot: RebootPolicy::Exit,
         virtio: crate::devices::VirtioConfig {
-            disks: vec![DiskConfig { read_only: true, ..DiskConfig::new("/a.img") }],
+            disks: vec!["path=/a.img,readonly=on".parse().unwrap()],
             nets: vec![],
             vsock: None,
             rng: true,
