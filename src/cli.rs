@@ -140,6 +140,14 @@ struct RunArgs {
     /// Also serve Firecracker's API for this VM on a Unix socket (it must not exist).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// Append Firecracker-style metrics (one JSON line of counter changes) to PATH every 60 s
+    /// and when the VM ends.
+    #[arg(long, value_name = "PATH")]
+    metrics_path: Option<PathBuf>,
+    /// Seccomp filters on every vmr thread: on (default) or off (for debugging; a syscall
+    /// outside a thread's list otherwise stops vmr with a line naming thread and syscall).
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    seccomp: String,
 }
 
 use vmr_vmm::DEFAULT_CMDLINE;
@@ -194,6 +202,11 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         reboot: args.reboot,
         virtio: VirtioConfig { disks: args.disks, nets: args.nets, vsock: args.vsock, rng: args.rng },
     };
+    vmr_vmm::seccomp::set_enabled(args.seccomp == "on");
+    if let Some(path) = &args.metrics_path {
+        vmr_vmm::metrics::metrics().init(path)?;
+        vmr_vmm::metrics::start_periodic_flush()?;
+    }
     let reason = match &args.api_sock {
         None => vmr_vmm::run(&config)?,
         Some(sock) => {
@@ -204,6 +217,9 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
             vmm.run()?
         }
     };
+    if args.metrics_path.is_some() {
+        vmr_vmm::metrics::metrics().flush()?;
+    }
     report_end(&reason);
     Ok(reason.exit_code())
 }
@@ -333,6 +349,25 @@ mod tests {
         assert!(args.rng);
         let err = Cli::try_parse_from(["vmr", "run", "--disk", "readonly=on"]).err().unwrap().to_string();
         assert!(err.contains("--disk needs path=FILE"), "{err}");
+    }
+
+    #[test]
+    fn seccomp_and_metrics_options() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["vmr", "run", "--kernel", "k"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let Some(Command::Run(args)) = parse(&[]).unwrap().command else { panic!("not run") };
+        assert_eq!((args.seccomp.as_str(), args.metrics_path), ("on", None));
+        let Some(Command::Run(args)) = parse(&["--seccomp=off", "--metrics-path", "m.json"]).unwrap().command
+        else {
+            panic!("not run")
+        };
+        assert_eq!((args.seccomp.as_str(), args.metrics_path), ("off", Some(PathBuf::from("m.json"))));
+        assert!(parse(&["--seccomp=maybe"]).is_err());
+        let err = parse(&["--disk", "path=a.img,bw=fast"]).err().unwrap().to_string();
+        assert!(err.contains("bw must be a rate per second"), "{err}");
     }
 
     #[test]

@@ -243,3 +243,37 @@ fn auto_falls_back_to_the_software_cpu_and_says_why() {
         assert!(line.contains("kvm_pvm") && line.contains("software x86-64 CPU"), "{line}");
     }
 }
+
+/// `--metrics-path`: when the VM ends, one JSON line of counters: the guest's 24 console
+/// writes and its power-off write are port-I/O exits; the disk (given a rate limit) is listed.
+#[test]
+fn metrics_path_gets_the_guests_exits_and_devices() {
+    let k = kernel("metrics", &print_then(POWEROFF));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("machine-metrics");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (metrics, disk) = (dir.join("metrics.json"), dir.join("disk.raw"));
+    let _ = std::fs::remove_file(&metrics);
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let disk_opt = format!("path={},bw=1M,iops=100", disk.display());
+    let out = spawn_emu(&k, &["--metrics-path", metrics.to_str().unwrap(), "--disk", &disk_opt])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line = text.lines().last().expect("no metrics line");
+    for needle in
+        ["\"utc_timestamp_ms\":", "\"block_disk0\":{", "\"rate_limiter_throttled_events\":0", "\"vcpu\":{"]
+    {
+        assert!(line.contains(needle), "{needle} missing in {line}");
+    }
+    let io_out: u64 = line
+        .split("\"exit_io_out\":")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(io_out >= 24, "{io_out} port writes in {line}");
+}

@@ -8,6 +8,7 @@ mod bus;
 pub mod acpi;
 pub mod cmos;
 pub mod i8042;
+pub mod metrics;
 pub mod serial;
 #[cfg(test)]
 mod test_util;

@@ -10,6 +10,7 @@
 
 mod error;
 mod state;
+pub mod thread_hooks;
 mod traits;
 
 pub use error::{HypervisorError, Result};

@@ -202,3 +202,44 @@ mod tests {
         assert!(kvm.create_vm(&VmConfig { vcpus: 0 }).is_err());
     }
 }
+
+/// The ioctl requests a vCPU thread makes, for its seccomp filter: running the vCPU, reading
+/// its state (crash reports), and raising the legacy interrupt lines of the devices it emulates
+/// (serial, i8042) on the VM.
+pub fn vcpu_thread_ioctls() -> Vec<u64> {
+    use kvm_bindings::*;
+    use std::mem::size_of;
+    const KVMIO: u64 = 0xae;
+    // _IOC(dir, KVMIO, nr, size) as <asm-generic/ioctl.h> builds it.
+    let ioc = |dir: u64, nr: u64, size: usize| (dir << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr;
+    let (none, write, read) = (0, 1, 2);
+    vec![
+        ioc(none, 0x80, 0),                             // KVM_RUN
+        ioc(read, 0x81, size_of::<kvm_regs>()),         // KVM_GET_REGS
+        ioc(write, 0x82, size_of::<kvm_regs>()),        // KVM_SET_REGS
+        ioc(read, 0x83, size_of::<kvm_sregs>()),        // KVM_GET_SREGS
+        ioc(write, 0x84, size_of::<kvm_sregs>()),       // KVM_SET_SREGS
+        ioc(read | write, 0x88, size_of::<kvm_msrs>()), // KVM_GET_MSRS
+        ioc(read, 0x8c, size_of::<kvm_fpu>()),          // KVM_GET_FPU
+        ioc(read, 0x8e, size_of::<kvm_lapic_state>()),  // KVM_GET_LAPIC
+        ioc(read, 0x98, size_of::<kvm_mp_state>()),     // KVM_GET_MP_STATE
+        ioc(read, 0x9f, size_of::<kvm_vcpu_events>()),  // KVM_GET_VCPU_EVENTS
+        ioc(read, 0xa1, size_of::<kvm_debugregs>()),    // KVM_GET_DEBUGREGS
+        ioc(read, 0xa4, size_of::<kvm_xsave>()),        // KVM_GET_XSAVE
+        ioc(read, 0xcf, size_of::<kvm_xsave>()),        // KVM_GET_XSAVE2
+        ioc(read, 0xa6, size_of::<kvm_xcrs>()),         // KVM_GET_XCRS
+        ioc(write, 0x61, size_of::<kvm_irq_level>()),   // KVM_IRQ_LINE
+        ioc(write, 0xa5, size_of::<kvm_msi>()),         // KVM_SIGNAL_MSI
+    ]
+}
+
+#[cfg(test)]
+mod ioctl_list_tests {
+    #[test]
+    fn vcpu_ioctls_match_the_kernel_numbers() {
+        let list = super::vcpu_thread_ioctls();
+        assert!(list.contains(&0xae80), "KVM_RUN");
+        assert!(list.contains(&0x8090_ae81), "KVM_GET_REGS");
+        assert!(list.contains(&0x4008_ae61), "KVM_IRQ_LINE");
+    }
+}

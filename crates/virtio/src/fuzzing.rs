@@ -115,10 +115,15 @@ pub fn blk(data: &[u8]) {
     let flags = data.get(1).copied().unwrap_or(0);
     let disk = Box::new(MemDisk { data: vec![0; 64 << 10], read_only: flags & 2 != 0 });
     let acked = features::VERSION_1 | crate::block::features::DISCARD | crate::block::features::WRITE_ZEROES;
-    let mut executor = Executor::new(disk, *b"fuzz-serial-0123456\0", acked);
+    let mut executor = Executor::new(disk, *b"fuzz-serial-0123456\0", acked, Arc::default());
     let irq = interrupt();
     for _ in 0..2 {
-        if crate::queue::drain(&mut q, &mem, &irq, |chain| executor.execute(&mem, chain)) == Drained::Broken {
+        let serve = |chain: virtio_queue::DescriptorChain<&GuestMemory>| {
+            // What the rate limiter is charged is computed from the same hostile chain.
+            let _ = Executor::data_len(&mem, &chain);
+            executor.execute(&mem, chain)
+        };
+        if crate::queue::drain(&mut q, &mem, &irq, serve) == Drained::Broken {
             break;
         }
     }

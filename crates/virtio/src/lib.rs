@@ -64,6 +64,7 @@ mod device;
 #[doc(hidden)]
 pub mod fuzzing;
 mod interrupt;
+pub mod metrics;
 pub mod mmio;
 pub mod net;
 pub mod pause;

@@ -23,6 +23,9 @@ pub(crate) enum Drained {
     More,
     /// The ring is broken; the device is marked `DEVICE_NEEDS_RESET` and must stop touching it.
     Broken,
+    /// The rate limiter held back the next chain, which stays available in the ring: call
+    /// again when the limiter's timer fires.
+    Throttled,
 }
 
 /// Serves available chains of `queue` with `serve`, which returns the number of bytes it wrote
@@ -32,7 +35,8 @@ pub(crate) fn drain<F>(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interru
 where
     F: FnMut(DescriptorChain<&GuestMemory>) -> u32,
 {
-    drain_lingering(queue, mem, interrupt, Duration::ZERO, serve)
+    let mut serve = serve;
+    drain_lingering(queue, mem, interrupt, Duration::ZERO, |chain| Some(serve(chain)))
 }
 
 /// True if the driver made chains available that the device has not popped yet.
@@ -58,6 +62,9 @@ fn wait_for_avail(queue: &Queue, mem: &GuestMemory, linger: Duration) -> bool {
 /// `linger` for more, with notifications still off. A driver that keeps submitting (a queue
 /// depth above one) then neither kicks nor gets an interrupt per request: its requests are
 /// picked up and completed in batches. An idle device never polls.
+///
+/// `serve` returns `None` to leave a chain in the ring (the rate limiter said "not yet"): the
+/// chain is put back and the call returns [`Drained::Throttled`].
 pub(crate) fn drain_lingering<F>(
     queue: &mut Queue,
     mem: &GuestMemory,
@@ -66,7 +73,7 @@ pub(crate) fn drain_lingering<F>(
     mut serve: F,
 ) -> Drained
 where
-    F: FnMut(DescriptorChain<&GuestMemory>) -> u32,
+    F: FnMut(DescriptorChain<&GuestMemory>) -> Option<u32>,
 {
     let (mut served, mut steps, mut fresh) = (0usize, 0usize, 0usize);
     let result = 'outer: loop {
@@ -95,7 +102,10 @@ where
                 break;
             };
             let head = chain.head_index();
-            let len = serve(chain);
+            let Some(len) = serve(chain) else {
+                queue.go_to_previous_position();
+                break 'outer Drained::Throttled;
+            };
             if queue.add_used(mem, head, len).is_err() {
                 break 'outer Drained::Broken;
             }
@@ -173,11 +183,9 @@ mod tests {
         assert_eq!(drain(&mut q, mem, &irq, |_| 0), Drained::More);
     }
 
-    /// Lingering: chains the driver adds while the device polls are served in the same call
-    /// (one interrupt); an idle queue does not poll at all.
-    #[test]
-    fn lingering_drain_picks_up_late_chains_and_idle_queues_do_not_wait() {
-        let mem = memory();
+    /// A queue of 16 one-descriptor chains (none available yet), its used ring moved off the
+    /// mock's avail ring, and an interrupt.
+    fn sixteen_chains(mem: &GuestMemory) -> (MockSplitQueue<'_, GuestMemory>, Queue, Interrupt) {
         let mock = MockSplitQueue::new(mem, 16);
         for i in 0..16 {
             mock.desc_table().store(i, RawDescriptor::from(Descriptor::new(0x10_0000, 16, 2, 0))).unwrap();
@@ -185,8 +193,17 @@ mod tests {
         let mut q: Queue = mock.create_queue().unwrap();
         q.set_used_ring_address(Some(0x8000), Some(0));
         let irq = Interrupt::new(IrqTrigger::EventFd(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        (mock, q, irq)
+    }
+
+    /// Lingering: chains the driver adds while the device polls are served in the same call
+    /// (one interrupt); an idle queue does not poll at all.
+    #[test]
+    fn lingering_drain_picks_up_late_chains_and_idle_queues_do_not_wait() {
+        let mem = memory();
+        let (mock, mut q, irq) = sixteen_chains(mem);
         let start = Instant::now();
-        assert_eq!(drain_lingering(&mut q, mem, &irq, Duration::from_secs(5), |_| 0), Drained::Idle);
+        assert_eq!(drain_lingering(&mut q, mem, &irq, Duration::from_secs(5), |_| Some(0)), Drained::Idle);
         assert!(start.elapsed() < Duration::from_secs(1), "an idle queue lingered");
         // The first chain is there at once; serving it makes a second one available (as a
         // driver submitting meanwhile would): both are served before the call returns.
@@ -197,10 +214,32 @@ mod tests {
             if calls == 1 {
                 mock.avail().idx().store(2);
             }
-            0
+            Some(0)
         });
         assert_eq!((result, calls), (Drained::Idle, 2));
         assert_eq!(irq.status(), crate::interrupt::INT_VRING);
+    }
+
+    /// A chain the limiter holds back stays in the ring and is served by the next call.
+    #[test]
+    fn throttled_chain_stays_available() {
+        let mem = memory();
+        let (mock, mut q, irq) = sixteen_chains(mem);
+        mock.avail().idx().store(3);
+        let mut allow = 1;
+        let mut serve = |_: DescriptorChain<&GuestMemory>| {
+            if allow == 0 {
+                return None;
+            }
+            allow -= 1;
+            Some(0)
+        };
+        assert_eq!(drain_lingering(&mut q, mem, &irq, Duration::ZERO, &mut serve), Drained::Throttled);
+        assert_eq!(q.next_used(), 1);
+        assert_eq!(q.next_avail(), 1, "the held-back chain was put back");
+        let mut serve = |_: DescriptorChain<&GuestMemory>| Some(0);
+        assert_eq!(drain_lingering(&mut q, mem, &irq, Duration::ZERO, &mut serve), Drained::Idle);
+        assert_eq!(q.next_used(), 3);
     }
 
     #[test]

@@ -67,9 +67,10 @@ impl<H: QueueHandler> Worker<H> {
         }
         epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_TOKEN))?;
         let thread_stop = stop.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(epoll, queue_evts, thread_stop, handler, &gate))?;
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            vmr_hypervisor::thread_hooks::thread_started();
+            run(epoll, queue_evts, thread_stop, handler, &gate)
+        })?;
         Ok(Worker { stop, handle: Some(handle) })
     }
 

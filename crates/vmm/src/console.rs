@@ -137,6 +137,7 @@ impl ConsoleInput {
         // SAFETY: isatty only inspects the descriptor.
         let interactive = unsafe { libc::isatty(std::io::stdin().as_raw_fd()) } == 1;
         let spawned = thread::Builder::new().name("vmr-console".into()).spawn(move || {
+            crate::seccomp::apply_for_thread(crate::seccomp::Role::Console);
             let mut stdin = std::io::stdin();
             let mut parser = EscapeParser::default();
             let mut buf = [0u8; 256];

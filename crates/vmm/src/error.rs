@@ -6,6 +6,8 @@ use crate::config::ConfigError;
 #[derive(Debug, Error)]
 pub enum VmmError {
     #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{0}")]
     NoAccelerator(String),

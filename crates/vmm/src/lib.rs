@@ -12,7 +12,9 @@ pub mod devices;
 mod error;
 pub mod logger;
 mod machine;
+pub mod metrics;
 mod pause;
+pub mod seccomp;
 mod vcpu;
 mod vmm;
 
@@ -67,6 +69,9 @@ impl ExitReason {
 /// without an API socket, a thin adapter over [`Vmm`].
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
+    // Every thread from here on runs under its role's filter, stacked on main's.
+    seccomp::install_thread_hook();
+    seccomp::try_apply(seccomp::Role::Main)?;
     let mut vmm = Vmm::from_config(config)?;
     vmm.start_configured()?;
     vmm.run()

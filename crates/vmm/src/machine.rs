@@ -48,6 +48,7 @@ impl EventChannel {
         std::thread::Builder::new()
             .name("vmr-signals".into())
             .spawn(move || {
+                crate::seccomp::apply_for_thread(crate::seccomp::Role::Signals);
                 for sig in signals.forever() {
                     if signal_tx.send(VmEvent::Signal(sig)).is_err() {
                         return;
@@ -96,15 +97,19 @@ struct MachineOps {
 
 impl VmOps for MachineOps {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
+        crate::metrics::metrics().vcpu.exit_io_in.inc();
         self.pio.read(u64::from(port), data);
     }
     fn pio_write(&self, port: u16, data: &[u8]) {
+        crate::metrics::metrics().vcpu.exit_io_out.inc();
         self.pio.write(u64::from(port), data);
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        crate::metrics::metrics().vcpu.exit_mmio_read.inc();
         self.mmio.read(addr, data);
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
+        crate::metrics::metrics().vcpu.exit_mmio_write.inc();
         self.mmio.write(addr, data);
     }
 }

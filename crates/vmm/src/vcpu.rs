@@ -23,12 +23,16 @@ pub fn spawn(
     let id = vcpu.id();
     thread::Builder::new()
         .name(format!("vmr-vcpu{id}"))
-        .spawn(move || run_loop(vcpu.as_mut(), &stop, &gate, &events))
+        .spawn(move || {
+            crate::seccomp::apply_for_thread(crate::seccomp::Role::Vcpu);
+            run_loop(vcpu.as_mut(), &stop, &gate, &events)
+        })
         .map_err(|source| VmmError::Thread { what: "vCPU", source })
 }
 
 fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, gate: &PauseGate, events: &Sender<VmEvent>) {
     let id = vcpu.id();
+    let counters = &crate::metrics::metrics().vcpu;
     loop {
         if stop.load(Ordering::Acquire) {
             return;
@@ -39,7 +43,15 @@ fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, gate: &PauseGate, events: &S
             }
             continue;
         }
-        let event = match vcpu.run() {
+        let exit = vcpu.run();
+        match &exit {
+            Ok(VcpuExit::Interrupted) => counters.exit_interrupted.inc(),
+            Ok(VcpuExit::Hlt) => counters.exit_hlt.inc(),
+            Ok(VcpuExit::SystemPoweroff | VcpuExit::SystemReset) => counters.exit_system_event.inc(),
+            Ok(VcpuExit::Shutdown) => counters.exit_shutdown.inc(),
+            Ok(VcpuExit::InternalError(_)) | Err(_) => counters.failures.inc(),
+        }
+        let event = match exit {
             Ok(VcpuExit::Interrupted) => continue,
             Ok(VcpuExit::Hlt) => {
                 // Only backends without their own interrupt handling return HLT; none of ours

@@ -39,9 +39,10 @@ impl Service {
         add(&epoll, timer.as_raw_fd(), TOKEN_TIMER)?;
         let irqfds = Arc::new(Mutex::new(Vec::new()));
         let (ep, fds) = (epoll.clone(), irqfds.clone());
-        let thread = std::thread::Builder::new()
-            .name("vmr-emu-irq".into())
-            .spawn(move || run(&core, &ep, timer, &fds))?;
+        let thread = std::thread::Builder::new().name("vmr-emu-irq".into()).spawn(move || {
+            vmr_hypervisor::thread_hooks::thread_started();
+            run(&core, &ep, timer, &fds)
+        })?;
         Ok(Service { epoll, stop, irqfds, thread: Some(thread) })
     }
 

@@ -1,10 +1,13 @@
-//! `--disk path=root.img[,readonly=on][,format=raw|qcow2][,cache=writeback|none][,serial=ID]`
+//! `--disk path=root.img[,readonly=on][,format=raw|qcow2][,cache=writeback|none][,serial=ID]
+//! [,bw=RATE][,iops=N]`
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use thiserror::Error;
 use vmr_block::ImageFormat;
+
+use crate::rate_limiter::{parse_rate, RateLimiterConfig, TokenBucketConfig};
 
 /// Longest serial the guest can read (VIRTIO_BLK_ID_BYTES).
 pub const SERIAL_MAX_LEN: usize = 20;
@@ -21,6 +24,8 @@ pub struct DiskConfig {
     /// `cache=none`: O_DIRECT on the image (raw only); `cache=writeback` (default): the host
     /// page cache, with guest flushes made durable by fdatasync.
     pub direct: bool,
+    /// `bw=` (bytes per second) and `iops=`; the default limits nothing.
+    pub rate_limiter: RateLimiterConfig,
 }
 
 /// Why a `--disk` option was rejected (one line each).
@@ -30,7 +35,7 @@ pub enum DiskConfigError {
     MissingPath,
     #[error("--disk: '{0}' is not key=value")]
     NotKeyValue(String),
-    #[error("--disk: unknown key '{0}' (expected path, readonly, format, cache, serial)")]
+    #[error("--disk: unknown key '{0}' (expected path, readonly, format, cache, serial, bw, iops)")]
     UnknownKey(String),
     #[error("--disk: key '{0}' given twice")]
     Duplicate(String),
@@ -42,6 +47,8 @@ pub enum DiskConfigError {
     BadFormat(String),
     #[error("--disk: serial must be 1 to 20 printable ASCII characters without commas")]
     BadSerial,
+    #[error("--disk: {0} must be a rate per second like 1000, 512K or 10M, not '{1}'")]
+    BadRate(&'static str, String),
 }
 
 fn parse_bool(v: &str) -> Result<bool, DiskConfigError> {
@@ -57,6 +64,7 @@ impl FromStr for DiskConfig {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (mut path, mut read_only, mut format, mut serial, mut direct) = (None, None, None, None, None);
+        let (mut bw, mut iops) = (None, None);
         for item in s.split(',') {
             let (key, value) =
                 item.split_once('=').ok_or_else(|| DiskConfigError::NotKeyValue(item.to_owned()))?;
@@ -84,7 +92,15 @@ impl FromStr for DiskConfig {
                     }
                     serial = Some(value.to_owned());
                 }
-                "path" | "readonly" | "format" | "cache" | "serial" => return Err(dup()),
+                "bw" if bw.is_none() => {
+                    bw = Some(parse_rate(value).ok_or_else(|| DiskConfigError::BadRate("bw", value.into()))?)
+                }
+                "iops" if iops.is_none() => {
+                    iops = Some(
+                        parse_rate(value).ok_or_else(|| DiskConfigError::BadRate("iops", value.into()))?,
+                    )
+                }
+                "path" | "readonly" | "format" | "cache" | "serial" | "bw" | "iops" => return Err(dup()),
                 other => return Err(DiskConfigError::UnknownKey(other.to_owned())),
             }
         }
@@ -94,6 +110,10 @@ impl FromStr for DiskConfig {
             format,
             serial,
             direct: direct.unwrap_or(false),
+            rate_limiter: RateLimiterConfig {
+                bandwidth: bw.and_then(TokenBucketConfig::per_second),
+                ops: iops.and_then(TokenBucketConfig::per_second),
+            },
         })
     }
 }
@@ -113,8 +133,12 @@ mod tests {
                 format: Some(ImageFormat::Qcow2),
                 serial: Some("root-1".into()),
                 direct: false,
+                rate_limiter: RateLimiterConfig::default(),
             }
         );
+        let c: DiskConfig = "path=a.img,bw=10M,iops=1000".parse().unwrap();
+        assert_eq!(c.rate_limiter.bandwidth.unwrap().rate_per_second(), 10 << 20);
+        assert_eq!(c.rate_limiter.ops.unwrap().rate_per_second(), 1000);
         let c: DiskConfig = "path=a.img".parse().unwrap();
         assert_eq!((c.read_only, c.format, c.serial, c.direct), (false, None, None, false));
         assert!("path=a.img,cache=none".parse::<DiskConfig>().unwrap().direct);
@@ -134,6 +158,9 @@ mod tests {
             ("path=a,readonly=maybe", DiskConfigError::BadBool("maybe".into())),
             ("path=a,serial=123456789012345678901", DiskConfigError::BadSerial),
             ("path=a,serial=", DiskConfigError::BadSerial),
+            ("path=a,bw=fast", DiskConfigError::BadRate("bw", "fast".into())),
+            ("path=a,iops=1.5", DiskConfigError::BadRate("iops", "1.5".into())),
+            ("path=a,iops=1,iops=2", DiskConfigError::Duplicate("iops".into())),
         ];
         for (input, want) in cases {
             assert_eq!(input.parse::<DiskConfig>().unwrap_err(), want, "{input}");

@@ -10,7 +10,9 @@ mod swap;
 #[cfg(test)]
 mod tests;
 
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -21,7 +23,9 @@ pub use config::{DiskConfig, DiskConfigError, SERIAL_MAX_LEN};
 pub use swap::DiskSwap;
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::metrics::BlockMetrics;
 use crate::queue::Drained;
+use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterHandle};
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features as common, GuestMemory, Interrupt};
 use request::{Executor, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
@@ -46,6 +50,8 @@ const CONFIG_LEN: usize = 60;
 pub enum BlockDeviceError {
     #[error(transparent)]
     Image(#[from] BlockError),
+    #[error("disk rate limiter: {0}")]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// Serializable state of a block device.
@@ -69,6 +75,7 @@ struct BlockHandler {
     interrupt: std::sync::Arc<Interrupt>,
     queue: Queue,
     executor: Executor,
+    limiter: Arc<RateLimiter>,
     broken: bool,
     swap: std::sync::Arc<DiskSwap>,
 }
@@ -82,16 +89,29 @@ impl QueueHandler for BlockHandler {
             tracing::info!("virtio-blk: now serving {path}");
             self.executor.disk = disk;
         }
-        let (mem, executor) = (&self.mem, &mut self.executor);
-        let serve = |chain: DescriptorChain<&GuestMemory>| executor.execute(mem, chain);
+        let (mem, executor, limiter) = (&self.mem, &mut self.executor, &self.limiter);
+        let serve = |chain: DescriptorChain<&GuestMemory>| {
+            // A throttled request stays in the ring; the limiter's timer brings the worker back.
+            if !limiter.consume(Executor::data_len(mem, &chain)) {
+                executor.metrics().counters.rate_limiter_throttled_events.inc();
+                return None;
+            }
+            Some(executor.execute(mem, chain))
+        };
         match crate::queue::drain_lingering(&mut self.queue, mem, &self.interrupt, LINGER, serve) {
-            Drained::Idle => false,
+            Drained::Idle | Drained::Throttled => false,
             Drained::More => true,
             Drained::Broken => {
                 self.broken = true;
                 false
             }
         }
+    }
+
+    /// The rate limiter's timer: throttled requests may go ahead.
+    fn process_fd(&mut self, _index: usize) -> bool {
+        self.limiter.timer_fired();
+        self.process_queue(0)
     }
 }
 
@@ -108,6 +128,8 @@ pub struct Block {
     index: usize,
     queue_sizes: [u16; 1],
     swap: std::sync::Arc<DiskSwap>,
+    limiter: Arc<RateLimiter>,
+    metrics: Arc<BlockMetrics>,
 }
 
 /// A stable default serial: "vmr" and 16 hex digits of the FNV-1a hash of the image path.
@@ -129,11 +151,18 @@ impl Block {
             OpenOptions { read_only: config.read_only, format: config.format, direct: config.direct };
         let disk = vmr_block::open(&config.path, &options)?;
         let serial = config.serial.clone().unwrap_or_else(|| default_serial(&config.path));
-        Ok(Self::with_disk(disk, config.path.display().to_string(), &serial, index))
+        let limiter = Arc::new(RateLimiter::new(&config.rate_limiter)?);
+        Ok(Self::with_disk(disk, config.path.display().to_string(), &serial, index, limiter))
     }
 
     /// Wraps an already opened image.
-    pub fn with_disk(disk: Box<dyn DiskImage>, path: String, serial: &str, index: usize) -> Self {
+    pub fn with_disk(
+        disk: Box<dyn DiskImage>,
+        path: String,
+        serial: &str,
+        index: usize,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
         let mut id = [0u8; SERIAL_LEN];
         let n = serial.len().min(SERIAL_LEN);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
@@ -149,6 +178,8 @@ impl Block {
             acked_features: 0,
             index,
             queue_sizes: [QUEUE_SIZE],
+            limiter,
+            metrics: Arc::default(),
         }
     }
 
@@ -164,6 +195,16 @@ impl Block {
             self.path = path;
         }
         self.capacity_sectors = self.swap.capacity_sectors();
+    }
+
+    /// This disk's counters (they live as long as any holder, across resets).
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
+    }
+
+    /// What the VMM keeps to change this disk's limits while the guest runs.
+    pub fn rate_limiter_handle(&self) -> RateLimiterHandle {
+        RateLimiterHandle::new(self.limiter.clone())
     }
 
     fn config_space(&self) -> [u8; CONFIG_LEN] {
@@ -226,17 +267,14 @@ impl VirtioDevice for Block {
             mem: ctx.mem,
             interrupt: ctx.interrupt,
             queue: ctx.queues.remove(0),
-            executor: Executor::new(disk, self.serial, ctx.acked_features),
+            executor: Executor::new(disk, self.serial, ctx.acked_features, self.metrics.clone()),
+            limiter: self.limiter.clone(),
             broken: false,
         };
         self.acked_features = ctx.acked_features;
-        match Worker::spawn_gated(
-            format!("vmr-virtio-blk{}", self.index),
-            ctx.queue_evts,
-            &[],
-            handler,
-            ctx.gate,
-        ) {
+        let fds = [(self.limiter.as_raw_fd(), vmm_sys_util::epoll::EventSet::IN)];
+        let name = format!("vmr-virtio-blk{}", self.index);
+        match Worker::spawn_gated(name, ctx.queue_evts, &fds, handler, ctx.gate) {
             Ok(worker) => {
                 self.worker = Some(worker);
                 Ok(())

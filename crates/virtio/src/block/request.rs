@@ -10,6 +10,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vmr_block::{AlignedBuf, DiskImage, SECTOR_SIZE};
 
 use super::{features as blk, SERIAL_LEN};
+use crate::metrics::BlockMetrics;
 use crate::GuestMemory;
 
 pub(crate) const T_IN: u32 = 0;
@@ -38,14 +39,20 @@ pub(crate) struct Executor {
     pub(crate) acked_features: u64,
     /// Page-aligned, so aligned guest requests on a `cache=none` disk need no second bounce.
     buf: AlignedBuf,
+    metrics: std::sync::Arc<BlockMetrics>,
 }
 
 /// Outcome of a request: status byte and number of data bytes written to the guest.
 type Outcome = (u8, u32);
 
 impl Executor {
-    pub(crate) fn new(disk: Box<dyn DiskImage>, serial: [u8; SERIAL_LEN], acked_features: u64) -> Self {
-        Executor { disk, serial, acked_features, buf: AlignedBuf::new(CHUNK) }
+    pub(crate) fn new(
+        disk: Box<dyn DiskImage>,
+        serial: [u8; SERIAL_LEN],
+        acked_features: u64,
+        metrics: std::sync::Arc<BlockMetrics>,
+    ) -> Self {
+        Executor { disk, serial, acked_features, buf: AlignedBuf::new(CHUNK), metrics }
     }
 
     /// Executes the request in `chain` and returns the used length (data written + status byte).
@@ -58,14 +65,41 @@ impl Executor {
             return 0;
         };
         let Ok(mut status_writer) = writer.split_at(status_at) else { return 0 };
+        let start = std::time::Instant::now();
         let (status, written) = match Reader::<()>::new(mem, chain) {
             Ok(reader) => self.dispatch(reader, &mut writer),
             Err(_) => (S_IOERR, 0),
         };
+        match status {
+            S_IOERR => self.metrics.counters.execute_fails.inc(),
+            S_UNSUPP => self.metrics.counters.invalid_reqs_count.inc(),
+            _ => {}
+        }
+        self.metrics.request_latency.record(start.elapsed());
         if status_writer.write_all(&[status]).is_err() {
             return written;
         }
         written.saturating_add(1)
+    }
+
+    pub(crate) fn metrics(&self) -> &BlockMetrics {
+        &self.metrics
+    }
+
+    /// Data bytes a request moves, what its bandwidth is charged: the data of a read or a write,
+    /// 0 for other requests and for chains too broken to parse (they fail at once anyway).
+    pub(crate) fn data_len(mem: &GuestMemory, chain: &DescriptorChain<&GuestMemory>) -> u64 {
+        let Ok(mut reader) = Reader::<()>::new(mem, chain.clone()) else { return 0 };
+        let mut header = [0u8; 16];
+        if reader.read_exact(&mut header).is_err() {
+            return 0;
+        }
+        match u32::from_le_bytes([header[0], header[1], header[2], header[3]]) {
+            T_IN => Writer::<()>::new(mem, chain.clone())
+                .map_or(0, |w| w.available_bytes().saturating_sub(1) as u64),
+            T_OUT => reader.available_bytes() as u64,
+            _ => 0,
+        }
     }
 
     fn dispatch(&mut self, mut reader: Reader<'_>, writer: &mut Writer<'_>) -> Outcome {
@@ -75,6 +109,7 @@ impl Executor {
         }
         let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        self.count(kind, reader.available_bytes(), writer.available_bytes());
         match kind {
             T_IN => self.read(sector, writer),
             T_OUT => (self.write(sector, &mut reader), 0),
@@ -93,6 +128,25 @@ impl Executor {
                 (self.discard_or_zero(&mut reader, true), 0)
             }
             _ => (S_UNSUPP, 0),
+        }
+    }
+
+    /// Counts a request by kind (before it runs; failures are counted apart).
+    fn count(&self, kind: u32, readable: usize, writable: usize) {
+        let c = &self.metrics.counters;
+        match kind {
+            T_IN => {
+                c.read_count.inc();
+                c.read_bytes.add(writable as u64);
+            }
+            T_OUT => {
+                c.write_count.inc();
+                c.write_bytes.add(readable as u64);
+            }
+            T_FLUSH => c.flush_count.inc(),
+            T_GET_ID => c.get_id_count.inc(),
+            T_DISCARD | T_WRITE_ZEROES => c.discard_count.inc(),
+            _ => {}
         }
     }
 

@@ -11,6 +11,7 @@ const DISK_SIZE: u64 = 4 << 20;
 
 struct Disk {
     h: Harness,
+    handle: crate::rate_limiter::RateLimiterHandle,
     file: tempfile::NamedTempFile,
     n: u16,
 }
@@ -21,20 +22,26 @@ fn disk(read_only: bool) -> Disk {
 
 /// A disk with `cache=<cache>`; the open error if it fails.
 fn disk_with(read_only: bool, cache: &str) -> Result<Disk, BlockDeviceError> {
+    disk_with_options(read_only, &format!("cache={cache}"))
+}
+
+/// A disk with extra `--disk` options.
+fn disk_with_options(read_only: bool, extra: &str) -> Result<Disk, BlockDeviceError> {
     let file = tempfile::NamedTempFile::new().unwrap();
     file.as_file().set_len(DISK_SIZE).unwrap();
     let config: DiskConfig = format!(
-        "path={},readonly={},serial=disk-7,cache={cache}",
+        "path={},readonly={},serial=disk-7,{extra}",
         file.path().display(),
         if read_only { "on" } else { "off" }
     )
     .parse()
     .unwrap();
     let block = Block::new(&config, 0)?;
+    let handle = block.rate_limiter_handle();
     let mut h = Harness::new(Box::new(block), 16);
     let f = h.device_features() & !crate::features::RING_EVENT_IDX;
     h.init(f);
-    Ok(Disk { h, file, n: 0 })
+    Ok(Disk { h, handle, file, n: 0 })
 }
 
 impl Disk {
@@ -257,10 +264,11 @@ fn swapped_image_serves_the_next_requests_and_the_guest_is_told_the_new_size() {
     let config: DiskConfig = format!("path={}", old.path().display()).parse().unwrap();
     let block = Block::new(&config, 0).unwrap();
     let swap = block.swap_handle();
+    let handle = block.rate_limiter_handle();
     let mut h = Harness::new(Box::new(block), 16);
     let f = h.device_features() & !crate::features::RING_EVENT_IDX;
     h.init(f);
-    let mut d = Disk { h, file: old, n: 0 };
+    let mut d = Disk { h, handle, file: old, n: 0 };
     d.h.write_mem(BUF, &[0x11; 512]);
     assert_eq!(d.request(T_OUT, 0, Some((BUF, 512, 0))).0, S_OK);
     assert_eq!(d.file_bytes(0, 4), [0x11; 4]);
@@ -283,4 +291,50 @@ fn swapped_image_serves_the_next_requests_and_the_guest_is_told_the_new_size() {
     new.as_file().read_exact_at(&mut got, 8192 * 512).unwrap();
     assert_eq!(got, [0x22; 4]);
     assert_eq!(d.file_bytes(0, 4), [0x11; 4], "the old image is untouched");
+}
+
+/// Time to read `count` requests of `len` bytes, one after the other.
+fn timed_reads(d: &mut Disk, count: u32, len: u32) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    for i in 0..count {
+        let sector = u64::from(i * len / 512) % (DISK_SIZE / 512 - u64::from(len / 512));
+        assert_eq!(d.request(T_IN, sector, Some((BUF, len, F_WRITE))), (S_OK, len + 1));
+    }
+    start.elapsed()
+}
+
+/// `bw=1M`: 1 MiB in 128 KiB reads takes about 0.875 s (the first eighth of a second's worth
+/// goes at once); the requests wait in the ring and all succeed.
+#[test]
+fn bandwidth_limit_paces_reads() {
+    let mut d = disk_with_options(false, "bw=1M").unwrap();
+    let took = timed_reads(&mut d, 8, 128 << 10);
+    let ms = took.as_millis();
+    assert!((800..3000).contains(&ms), "1 MiB at 1 MiB/s took {took:?}");
+}
+
+/// `iops=80` (10 per 125 ms): 30 flushes take about (30 - 10) / 80 s = 0.25 s.
+#[test]
+fn ops_limit_paces_requests_and_updates_live() {
+    let mut d = disk_with_options(false, "iops=80").unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..30 {
+        assert_eq!(d.request(T_FLUSH, 0, None).0, S_OK);
+    }
+    let took = start.elapsed();
+    assert!(took >= std::time::Duration::from_millis(230), "30 ops at 80/s took only {took:?}");
+    // No limit any more, changed while the worker runs: 20 flushes go at once.
+    d.handle.update(&crate::rate_limiter::RateLimiterConfig::default()).unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(d.request(T_FLUSH, 0, None).0, S_OK);
+    }
+    assert!(start.elapsed() < std::time::Duration::from_millis(250), "{:?}", start.elapsed());
+}
+
+#[test]
+fn unlimited_disk_is_not_paced() {
+    let mut d = disk(false);
+    let took = timed_reads(&mut d, 8, 128 << 10);
+    assert!(took < std::time::Duration::from_millis(500), "{took:?}");
 }

@@ -2,8 +2,12 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+
+use crate::metrics::NetMetrics;
+use crate::rate_limiter::RateLimiter;
 
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::queue::{Drained, BUDGET};
@@ -25,12 +29,30 @@ pub(crate) struct NetHandler {
     pending: Option<usize>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    rx_limiter: Arc<RateLimiter>,
+    tx_limiter: Arc<RateLimiter>,
+    metrics: Arc<NetMetrics>,
     broken: bool,
 }
 
+/// Extra fds the worker polls, in this order (see [`NetHandler::process_fd`]).
+pub(crate) const FD_TAP: usize = 0;
+pub(crate) const FD_RX_LIMITER: usize = 1;
+pub(crate) const FD_TX_LIMITER: usize = 2;
+
 impl NetHandler {
-    pub(crate) fn new(mem: GuestMemory, interrupt: Arc<Interrupt>, rx: Queue, tx: Queue, tap: Tap) -> Self {
+    pub(crate) fn new(
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        (rx, tx): (Queue, Queue),
+        tap: Tap,
+        (rx_limiter, tx_limiter): (Arc<RateLimiter>, Arc<RateLimiter>),
+        metrics: Arc<NetMetrics>,
+    ) -> Self {
         NetHandler {
+            metrics,
+            rx_limiter,
+            tx_limiter,
             mem,
             interrupt,
             rx,
@@ -69,6 +91,7 @@ impl NetHandler {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
+                        self.metrics.rx_fails.inc();
                         tracing::warn!("virtio-net: tap read failed: {e}");
                         break;
                     }
@@ -93,6 +116,13 @@ impl NetHandler {
                     }
                 }
             };
+            // Over the receive limit: the frame waits (in `pending`, the rest in the tap) until
+            // the limiter's timer fires.
+            if !self.rx_limiter.consume(len as u64) {
+                self.metrics.rx_rate_limiter_throttled.inc();
+                self.rx.go_to_previous_position();
+                break;
+            }
             let head = chain.head_index();
             let written = match Writer::<()>::new(&self.mem, chain) {
                 Ok(mut w) if w.available_bytes() >= len => {
@@ -101,6 +131,12 @@ impl NetHandler {
                 // A buffer too small (or unwritable) for the frame: the frame is dropped.
                 _ => 0,
             };
+            if written == 0 {
+                self.metrics.rx_dropped.inc();
+            } else {
+                self.metrics.rx_packets_count.inc();
+                self.metrics.rx_bytes_count.add(u64::from(written));
+            }
             self.pending = None;
             if self.rx.add_used(&self.mem, head, written).is_err() {
                 self.fail();
@@ -115,30 +151,53 @@ impl NetHandler {
     }
 
     /// Sends one transmit chain to the tap; the used length is 0 (nothing written to the guest).
+    /// `None` (the chain stays queued) when over the transmit limit.
     fn transmit_chain(
         mem: &GuestMemory,
         tap: &mut Tap,
         buf: &mut [u8],
+        (limiter, metrics): (&RateLimiter, &NetMetrics),
         chain: virtio_queue::DescriptorChain<&GuestMemory>,
-    ) -> u32 {
-        let Ok(mut reader) = Reader::<()>::new(mem, chain) else { return 0 };
+    ) -> Option<u32> {
+        let Ok(mut reader) = Reader::<()>::new(mem, chain) else {
+            metrics.tx_malformed_frames.inc();
+            return Some(0);
+        };
         let len = reader.available_bytes();
+        if !limiter.consume(len as u64) {
+            metrics.tx_rate_limiter_throttled.inc();
+            return None;
+        }
+        Self::send(tap, buf, &mut reader, len, metrics);
+        Some(0)
+    }
+
+    fn send(tap: &mut Tap, buf: &mut [u8], reader: &mut Reader<'_>, len: usize, metrics: &NetMetrics) {
         if !(VNET_HDR_LEN..=buf.len()).contains(&len) || reader.read_exact(&mut buf[..len]).is_err() {
-            return 0;
+            metrics.tx_malformed_frames.inc();
+            return;
         }
-        if let Err(e) = tap.write_frame(&buf[..len]) {
-            // A full tap queue or a frame the kernel rejects: dropped, like a lossy link.
-            tracing::debug!("virtio-net: tap write failed: {e}");
+        match tap.write_frame(&buf[..len]) {
+            Ok(_) => {
+                metrics.tx_packets_count.inc();
+                metrics.tx_bytes_count.add(len as u64);
+            }
+            Err(e) => {
+                // A full tap queue or a frame the kernel rejects: dropped, like a lossy link.
+                metrics.tx_dropped.inc();
+                tracing::debug!("virtio-net: tap write failed: {e}");
+            }
         }
-        0
     }
 
     fn transmit(&mut self) -> bool {
         let (mem, tap, buf) = (&self.mem, &mut self.tap, &mut self.tx_buf);
-        match crate::queue::drain(&mut self.tx, mem, &self.interrupt, |chain| {
-            Self::transmit_chain(mem, tap, buf, chain)
-        }) {
-            Drained::Idle => false,
+        let limits = (&*self.tx_limiter, &*self.metrics);
+        let serve = |chain: virtio_queue::DescriptorChain<&GuestMemory>| {
+            Self::transmit_chain(mem, tap, buf, limits, chain)
+        };
+        match crate::queue::drain_lingering(&mut self.tx, mem, &self.interrupt, Duration::ZERO, serve) {
+            Drained::Idle | Drained::Throttled => false,
             Drained::More => true,
             Drained::Broken => {
                 self.broken = true;
@@ -158,7 +217,16 @@ impl QueueHandler for NetHandler {
         }
     }
 
-    fn process_fd(&mut self, _index: usize) -> bool {
+    fn process_fd(&mut self, index: usize) -> bool {
+        match index {
+            FD_TAP => {}
+            FD_RX_LIMITER => self.rx_limiter.timer_fired(),
+            FD_TX_LIMITER => {
+                self.tx_limiter.timer_fired();
+                return !self.broken && self.transmit();
+            }
+            _ => {}
+        }
         !self.broken && self.receive()
     }
 }

@@ -18,14 +18,17 @@ mod tap;
 mod tests;
 
 use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 use vmm_sys_util::epoll::EventSet;
 
 pub use config::{NetConfig, NetConfigError};
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterHandle};
 use crate::worker::Worker;
 use crate::{device_type, features as common};
 use handler::NetHandler;
@@ -52,6 +55,15 @@ pub struct NetState {
     pub acked_features: u64,
 }
 
+/// Why a network card could not be set up.
+#[derive(Debug, Error)]
+pub enum NetDeviceError {
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("network rate limiter: {0}")]
+    RateLimiter(#[from] RateLimiterError),
+}
+
 /// A virtio-net device.
 pub struct Net {
     /// The tap while the device is not active (the worker owns it meanwhile).
@@ -62,6 +74,9 @@ pub struct Net {
     acked_features: u64,
     index: usize,
     queue_sizes: [u16; 2],
+    rx_limiter: Arc<RateLimiter>,
+    tx_limiter: Arc<RateLimiter>,
+    metrics: Arc<crate::metrics::NetMetrics>,
 }
 
 /// TUN_F_* flags for the guest receive offloads the driver accepted.
@@ -81,13 +96,26 @@ fn tap_offloads(acked: u64) -> libc::c_uint {
 
 impl Net {
     /// Opens the tap named by `config`. `index` only names the worker (`vmr-virtio-net<index>`).
-    pub fn new(config: &NetConfig, index: usize) -> Result<Self, TapError> {
+    pub fn new(config: &NetConfig, index: usize) -> Result<Self, NetDeviceError> {
+        let limiters = (
+            Arc::new(RateLimiter::new(&config.rx_rate_limiter)?),
+            Arc::new(RateLimiter::new(&config.tx_rate_limiter)?),
+        );
         let tap = Tap::open(&config.tap)?;
-        Ok(Self::with_tap(tap, config.mac(), index))
+        Ok(Self::with_tap(tap, config.mac(), index, limiters))
     }
 
-    pub fn with_tap(tap: Tap, mac: [u8; 6], index: usize) -> Self {
+    /// A card on an open tap with (receive, transmit) limiters.
+    pub fn with_tap(
+        tap: Tap,
+        mac: [u8; 6],
+        index: usize,
+        (rx_limiter, tx_limiter): (Arc<RateLimiter>, Arc<RateLimiter>),
+    ) -> Self {
         Net {
+            rx_limiter,
+            tx_limiter,
+            metrics: Arc::default(),
             tap_name: tap.name().to_owned(),
             tap: Some(tap),
             mac,
@@ -96,6 +124,21 @@ impl Net {
             index,
             queue_sizes: [QUEUE_SIZE; 2],
         }
+    }
+
+    /// This card's counters.
+    pub fn metrics(&self) -> Arc<crate::metrics::NetMetrics> {
+        self.metrics.clone()
+    }
+
+    /// What the VMM keeps to change the guest receive limits while the guest runs.
+    pub fn rx_rate_limiter_handle(&self) -> RateLimiterHandle {
+        RateLimiterHandle::new(self.rx_limiter.clone())
+    }
+
+    /// What the VMM keeps to change the guest transmit limits while the guest runs.
+    pub fn tx_rate_limiter_handle(&self) -> RateLimiterHandle {
+        RateLimiterHandle::new(self.tx_limiter.clone())
     }
 }
 
@@ -142,9 +185,15 @@ impl VirtioDevice for Net {
         let tap_fd = tap.as_raw_fd();
         let tx = ctx.queues.pop().ok_or(ActivateError::QueueCount { expected: 2, got: 1 })?;
         let rx = ctx.queues.pop().ok_or(ActivateError::QueueCount { expected: 2, got: 0 })?;
-        let handler = NetHandler::new(ctx.mem, ctx.interrupt, rx, tx, tap);
+        let limiters = (self.rx_limiter.clone(), self.tx_limiter.clone());
+        let handler = NetHandler::new(ctx.mem, ctx.interrupt, (rx, tx), tap, limiters, self.metrics.clone());
         self.acked_features = ctx.acked_features;
-        let fds = [(tap_fd, EventSet::IN | EventSet::EDGE_TRIGGERED)];
+        // In the order of handler::FD_TAP, FD_RX_LIMITER, FD_TX_LIMITER.
+        let fds = [
+            (tap_fd, EventSet::IN | EventSet::EDGE_TRIGGERED),
+            (self.rx_limiter.as_raw_fd(), EventSet::IN),
+            (self.tx_limiter.as_raw_fd(), EventSet::IN),
+        ];
         let worker = Worker::spawn_gated(
             format!("vmr-virtio-net{}", self.index),
             ctx.queue_evts,

@@ -5,6 +5,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
+use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use crate::status;
 use crate::testutil::{Harness, DATA, F_WRITE};
 
@@ -68,9 +69,13 @@ fn is_arp_reply_for_us(frame: &[u8]) -> bool {
         && eth[28..32] == HOST_IP
 }
 
+fn unlimited() -> (Arc<RateLimiter>, Arc<RateLimiter>) {
+    (Arc::new(RateLimiter::unlimited().unwrap()), Arc::new(RateLimiter::unlimited().unwrap()))
+}
+
 fn arp_exchange(acked: u64) {
     let (tap, _ns) = tap_in_netns();
-    let mut h = Harness::new(Box::new(Net::with_tap(tap, MAC, 0)), 16);
+    let mut h = Harness::new(Box::new(Net::with_tap(tap, MAC, 0, unlimited())), 16);
     let st = h.init(acked);
     assert_eq!(st & status::DEVICE_NEEDS_RESET, 0);
     post_rx(&mut h, 8);
@@ -126,7 +131,7 @@ fn arp_both_ways_with_offloads_negotiated() {
 #[test]
 fn config_space_holds_the_mac() {
     let (tap, _ns) = tap_in_netns();
-    let net = Net::with_tap(tap, MAC, 0);
+    let net = Net::with_tap(tap, MAC, 0, unlimited());
     let mut b = [0u8; 8];
     net.read_config(0, &mut b);
     assert_eq!(b, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc, 0, 0]);
@@ -138,4 +143,38 @@ fn tap_errors_are_one_line() {
     assert_eq!(Tap::open("").err().unwrap().to_string(), "tap name '' is empty or longer than 15 bytes");
     let e = Tap::open("lo").err().unwrap().to_string();
     assert!(e.starts_with("cannot open tap lo: "), "{e}");
+}
+
+/// A transmit limit of 16 frames per second: 12 frames take about (12 - 2) / 16 s, the first
+/// two (the bucket of an eighth of a second) going at once; frames wait in the ring, none is lost.
+#[test]
+fn transmit_limit_paces_frames_without_dropping_them() {
+    let (tap, _ns) = tap_in_netns();
+    let tx = RateLimiterConfig { bandwidth: None, ops: TokenBucketConfig::per_second(16) };
+    let limiters = (Arc::new(RateLimiter::unlimited().unwrap()), Arc::new(RateLimiter::new(&tx).unwrap()));
+    let net = Net::with_tap(tap, MAC, 0, limiters);
+    let handle = net.tx_rate_limiter_handle();
+    let mut h = Harness::new(Box::new(net), 16);
+    h.init(crate::features::VERSION_1 | features::MAC);
+    h.select(1);
+    let req = arp_request();
+    h.write_mem(DATA + 0x10_0000, &req);
+    let start = std::time::Instant::now();
+    for i in 0..12 {
+        h.add_chain(i, &[(DATA + 0x10_0000, req.len() as u32, 0)]);
+    }
+    h.kick();
+    assert!(h.wait_used(12), "transmit not completed");
+    let took = start.elapsed();
+    assert!(took >= std::time::Duration::from_millis(560), "12 frames at 16/s took only {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    // Lifting the limit live: the next 12 go at once.
+    handle.update(&RateLimiterConfig::default()).unwrap();
+    let start = std::time::Instant::now();
+    for i in 0..12 {
+        h.add_chain(i, &[(DATA + 0x10_0000, req.len() as u32, 0)]);
+    }
+    h.kick();
+    assert!(h.wait_used(24), "transmit not completed");
+    assert!(start.elapsed() < std::time::Duration::from_millis(400), "{:?}", start.elapsed());
 }

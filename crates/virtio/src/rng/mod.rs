@@ -66,7 +66,7 @@ impl QueueHandler for RngHandler {
         let (mem, buf) = (&self.mem, &mut self.buf);
         match crate::queue::drain(&mut self.queue, mem, &self.interrupt, |chain| Self::fill(mem, buf, chain))
         {
-            Drained::Idle => false,
+            Drained::Idle | Drained::Throttled => false,
             Drained::More => true,
             Drained::Broken => {
                 self.broken = true;

@@ -22,6 +22,7 @@ pub(crate) struct VsockHandler {
     pub(crate) muxer: Muxer,
     pub(crate) buf: Vec<u8>,
     pub(crate) broken: bool,
+    pub(crate) metrics: Arc<crate::metrics::VsockMetrics>,
 }
 
 /// Reads one packet from a transmit chain and hands it to the muxer. Malformed packets (short
@@ -86,11 +87,12 @@ impl VsockHandler {
         if !self.muxer.can_take_tx(BUDGET) {
             return false; // resumed by `receive` once the guest takes the replies
         }
-        let (mem, muxer, buf) = (&self.mem, &mut self.muxer, &mut self.buf);
+        let (mem, muxer, buf, metrics) = (&self.mem, &mut self.muxer, &mut self.buf, &self.metrics);
         match crate::queue::drain(&mut self.tx, mem, &self.interrupt, |chain| {
+            metrics.tx_packets_count.inc();
             transmit_chain(mem, muxer, buf, chain)
         }) {
-            Drained::Idle => false,
+            Drained::Idle | Drained::Throttled => false,
             Drained::More => true,
             Drained::Broken => {
                 self.broken = true;
@@ -137,6 +139,8 @@ impl VsockHandler {
                 self.fail();
                 return false;
             }
+            self.metrics.rx_packets_count.inc();
+            self.metrics.rx_bytes_count.add(u64::from(len));
             used_any = true;
         }
         if used_any && self.rx.needs_notification(&self.mem).unwrap_or(true) {

@@ -91,6 +91,7 @@ pub struct Vsock {
     acked_features: u64,
     index: usize,
     queue_sizes: [u16; 3],
+    metrics: std::sync::Arc<crate::metrics::VsockMetrics>,
 }
 
 impl Vsock {
@@ -107,7 +108,13 @@ impl Vsock {
             acked_features: 0,
             index,
             queue_sizes: [QUEUE_SIZE; 3],
+            metrics: Default::default(),
         })
+    }
+
+    /// This device's counters.
+    pub fn metrics(&self) -> std::sync::Arc<crate::metrics::VsockMetrics> {
+        self.metrics.clone()
     }
 
     pub fn cid(&self) -> u64 {
@@ -158,6 +165,7 @@ impl VirtioDevice for Vsock {
             muxer,
             buf: Vec::with_capacity(MAX_PAYLOAD),
             broken: false,
+            metrics: self.metrics.clone(),
         };
         self.acked_features = ctx.acked_features;
         let fds = [(epoll_fd, EventSet::IN)];

@@ -24,12 +24,14 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
+
+use crate::metrics::DeviceMetrics;
 use vmm_sys_util::eventfd::EventFd;
 use vmr_arch::{layout, MmioDeviceInfo};
 use vmr_devices::{Bus, BusError};
 use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
 use vmr_virtio::block::{Block, BlockDeviceError, DiskSwap};
-use vmr_virtio::net::{Net, TapError};
+use vmr_virtio::net::{Net, NetDeviceError};
 use vmr_virtio::pause::WorkerGate;
 use vmr_virtio::rng::Rng;
 use vmr_virtio::vsock::{Vsock, VsockError};
@@ -41,7 +43,7 @@ pub enum DeviceError {
     #[error(transparent)]
     Disk(#[from] BlockDeviceError),
     #[error(transparent)]
-    Tap(#[from] TapError),
+    Net(#[from] NetDeviceError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
     #[error("{count} virtio devices requested; the machine has room for {max}")]
@@ -97,15 +99,18 @@ pub struct OpenDevice {
 }
 
 /// Opens every backend: images (taking their locks), taps, the vsock socket. Disks come first,
-/// then network cards, vsock and rng: the order of their MMIO slots.
+/// then network cards, vsock and rng: the order of their MMIO slots. Each device's counters
+/// are registered with the process's metrics as `disk<i>`, `net<i>`, `vsock0`.
 pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceError> {
     let max = layout::VIRTIO_MMIO_MAX_DEVICES;
     if config.count() > max {
         return Err(DeviceError::TooMany { count: config.count(), max });
     }
     let mut devices = Vec::with_capacity(config.count());
+    let registry = crate::metrics::metrics();
     for (i, disk) in config.disks.iter().enumerate() {
         let device = Block::new(disk, i)?;
+        registry.register_device(&format!("disk{i}"), DeviceMetrics::Block(device.metrics()));
         devices.push(OpenDevice {
             name: format!("disk{i} ({})", disk.path.display()),
             disk_swap: Some(device.swap_handle()),
@@ -114,6 +119,7 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
     }
     for (i, net) in config.nets.iter().enumerate() {
         let device = Net::new(net, i)?;
+        registry.register_device(&format!("net{i}"), DeviceMetrics::Net(device.metrics()));
         devices.push(OpenDevice {
             name: format!("net{i} ({})", net.tap),
             device: Box::new(device),
@@ -122,6 +128,7 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
     }
     if let Some(vsock) = &config.vsock {
         let device = Vsock::new(vsock, 0)?;
+        registry.register_device("vsock0", DeviceMetrics::Vsock(device.metrics()));
         devices.push(OpenDevice {
             name: format!("vsock0 (cid {})", vsock.cid),
             device: Box::new(device),

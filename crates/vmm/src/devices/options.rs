@@ -5,6 +5,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vmr_virtio::block::DiskConfig;
 use vmr_virtio::net::NetConfig;
+use vmr_virtio::rate_limiter::RateLimiterConfig;
 use vmr_virtio::vsock::VsockConfig;
 
 use super::VirtioConfig;
@@ -24,6 +25,20 @@ pub fn disk_option(disk: &DiskConfig) -> String {
     if let Some(serial) = &disk.serial {
         text.push_str(&format!(",serial={serial}"));
     }
+    text.push_str(&rate_options(&disk.rate_limiter, "bw", "iops"));
+    text
+}
+
+/// `,bw=N,iops=N` for a limiter's per-second rates (what `bw=` / `iops=` made; a bucket set
+/// through the API with another refill time or a burst is written as its long-run rate).
+fn rate_options(limiter: &RateLimiterConfig, bw_key: &str, ops_key: &str) -> String {
+    let mut text = String::new();
+    if let Some(bw) = &limiter.bandwidth {
+        text.push_str(&format!(",{bw_key}={}", bw.rate_per_second()));
+    }
+    if let Some(ops) = &limiter.ops {
+        text.push_str(&format!(",{ops_key}={}", ops.rate_per_second()));
+    }
     text
 }
 
@@ -34,6 +49,8 @@ pub fn net_option(net: &NetConfig) -> String {
         let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
         text.push_str(&format!(",mac={}", hex.join(":")));
     }
+    text.push_str(&rate_options(&net.rx_rate_limiter, "rx_bw", "rx_pps"));
+    text.push_str(&rate_options(&net.tx_rate_limiter, "tx_bw", "tx_pps"));
     text
 }
 
@@ -86,9 +103,12 @@ mod tests {
         let config = VirtioConfig {
             disks: vec![
                 "path=/img/root.qcow2,readonly=on,format=qcow2,serial=root-1".parse().unwrap(),
-                "path=data.img,cache=none".parse().unwrap(),
+                "path=data.img,cache=none,bw=10485760,iops=1000".parse().unwrap(),
             ],
-            nets: vec!["tap=tap0,mac=52:54:00:ab:cd:ef".parse().unwrap(), "tap=tap1".parse().unwrap()],
+            nets: vec![
+                "tap=tap0,mac=52:54:00:ab:cd:ef".parse().unwrap(),
+                "tap=tap1,rx_bw=1048576,tx_bw=2048,tx_pps=100".parse().unwrap(),
+            ],
             vsock: Some("cid=3,socket=/run/vm1.vsock".parse().unwrap()),
             rng: true,
         };
@@ -99,7 +119,8 @@ mod tests {
         assert_eq!(net_option(&config.nets[0]), "tap=tap0,mac=52:54:00:ab:cd:ef");
         assert_eq!(vsock_option(config.vsock.as_ref().unwrap()), "cid=3,socket=/run/vm1.vsock");
         let json = serde_json::to_string(&config).unwrap();
-        assert!(json.contains("\"path=data.img,cache=none\""), "{json}");
+        assert!(json.contains("\"path=data.img,cache=none,bw=10485760,iops=1000\""), "{json}");
+        assert_eq!(net_option(&config.nets[1]), "tap=tap1,rx_bw=1048576,tx_bw=2048,tx_pps=100");
         let back: VirtioConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, config);
     }

@@ -285,7 +285,7 @@ impl Vmm {
         if d.socket.is_some() {
             return Err(ApiError::NotServed("a vhost-user drive (socket)"));
         }
-        reject_rate_limiter(&d.rate_limiter, "a drive's rate_limiter")?;
+        let rate_limiter = checked_limiter(d.rate_limiter)?;
         let Some(path) = d.path_on_host.filter(|p| !p.is_empty()) else {
             return Err(ApiError::InvalidValue(format!("drive {}: path_on_host is required", d.drive_id)));
         };
@@ -312,6 +312,7 @@ impl Vmm {
             format: None,
             serial: None,
             direct: false,
+            rate_limiter,
         };
         let entry = DriveEntry {
             id: d.drive_id,
@@ -358,13 +359,15 @@ impl Vmm {
 
     fn put_net(&mut self, n: NetworkInterface) -> ApiResult {
         check_id(&n.iface_id, "iface_id")?;
-        reject_rate_limiter(&n.rx_rate_limiter, "rx_rate_limiter")?;
-        reject_rate_limiter(&n.tx_rate_limiter, "tx_rate_limiter")?;
+        let rx_rate_limiter = checked_limiter(n.rx_rate_limiter)?;
+        let tx_rate_limiter = checked_limiter(n.tx_rate_limiter)?;
         let mut text = format!("tap={}", n.host_dev_name);
         if let Some(mac) = &n.guest_mac {
             text.push_str(&format!(",mac={mac}"));
         }
-        let net: NetConfig = text.parse().map_err(|e| ApiError::InvalidValue(format!("{e}")))?;
+        let mut net: NetConfig = text.parse().map_err(|e| ApiError::InvalidValue(format!("{e}")))?;
+        net.rx_rate_limiter = rx_rate_limiter;
+        net.tx_rate_limiter = tx_rate_limiter;
         let entry = NetEntry { id: n.iface_id, net };
         match self.nets.iter_mut().find(|e| e.id == entry.id) {
             Some(existing) => *existing = entry,
@@ -396,10 +399,11 @@ impl Vmm {
     }
 
     fn put_logger(&mut self, l: Logger) -> ApiResult {
-        if let Some(level) = &l.level {
-            crate::logger::parse_level(level).map_err(ApiError::InvalidValue)?;
-        }
-        crate::logger::configure(&l).map_err(ApiError::InvalidValue)?;
+        let level = l.level.as_deref().unwrap_or("Warning");
+        let path = l.log_path.as_deref().map(std::path::Path::new);
+        let (show_level, show_origin) = (l.show_level.unwrap_or(false), l.show_log_origin.unwrap_or(false));
+        crate::logger::init_logger(path, level, show_level, show_origin)
+            .map_err(|e| ApiError::InvalidValue(e.to_string()))?;
         self.logger = Some(l);
         Ok(VmmResponse::Empty)
     }
@@ -600,8 +604,17 @@ fn check_id(id: &str, field: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Rate limiters are parsed (so the body is checked) but not enforced by this build: a limit
-/// that would do something is refused rather than ignored.
+/// A limiter given at configuration time, checked (refill times) for the device.
+fn checked_limiter(
+    limiter: Option<vmr_virtio::rate_limiter::RateLimiterConfig>,
+) -> Result<vmr_virtio::rate_limiter::RateLimiterConfig, ApiError> {
+    let limiter = limiter.unwrap_or_default();
+    limiter.validate().map_err(|e| ApiError::InvalidValue(e.to_string()))?;
+    Ok(limiter)
+}
+
+/// Changing a limiter on a running VM is not wired to the devices yet: a limit that would do
+/// something is refused rather than ignored.
 fn reject_rate_limiter(
     limiter: &Option<vmr_virtio::rate_limiter::RateLimiterConfig>,
     what: &'static str,

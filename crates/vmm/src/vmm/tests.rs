@@ -107,7 +107,12 @@ fn drives_become_disks_with_the_root_first_and_root_on_the_command_line() {
     assert_eq!(v.effective_config().unwrap().virtio.disks.len(), 2);
     let limited = r#"{"drive_id":"x","path_on_host":"/x","is_root_device":false,
         "rate_limiter":{"bandwidth":{"size":1000,"refill_time":100}}}"#;
-    assert!(req(&mut v, "PUT", "/drives/x", limited).unwrap_err().to_string().contains("not supported yet"));
+    req(&mut v, "PUT", "/drives/x", limited).unwrap();
+    let disks = v.effective_config().unwrap().virtio.disks;
+    assert_eq!(disks.last().unwrap().rate_limiter.bandwidth.unwrap().size, 1000);
+    let zero = r#"{"drive_id":"y","path_on_host":"/y","is_root_device":false,
+        "rate_limiter":{"ops":{"size":10,"refill_time":0}}}"#;
+    assert!(req(&mut v, "PUT", "/drives/y", zero).unwrap_err().to_string().contains("refill_time"));
 }
 
 #[test]
