@@ -213,6 +213,8 @@ fn firecracker_go_sdk_sequence() {
         "/machine-config",
         r#"{"vcpu_count":1,"mem_size_mib":64,"smt":false,"track_dirty_pages":false}"#,
     );
+    let metrics = vm.dir.join("metrics.json");
+    vm.ok("PUT", "/metrics", &format!(r#"{{"metrics_path":"{}"}}"#, metrics.display()));
     vm.ok(
         "PUT",
         "/boot-source",
@@ -252,6 +254,10 @@ fn firecracker_go_sdk_sequence() {
     );
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("virtio-mmio"), "debug log lines reach the logger file: {logged}");
+    vm.ok("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);
+    let lines = std::fs::read_to_string(vm.dir.join("metrics.json")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert!(last.as_object().is_some_and(|o| !o.is_empty()), "{lines}");
     // StopVMM: SIGTERM.
     assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
 }
@@ -429,7 +435,8 @@ fn bad_input_gets_the_right_status_and_the_vm_keeps_running() {
     for path in ["/mmds", "/balloon", "/snapshot/create", "/hotplug/memory", "/pmem/p0"] {
         vm.refused("PUT", path, Some("{}"), 400, "not served by vmr");
     }
-    vm.refused("PUT", "/metrics", Some(r#"{"metrics_path":"/tmp/m"}"#), 400, "not supported yet");
+    vm.refused("PUT", "/metrics", Some(r#"{"metrics_path":"/tmp/m"}"#), 400, "after the VM has started");
+    vm.refused("PUT", "/actions", Some(r#"{"action_type":"FlushMetrics"}"#), 400, "metrics");
     let big = format!(r#"{{"kernel_image_path":"{}"}}"#, "k".repeat(60_000));
     vm.refused("PUT", "/boot-source", Some(&big), 413, "larger than the limit");
     // Many clients at once.

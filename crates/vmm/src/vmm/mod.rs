@@ -197,7 +197,13 @@ impl Vmm {
                 Ok(VmmResponse::Empty)
             }
             R::PutLogger(l) => self.before_boot("PUT /logger")?.put_logger(l),
-            R::PutMetrics(_) => Err(ApiError::NotSupportedYet("PUT /metrics (Firecracker's metrics file)")),
+            R::PutMetrics(m) => {
+                self.before_boot("PUT /metrics")?;
+                let path = std::path::Path::new(&m.metrics_path);
+                crate::metrics::metrics().init(path).map_err(|e| ApiError::InvalidValue(e.to_string()))?;
+                crate::metrics::start_periodic_flush().map_err(|e| ApiError::Vmm(e.to_string()))?;
+                Ok(VmmResponse::Empty)
+            }
             R::Action(action) => self.action(action),
             R::Pause => self.pause(),
             R::Resume => self.resume(),
@@ -419,7 +425,8 @@ impl Vmm {
                 Ok(VmmResponse::Empty)
             }
             ActionType::FlushMetrics => {
-                Err(ApiError::NotSupportedYet("FlushMetrics (Firecracker's metrics file)"))
+                crate::metrics::metrics().flush().map_err(|e| ApiError::InvalidValue(e.to_string()))?;
+                Ok(VmmResponse::Empty)
             }
             ActionType::PowerButton => {
                 self.running_machine("vmr:PowerButton")?.press_power_button();
