@@ -5,16 +5,49 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use vmr_image::{PullOptions, StderrProgress};
+use vmr_vmm::api::schema::FullVmConfig;
+use vmr_vmm::api::server::ApiServer;
 use vmr_vmm::config::parse_memory_size;
 use vmr_vmm::devices::vmr_block::{self, ImageFormat};
 use vmr_vmm::devices::{DiskConfig, NetConfig, VirtioConfig, VsockConfig};
-use vmr_vmm::{Accel, ExitReason, RebootPolicy, VmConfig, EXIT_ERROR};
+use vmr_vmm::{Accel, ExitReason, RebootPolicy, VmConfig, Vmm, EXIT_ERROR};
 
 #[derive(Parser)]
-#[command(name = "vmr", version, about = "Run Linux virtual machines on KVM, or on vmr's software CPU")]
+#[command(
+    name = "vmr",
+    disable_version_flag = true,
+    about = "Run Linux virtual machines on KVM, or on vmr's software CPU",
+    after_help = "Without a command, vmr is a VMM served over the API: `vmr --api-sock PATH` waits to be \
+                  configured (Firecracker's API), `vmr --config-file FILE` boots from Firecracker's config file."
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// Print the version (`vmr vX.Y.Z`, in Firecracker's form) and exit.
+    #[arg(short = 'V', long)]
+    version: bool,
+}
+
+/// The VMM as a service (no command): Firecracker's command line.
+#[derive(clap::Args)]
+struct ServiceArgs {
+    /// Serve Firecracker's API on this Unix socket (it must not exist).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Boot from a JSON file in Firecracker's config-file schema.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// With --config-file: serve no API.
+    #[arg(long, conflicts_with = "api_sock", requires = "config_file")]
+    no_api: bool,
+    /// The instance id `GET /` reports.
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// Execution backend: auto, kvm or emu.
+    #[arg(long, default_value = "auto", value_name = "BACKEND")]
+    accel: Accel,
 }
 
 #[derive(Subcommand)]
@@ -27,6 +60,8 @@ enum Command {
     /// Manage guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Control a running vmr through its API socket.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(Subcommand)]
@@ -102,6 +137,9 @@ struct RunArgs {
     /// A virtio entropy device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
+    /// Also serve Firecracker's API for this VM on a Unix socket (it must not exist).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     /// Append Firecracker-style metrics (one JSON line of counter changes) to PATH every 60 s
     /// and when the VM ends.
     #[arg(long, value_name = "PATH")]
@@ -115,8 +153,7 @@ struct RunArgs {
     no_cmdline_hints: bool,
 }
 
-/// The kernel command line used when the user gives a kernel but no `--cmdline`.
-const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+use vmr_vmm::DEFAULT_CMDLINE;
 
 /// Parses the command line, runs the command, returns the process exit code.
 pub fn main() -> i32 {
@@ -128,10 +165,16 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_ERROR } else { 0 };
         }
     };
+    if cli.version {
+        println!("vmr v{}", vmr_vmm::VERSION);
+        return 0;
+    }
     let result = match cli.command {
-        Command::Run(args) => run(args),
-        Command::Image(ImageCommand::Pull(args)) => image_pull(args),
-        Command::Image(ImageCommand::Create(args)) => image_create(args),
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Image(ImageCommand::Pull(args))) => image_pull(args),
+        Some(Command::Image(ImageCommand::Create(args))) => image_create(args),
+        Some(Command::Ctl(args)) => crate::ctl::run(args),
+        None => service(cli.service),
     };
     match result {
         Ok(code) => code,
@@ -168,18 +211,66 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         vmr_vmm::metrics::metrics().init(path)?;
         vmr_vmm::metrics::start_periodic_flush()?;
     }
-    let reason = vmr_vmm::run(&config)?;
-    vmr_vmm::console::restore_terminal();
+    let reason = match &args.api_sock {
+        None => vmr_vmm::run(&config)?,
+        Some(sock) => {
+            config.validate()?;
+            let mut vmm = Vmm::from_config(&config)?;
+            let _server = ApiServer::start(sock, vmm.handle())?;
+            vmm.start_configured()?;
+            vmm.run()?
+        }
+    };
     if args.metrics_path.is_some() {
         vmr_vmm::metrics::metrics().flush()?;
     }
-    match &reason {
+    report_end(&reason);
+    Ok(reason.exit_code())
+}
+
+/// `vmr --api-sock PATH` and `vmr --config-file FILE`: the VMM driven by Firecracker's API or
+/// config file.
+fn service(args: ServiceArgs) -> Result<i32, Box<dyn Error>> {
+    if args.api_sock.is_none() && args.config_file.is_none() {
+        return Err(
+            "nothing to do: give a command (see vmr --help), --api-sock PATH or --config-file FILE".into()
+        );
+    }
+    let file = match &args.config_file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let file: FullVmConfig =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(file)
+        }
+        None => None,
+    };
+    let mut vmm = Vmm::new(args.accel, args.id)?;
+    if let Some(file) = file {
+        let name = args.config_file.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
+        vmm.apply_config_file(file).map_err(|e| format!("{name}: {e}"))?;
+    }
+    let _server = match &args.api_sock {
+        Some(sock) => Some(ApiServer::start(sock, vmm.handle())?),
+        None => None,
+    };
+    if args.config_file.is_some() {
+        vmm.start_configured()?;
+    }
+    let reason = vmm.run()?;
+    report_end(&reason);
+    Ok(reason.exit_code())
+}
+
+fn report_end(reason: &ExitReason) {
+    vmr_vmm::console::restore_terminal();
+    match reason {
         ExitReason::Poweroff | ExitReason::ConsoleQuit => {}
         ExitReason::Reboot => eprintln!("vmr: guest rebooted (exit code {})", reason.exit_code()),
         ExitReason::Crash(report) => eprintln!("vmr: guest crashed: {report}"),
         ExitReason::Signal(sig) => eprintln!("vmr: stopped by signal {sig}"),
     }
-    Ok(reason.exit_code())
 }
 
 fn image_pull(args: PullArgs) -> Result<i32, Box<dyn Error>> {
@@ -220,19 +311,8 @@ fn parse_image_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is not a size like 10G, 512M or 1048576"))
 }
 
-/// "outer: inner: innermost", skipping a source whose text the outer message already holds.
 fn error_chain(e: &dyn Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
+    vmr_vmm::error_chain(e)
 }
 
 #[cfg(test)]
@@ -266,7 +346,7 @@ mod tests {
             "--rng",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Some(Command::Run(args)) = cli.command else { panic!("not run") };
         assert_eq!(args.disks.len(), 2);
         assert!(args.disks[0].read_only);
         assert_eq!(args.nets[0].tap, "tap0");
@@ -286,9 +366,9 @@ mod tests {
             argv.extend_from_slice(extra);
             Cli::try_parse_from(argv)
         };
-        let Command::Run(args) = parse(&[]).unwrap().command else { panic!("not run") };
+        let Some(Command::Run(args)) = parse(&[]).unwrap().command else { panic!("not run") };
         assert_eq!((args.seccomp.as_str(), args.metrics_path), ("on", None));
-        let Command::Run(args) = parse(&["--seccomp=off", "--metrics-path", "m.json"]).unwrap().command
+        let Some(Command::Run(args)) = parse(&["--seccomp=off", "--metrics-path", "m.json"]).unwrap().command
         else {
             panic!("not run")
         };

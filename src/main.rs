@@ -1,6 +1,7 @@
 //! `vmr`: the command-line front end. A thin adapter over `vmr-vmm` and `vmr-image`.
 
 mod cli;
+mod ctl;
 
 use std::process::ExitCode;
 

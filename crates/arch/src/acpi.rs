@@ -24,7 +24,7 @@ use vmr_hypervisor::GuestMemory;
 use crate::error::{write_err, ArchError, Result};
 use crate::layout::{
     ACPI_END, ACPI_PM_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, CMOS_PORT, COM1_IRQ, COM1_PORT,
-    I8042_CMD_PORT, I8042_DATA_PORT, I8042_IRQ, IOAPIC_START, LAPIC_START, RSDP_START,
+    I8042_CMD_PORT, I8042_DATA_PORT, I8042_IRQ, IOAPIC_START, LAPIC_START, POWER_BUTTON_IRQ, RSDP_START,
 };
 use crate::mptable::ioapic_id;
 
@@ -109,11 +109,33 @@ fn virtio_device_aml(index: usize, dev: &MmioDeviceInfo, sink: &mut Vec<u8>) {
     );
 }
 
-/// The DSDT: `_S5_` and, under `\_SB_`, COM1, the PS/2 controller, the RTC and the
-/// virtio-mmio devices.
+/// The power button of a hardware-reduced platform (the FADT's PWR_BUTTON flag says it is a
+/// control-method device): `PWRB` (PNP0C0C), and a Generic Event Device (ACPI0013) whose
+/// interrupt [`POWER_BUTTON_IRQ`] runs `_EVT`, which notifies `PWRB` with 0x80 ("pressed").
+/// Linux's button driver turns that into KEY_POWER on the "Power Button" input device.
+fn power_button_aml(sink: &mut Vec<u8>) {
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    aml::Device::new("PWRB".into(), vec![&hid, &uid]).to_aml_bytes(sink);
+    let pwrb = aml::Path::new("\\_SB_.PWRB");
+    let pressed: u8 = 0x80;
+    let notify = aml::Notify::new(&pwrb, &pressed);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    emit_device(
+        sink,
+        "GED_",
+        &"ACPI0013",
+        &[&uid, &evt],
+        vec![&aml::Interrupt::new(true, true, false, false, POWER_BUTTON_IRQ)],
+    );
+}
+
+/// The DSDT: `_S5_` and, under `\_SB_`, COM1, the PS/2 controller, the RTC, the power button
+/// and the virtio-mmio devices.
 pub fn build_dsdt(virtio: &[MmioDeviceInfo]) -> Vec<u8> {
     let mut devices = Vec::new();
     legacy_devices_aml(&mut devices);
+    power_button_aml(&mut devices);
     for (i, dev) in virtio.iter().enumerate() {
         virtio_device_aml(i, dev, &mut devices);
     }
@@ -247,6 +269,9 @@ mod tests {
             assert_eq!(u64_at(&fadt, 244 + 4), u64::from(ACPI_PM_PORT), "sleep control address");
             let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
             assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+            for name in [&b"ACPI0013"[..], b"PWRB", b"GED_", b"_EVT"] {
+                assert!(dsdt.windows(name.len()).any(|w| w == name), "power button AML");
+            }
             assert!(dsdt.windows(4).any(|w| w == b"COM1"));
             assert!(dsdt.windows(8).any(|w| w == b"LNRO0005"));
             let madt = table(&mem, u64_at(&xsdt, 44), b"APIC");

@@ -104,6 +104,8 @@ pub const I8042_CMD_PORT: u16 = 0x64;
 pub const I8042_IRQ: u32 = 1;
 /// CMOS/RTC index port (data port is 0x71).
 pub const CMOS_PORT: u16 = 0x70;
+/// The power button's interrupt (the ACPI Generic Event Device; COM2's IRQ, unused).
+pub const POWER_BUTTON_IRQ: u32 = 3;
 /// RTC IRQ.
 pub const RTC_IRQ: u32 = 8;
 /// ACPI power-management block: +0 sleep control, +1 sleep status, +2 reset register.

@@ -109,6 +109,12 @@ pub trait Vcpu: Send {
     fn run(&mut self) -> Result<VcpuExit>;
     /// A handle other threads use to interrupt [`Vcpu::run`].
     fn kicker(&self) -> Arc<dyn VcpuKicker>;
+    /// Called on the vCPU's thread after the VMM held it paused, before it runs again: a
+    /// backend with a paravirtual clock tells the guest, so its watchdogs do not take the
+    /// pause for a hang (KVM: `KVM_KVMCLOCK_CTRL`). Nothing to do by default.
+    fn resumed_after_pause(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     fn regs(&self) -> Result<Regs>;
     fn set_regs(&mut self, regs: &Regs) -> Result<()>;

@@ -1,6 +1,48 @@
 //! Host checks: is the KVM of this machine one that can run an unmodified Linux guest?
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Why this host's KVM cannot run unmodified guests (each one line, with advice).
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum HostCheckError {
+    #[error("{} does not exist: this host has no KVM (load kvm_intel/kvm_amd, or use --accel emu)", .0.display())]
+    NoDevice(PathBuf),
+    #[error(
+        "{} is served by kvm_pvm, which emulates every guest instruction and cannot boot Linux; use --accel emu",
+        .0.display()
+    )]
+    KvmPvm(PathBuf),
+    #[error(
+        "{} exists but the CPU has no vmx/svm flag (no hardware virtualization): this KVM cannot run \
+         unmodified guests; use --accel emu",
+        .0.display()
+    )]
+    NoHardwareVirtualization(PathBuf),
+}
+
+impl HostCheckError {
+    /// The reason without the advice to use the software CPU (for `--accel auto`, which takes
+    /// that advice itself).
+    pub fn reason(&self) -> String {
+        match self {
+            HostCheckError::NoDevice(dev) => {
+                format!("{} does not exist: this host has no KVM", dev.display())
+            }
+            HostCheckError::KvmPvm(dev) => format!(
+                "{} is served by kvm_pvm, which emulates every guest instruction and cannot boot Linux",
+                dev.display()
+            ),
+            HostCheckError::NoHardwareVirtualization(dev) => {
+                format!(
+                    "{} exists but the CPU has no vmx/svm flag (no hardware virtualization)",
+                    dev.display()
+                )
+            }
+        }
+    }
+}
 
 /// Where the checks look; a struct so tests can point them at fake files.
 pub(crate) struct HostPaths<'a> {
@@ -25,34 +67,23 @@ impl HostPaths<'static> {
 /// `kvm_pvm` module (which emulates every guest instruction and cannot boot Linux), or when the
 /// CPU has neither the `vmx` nor the `svm` flag. The VMM uses this for `--accel auto` and to
 /// refuse `--accel kvm` for Linux guests; tiny hand-made guests still run on such a KVM.
-pub fn can_run_unmodified_guests() -> Result<(), String> {
+pub fn can_run_unmodified_guests() -> Result<(), HostCheckError> {
     check_host(&HostPaths::system())
 }
 
-pub(crate) fn check_host(paths: &HostPaths<'_>) -> Result<(), String> {
+pub(crate) fn check_host(paths: &HostPaths<'_>) -> Result<(), HostCheckError> {
     if !paths.kvm_dev.exists() {
-        return Err(format!(
-            "{} does not exist: this host has no KVM (load kvm_intel/kvm_amd, or use --accel emu)",
-            paths.kvm_dev.display()
-        ));
+        return Err(HostCheckError::NoDevice(paths.kvm_dev.to_path_buf()));
     }
     if paths.kvm_pvm_module.exists() {
-        return Err(format!(
-            "{} is served by kvm_pvm, which emulates every guest instruction and cannot boot Linux; \
-             use --accel emu",
-            paths.kvm_dev.display()
-        ));
+        return Err(HostCheckError::KvmPvm(paths.kvm_dev.to_path_buf()));
     }
     // Without /proc/cpuinfo we cannot tell; assume the KVM is real rather than refuse it.
     let Ok(cpuinfo) = std::fs::read_to_string(paths.cpuinfo) else {
         return Ok(());
     };
     if !cpu_has_virtualization(&cpuinfo) {
-        return Err(format!(
-            "{} exists but the CPU has no vmx/svm flag (no hardware virtualization): this KVM cannot \
-             run unmodified guests; use --accel emu",
-            paths.kvm_dev.display()
-        ));
+        return Err(HostCheckError::NoHardwareVirtualization(paths.kvm_dev.to_path_buf()));
     }
     Ok(())
 }
@@ -92,6 +123,10 @@ mod tests {
         }
 
         fn check(&self) -> Result<(), String> {
+            self.check_typed().map_err(|e| e.to_string())
+        }
+
+        fn check_typed(&self) -> Result<(), HostCheckError> {
             check_host(&HostPaths {
                 kvm_dev: &self.dir.join("kvm"),
                 kvm_pvm_module: &self.dir.join("kvm_pvm"),
@@ -124,6 +159,15 @@ mod tests {
         let err = Fake::new("nodev", false, false, Some(AMD)).check().unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
         assert!(err.contains("--accel emu"), "{err}");
+    }
+
+    #[test]
+    fn errors_are_typed_and_the_reason_has_no_advice() {
+        let fake = Fake::new("typed", true, true, Some(AMD));
+        let err = fake.check_typed().unwrap_err();
+        assert_eq!(err, HostCheckError::KvmPvm(fake.dir.join("kvm")));
+        assert!(!err.reason().contains("--accel"), "{}", err.reason());
+        assert!(err.reason().contains("kvm_pvm"));
     }
 
     #[test]

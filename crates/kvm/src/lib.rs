@@ -29,7 +29,7 @@ use kvm_bindings::{KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Cap;
 use vmr_hypervisor::{CpuidEntry, Hypervisor, HypervisorError, Result, Vm, VmConfig};
 
-pub use host::can_run_unmodified_guests;
+pub use host::{can_run_unmodified_guests, HostCheckError};
 pub use kick::{kick_signal, KICK_SIGNAL_OFFSET};
 pub use vcpu::KvmVcpu;
 pub use vm::{KvmIrqChip, KvmVm, IDENTITY_MAP_ADDRESS, TSS_ADDRESS};

@@ -216,6 +216,15 @@ impl Vcpu for KvmVcpu {
         self.id
     }
 
+    fn resumed_after_pause(&mut self) -> Result<()> {
+        match self.fd.kvmclock_ctrl() {
+            Ok(()) => Ok(()),
+            // EINVAL: the guest has not enabled kvmclock on this vCPU; nothing to tell it.
+            Err(e) if e.errno() == libc::EINVAL => Ok(()),
+            Err(e) => Err(HypervisorError::os("KVM_KVMCLOCK_CTRL", e)),
+        }
+    }
+
     fn run(&mut self) -> Result<VcpuExit> {
         self.kick.enter_run().map_err(os("unblocking the vCPU kick signal"))?;
         // Forget this thread when run() ends, even by a panic in a VmOps callback: a kicker

@@ -23,6 +23,8 @@ pub struct ActivateContext {
     pub queue_evts: Vec<EventFd>,
     /// Features the driver accepted (a subset of [`VirtioDevice::device_features`]).
     pub acked_features: u64,
+    /// Where the device's worker parks while the VM is paused.
+    pub gate: Arc<crate::pause::WorkerGate>,
 }
 
 #[derive(Debug, Error)]

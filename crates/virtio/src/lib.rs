@@ -67,6 +67,7 @@ mod interrupt;
 pub mod metrics;
 pub mod mmio;
 pub mod net;
+pub mod pause;
 mod queue;
 pub mod rate_limiter;
 pub mod rng;

@@ -7,6 +7,8 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::pause::WorkerGate;
+
 const STOP_TOKEN: u64 = u64::MAX;
 
 /// What the worker thread runs when a queue is notified.
@@ -29,6 +31,7 @@ pub(crate) struct Worker<H: QueueHandler> {
 
 impl<H: QueueHandler> Worker<H> {
     /// Starts thread `name`, which calls `handler` for each notified queue.
+    #[cfg(test)]
     pub(crate) fn spawn(name: String, queue_evts: Vec<EventFd>, handler: H) -> io::Result<Self> {
         Self::spawn_with_fds(name, queue_evts, &[], handler)
     }
@@ -36,11 +39,23 @@ impl<H: QueueHandler> Worker<H> {
     /// Like [`Worker::spawn`], also waiting on `fds` (e.g. a tap) with the given event sets;
     /// readiness of `fds[j]` calls `handler.process_fd(j)`. The fds must outlive the worker
     /// (the handler usually owns them).
+    #[cfg(test)]
     pub(crate) fn spawn_with_fds(
         name: String,
         queue_evts: Vec<EventFd>,
         fds: &[(RawFd, EventSet)],
         handler: H,
+    ) -> io::Result<Self> {
+        Self::spawn_gated(name, queue_evts, fds, handler, Default::default())
+    }
+
+    /// Like [`Worker::spawn_with_fds`], parking at `gate` while the VM is paused.
+    pub(crate) fn spawn_gated(
+        name: String,
+        queue_evts: Vec<EventFd>,
+        fds: &[(RawFd, EventSet)],
+        handler: H,
+        gate: std::sync::Arc<WorkerGate>,
     ) -> io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
@@ -54,7 +69,7 @@ impl<H: QueueHandler> Worker<H> {
         let thread_stop = stop.try_clone()?;
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             vmr_hypervisor::thread_hooks::thread_started();
-            run(epoll, queue_evts, thread_stop, handler)
+            run(epoll, queue_evts, thread_stop, handler, &gate)
         })?;
         Ok(Worker { stop, handle: Some(handle) })
     }
@@ -77,8 +92,17 @@ impl<H: QueueHandler> Drop for Worker<H> {
     }
 }
 
-fn run<H: QueueHandler>(epoll: Epoll, queue_evts: Vec<EventFd>, stop: EventFd, mut handler: H) -> H {
+fn run<H: QueueHandler>(
+    epoll: Epoll,
+    queue_evts: Vec<EventFd>,
+    stop: EventFd,
+    mut handler: H,
+    gate: &WorkerGate,
+) -> H {
     let nq = queue_evts.len();
+    if gate.park(&stop) {
+        return handler;
+    }
     // Buffers the driver made available before activation are served without a notification.
     // `again[t]`: token t (queue, then extra fd) had work left after its budget.
     let mut again: Vec<bool> = (0..nq).map(|i| handler.process_queue(i)).collect();
@@ -94,6 +118,9 @@ fn run<H: QueueHandler>(epoll: Epoll, queue_evts: Vec<EventFd>, stop: EventFd, m
                 return handler;
             }
         };
+        if gate.park(&stop) {
+            return handler;
+        }
         let mut handled = vec![false; again.len()];
         for event in &events[..n] {
             let token = event.data();

@@ -37,12 +37,12 @@ pub fn select_backend(accel: Accel) -> Result<BackendChoice, VmmError> {
                             reason: "/dev/kvm is usable".into(),
                         })
                     }
-                    Err(why) => why,
+                    // Without the advice to use --accel emu: that is what auto does now.
+                    Err(why) => why.reason(),
                 },
                 Err(e) => e.to_string(),
             };
-            // The KVM reasons end with advice to use --accel emu, which is what auto does now.
-            let why = kvm_problem.split("; use --accel emu").next().unwrap_or_default();
+            let why = kvm_problem;
             Ok(BackendChoice {
                 hypervisor: Arc::new(vmr_emu::EmuHypervisor::new()),
                 reason: format!("{why}; using vmr's software x86-64 CPU, slower than KVM"),

@@ -33,6 +33,12 @@ pub enum VmmError {
     },
     #[error(transparent)]
     Devices(#[from] crate::devices::DeviceError),
+    #[error("the vCPUs did not pause within {0} s; the VM keeps running")]
+    PauseTimeout(u64),
+    #[error("no execution backend was opened")]
+    NoBackend,
+    #[error("{0}")]
+    Api(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }

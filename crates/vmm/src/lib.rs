@@ -5,6 +5,7 @@
 //! into events. See `docs/ARCHITECTURE.md`.
 
 mod accel;
+pub mod api;
 pub mod cmdline;
 pub mod config;
 pub mod console;
@@ -13,14 +14,22 @@ mod error;
 pub mod logger;
 mod machine;
 pub mod metrics;
+mod pause;
 pub mod seccomp;
 pub mod stats;
 mod vcpu;
+mod vmm;
 
 pub use accel::{select_backend, BackendChoice};
 pub use config::{Accel, RebootPolicy, VmConfig};
 pub use error::VmmError;
 pub use machine::Machine;
+pub use vmm::{Vmm, VERSION};
+
+/// The kernel command line used when the user gives a kernel but no command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// Most vCPUs the API accepts (Firecracker's limit).
+pub const MAX_API_VCPUS: u32 = 32;
 
 /// vmr's exit code after a guest `poweroff` (or `Ctrl-A x`).
 pub const EXIT_POWEROFF: i32 = 0;
@@ -58,55 +67,29 @@ impl ExitReason {
     }
 }
 
-/// Runs the VM described by `config` until it ends, applying the reboot policy.
+/// Runs the VM described by `config` until it ends, applying the reboot policy: `vmr run`
+/// without an API socket, a thin adapter over [`Vmm`].
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
     // Every thread from here on runs under its role's filter, stacked on main's.
     seccomp::install_thread_hook();
     seccomp::try_apply(seccomp::Role::Main)?;
-    let events = machine::EventChannel::new()?;
-    let mut backend: Option<BackendChoice> = None;
-    let mut console: Option<console::ConsoleInput> = None;
-    let mut _raw = None;
-    loop {
-        let boot_started = std::time::Instant::now();
-        // Kernel, initrd and sizes are checked before a backend is opened, so bad input gets
-        // its own error whatever the host offers.
-        let prepared = machine::PreparedBoot::new(config)?;
-        let load = boot_started.elapsed();
-        let backend = match &backend {
-            Some(b) => b,
-            None => {
-                let b = select_backend(config.accel)?;
-                eprintln!("vmr: accelerator: {} ({})", b.hypervisor.name(), b.reason);
-                backend.insert(b)
-            }
-        };
-        let machine = Machine::build(config, prepared, backend.hypervisor.as_ref(), &events)?;
-        let console = console.get_or_insert_with(|| console::ConsoleInput::start(events.quit_notifier()));
-        _raw.get_or_insert_with(console::RawModeGuard::new);
-        console.set_sink(Some(machine.console_sink()));
-        let stats = machine.stats();
-        let mut times = stats::BootTimes {
-            start: stats::since_process_start(),
-            load,
-            setup: boot_started.elapsed(),
-            ..Default::default()
-        };
-        let run_started = std::time::Instant::now();
-        let reason = machine.run(&events)?;
-        console.set_sink(None);
-        if stats::enabled() {
-            // `\r`: the terminal may still be in raw mode.
-            times.run = run_started.elapsed();
-            eprintln!("{}\r", stats.line(&times));
+    let mut vmm = Vmm::from_config(config)?;
+    vmm.start_configured()?;
+    vmm.run()
+}
+
+/// "outer: inner: innermost", skipping a source whose text the outer message already holds.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
         }
-        match (reason, config.reboot) {
-            (ExitReason::Reboot, RebootPolicy::Restart) => {
-                eprintln!("\r\nvmr: guest rebooted; restarting the VM\r");
-                continue;
-            }
-            (reason, _) => return Ok(reason),
-        }
+        source = s.source();
     }
+    text
 }

@@ -14,10 +14,12 @@ use vmr_hypervisor::{
 
 use crate::config::VmConfig;
 use crate::console::InputSink;
+use crate::pause::PauseGate;
 use crate::stats::ExitStats;
 use crate::{vcpu, ExitReason, VmmError};
 
-/// What ends or changes a running machine.
+/// What ends or changes a running machine, and the API's requests: everything the VMM's
+/// thread waits for arrives on one channel.
 #[derive(Debug)]
 pub enum VmEvent {
     Poweroff,
@@ -25,6 +27,8 @@ pub enum VmEvent {
     Crash(String),
     Signal(i32),
     ConsoleQuit,
+    /// A request of the API server (or any other adapter), answered through its reply.
+    Api(crate::api::ApiCall),
 }
 
 /// The channel every source of [`VmEvent`]s sends into; lives as long as the process runs VMs.
@@ -62,6 +66,11 @@ impl EventChannel {
         self.tx.clone()
     }
 
+    /// Waits for the next event (None once every sender is gone).
+    pub(crate) fn recv(&self) -> Option<VmEvent> {
+        self.rx.recv().ok()
+    }
+
     /// A callback for the console's `Ctrl-A x`.
     pub fn quit_notifier(&self) -> Box<dyn Fn() + Send> {
         let tx = self.tx.clone();
@@ -71,12 +80,12 @@ impl EventChannel {
     }
 
     /// Drops events a previous boot left behind (its vCPUs reporting after the machine ended),
-    /// keeping the user's requests.
-    fn drain_stale(&self) -> Option<VmEvent> {
-        let mut keep = None;
+    /// keeping the user's requests (signals, `Ctrl-A x`, API calls) in order.
+    pub(crate) fn drain_stale(&self) -> Vec<VmEvent> {
+        let mut keep = Vec::new();
         while let Ok(event) = self.rx.try_recv() {
-            if matches!(event, VmEvent::Signal(_) | VmEvent::ConsoleQuit) {
-                keep = Some(event);
+            if matches!(event, VmEvent::Signal(_) | VmEvent::ConsoleQuit | VmEvent::Api(_)) {
+                keep.push(event);
             }
         }
         keep
@@ -134,11 +143,106 @@ impl Write for ConsoleOut {
 /// A built VM, ready to run once.
 pub struct Machine {
     // Kept alive for as long as the vCPUs run: the backend maps it into the guest.
-    _memory: GuestMemory,
-    _vm: Arc<dyn Vm>,
+    memory: GuestMemory,
+    vm: Arc<dyn Vm>,
     vcpus: Vec<Box<dyn Vcpu>>,
     serial: Arc<Mutex<vmr_devices::serial::Serial>>,
     stats: Arc<ExitStats>,
+    handles: DeviceHandles,
+}
+
+/// The legacy devices the VMM itself acts on after boot.
+#[derive(Clone)]
+struct LegacyDevices {
+    i8042: Arc<Mutex<vmr_devices::i8042::I8042>>,
+    power_button: Arc<vmr_devices::acpi::PowerButton>,
+}
+
+/// Handles the VMM keeps on the machine's devices.
+#[derive(Clone)]
+struct DeviceHandles {
+    legacy: LegacyDevices,
+    /// One per disk, in `--disk` order.
+    disks: Vec<Arc<vmr_virtio::block::DiskSwap>>,
+    /// Where the virtio workers park while the VM is paused.
+    workers: Arc<vmr_virtio::pause::WorkerGate>,
+}
+
+/// A machine whose vCPU threads run (or are parked at the pause gate).
+pub struct RunningMachine {
+    _memory: GuestMemory,
+    _vm: Arc<dyn Vm>,
+    stop: Arc<AtomicBool>,
+    gate: Arc<PauseGate>,
+    kickers: Vec<Arc<dyn VcpuKicker>>,
+    threads: Vec<JoinHandle<()>>,
+    handles: DeviceHandles,
+}
+
+/// How long a pause waits for every vCPU to leave the guest.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RunningMachine {
+    /// Parks every vCPU at the gate and returns once all are parked: from then on the guest
+    /// runs no instruction and its vCPU threads sleep.
+    pub fn pause(&self) -> Result<(), VmmError> {
+        // Workers first: a device finishing a request may still raise an interrupt, which a
+        // parked vCPU takes after resume.
+        self.handles.workers.pause();
+        self.gate.close();
+        self.kickers.iter().for_each(|k| k.kick());
+        let running = self.threads.iter().filter(|t| !t.is_finished()).count();
+        if self.gate.wait_parked(running, PAUSE_TIMEOUT) {
+            return Ok(());
+        }
+        self.gate.open();
+        self.handles.workers.resume();
+        Err(VmmError::PauseTimeout(PAUSE_TIMEOUT.as_secs()))
+    }
+
+    /// Lets the parked vCPUs and device workers run again.
+    pub fn resume(&self) {
+        self.handles.workers.resume();
+        self.gate.open();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_closed()
+    }
+
+    /// Types Ctrl-Alt-Del on the guest's keyboard; false if the guest has it disabled.
+    pub fn send_ctrl_alt_del(&self) -> bool {
+        self.handles.legacy.i8042.lock().unwrap_or_else(|e| e.into_inner()).send_ctrl_alt_del()
+    }
+
+    /// Presses the ACPI power button (the guest decides what it does; Linux with acpid or
+    /// systemd powers off).
+    pub fn press_power_button(&self) {
+        self.handles.legacy.power_button.press();
+    }
+
+    /// Replaces the backing image of disk `index` by `image` (already opened).
+    pub fn swap_disk(
+        &self,
+        index: usize,
+        image: Box<dyn vmr_virtio::vmr_block::DiskImage>,
+        path: String,
+    ) -> bool {
+        match self.handles.disks.get(index) {
+            Some(swap) => {
+                swap.replace(image, path);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every vCPU thread (a paused machine too).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.gate.wake();
+        stop_vcpus(&self.stop, &self.kickers, self.threads);
+    }
 }
 
 /// Guest memory with the kernel, initrd and boot tables already written: everything about a
@@ -187,14 +291,16 @@ impl Machine {
         check_host_limits(config, hv)?;
         // Images and taps first: a missing or locked image fails before anything is built.
         let virtio = crate::devices::open_devices(&config.virtio)?;
+        let disks = virtio.iter().filter_map(|d| d.disk_swap.clone()).collect();
         let vm = hv.create_vm(&HvVmConfig { vcpus: config.vcpus })?;
         vm.set_memory(&memory)?;
 
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let exit = exit_requester(events.sender());
-        let serial = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
-        crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio)?;
+        let (serial, legacy) = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
+        let workers = Arc::new(vmr_virtio::pause::WorkerGate::default());
+        crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio, &workers)?;
 
         let stats = Arc::new(ExitStats::default());
         let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio, stats: stats.clone() });
@@ -212,7 +318,7 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        Ok(Machine { _memory: memory, _vm: vm, vcpus, serial, stats })
+        Ok(Machine { memory, vm, vcpus, serial, stats, handles: DeviceHandles { legacy, disks, workers } })
     }
 
     /// This boot's exit counters (see [`crate::stats`]).
@@ -241,43 +347,43 @@ impl Machine {
         })
     }
 
-    /// Runs the vCPUs until the guest or the user ends the machine; stops every vCPU thread
-    /// before returning.
-    pub fn run(self, events: &EventChannel) -> Result<ExitReason, VmmError> {
-        if let Some(VmEvent::Signal(sig)) = events.drain_stale() {
-            return Ok(ExitReason::Signal(sig));
-        }
+    /// Starts one thread per vCPU. The caller waits for the events that end the machine and
+    /// then calls [`RunningMachine::stop`].
+    pub fn start(self, events: &EventChannel) -> Result<RunningMachine, VmmError> {
         let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(PauseGate::default());
         let kickers: Vec<Arc<dyn VcpuKicker>> = self.vcpus.iter().map(|v| v.kicker()).collect();
-        let mut threads = Vec::with_capacity(self.vcpus.len());
-        let mut spawn_error = None;
+        let mut running = RunningMachine {
+            _memory: self.memory,
+            _vm: self.vm,
+            stop: stop.clone(),
+            gate: gate.clone(),
+            kickers,
+            threads: Vec::with_capacity(self.vcpus.len()),
+            handles: self.handles,
+        };
         for vcpu in self.vcpus {
-            match vcpu::spawn(vcpu, stop.clone(), events.sender()) {
-                Ok(handle) => threads.push(handle),
+            match vcpu::spawn(vcpu, stop.clone(), gate.clone(), events.sender()) {
+                Ok(handle) => running.threads.push(handle),
                 Err(e) => {
-                    spawn_error = Some(e);
-                    break;
+                    running.stop();
+                    return Err(e);
                 }
             }
         }
-        let reason = match spawn_error {
-            Some(e) => Err(e),
-            None => Ok(wait_for_end(&events.rx)),
-        };
-        stop_vcpus(&stop, &kickers, threads);
-        reason
+        Ok(running)
     }
 }
 
-fn wait_for_end(rx: &Receiver<VmEvent>) -> ExitReason {
-    match rx.recv() {
-        Ok(VmEvent::Poweroff) => ExitReason::Poweroff,
-        Ok(VmEvent::Reset) => ExitReason::Reboot,
-        Ok(VmEvent::Crash(report)) => ExitReason::Crash(report),
-        Ok(VmEvent::Signal(sig)) => ExitReason::Signal(sig),
-        Ok(VmEvent::ConsoleQuit) => ExitReason::ConsoleQuit,
-        // Every sender is gone: nothing can end the machine any more; treat as power-off.
-        Err(_) => ExitReason::Poweroff,
+/// How an event ends the machine, if it does.
+pub(crate) fn exit_reason(event: &VmEvent) -> Option<ExitReason> {
+    match event {
+        VmEvent::Poweroff => Some(ExitReason::Poweroff),
+        VmEvent::Reset => Some(ExitReason::Reboot),
+        VmEvent::Crash(report) => Some(ExitReason::Crash(report.clone())),
+        VmEvent::Signal(sig) => Some(ExitReason::Signal(*sig)),
+        VmEvent::ConsoleQuit => Some(ExitReason::ConsoleQuit),
+        VmEvent::Api(_) => None,
     }
 }
 
@@ -317,7 +423,7 @@ fn add_legacy_devices(
     irqchip: Arc<dyn IrqChip>,
     exit: VmExitRequester,
     memory: u64,
-) -> Result<Arc<Mutex<vmr_devices::serial::Serial>>, VmmError> {
+) -> Result<(Arc<Mutex<vmr_devices::serial::Serial>>, LegacyDevices), VmmError> {
     let serial = Arc::new(Mutex::new(vmr_devices::serial::Serial::new(
         IrqLine::new(irqchip.clone(), vmr_devices::serial::COM1_IRQ),
         Box::new(ConsoleOut),
@@ -327,8 +433,11 @@ fn add_legacy_devices(
     };
     use vmr_devices::{acpi, cmos, i8042, serial as com};
     place("serial", serial.clone(), com::COM1_PORT, com::SERIAL_PORT_LEN)?;
-    let kbd = i8042::I8042::new(exit.clone(), IrqLine::new(irqchip.clone(), i8042::I8042_IRQ));
-    place("i8042", Arc::new(Mutex::new(kbd)), i8042::I8042_PORT, i8042::I8042_PORT_LEN)?;
+    let kbd = Arc::new(Mutex::new(i8042::I8042::new(
+        exit.clone(),
+        IrqLine::new(irqchip.clone(), i8042::I8042_IRQ),
+    )));
+    place("i8042", kbd.clone(), i8042::I8042_PORT, i8042::I8042_PORT_LEN)?;
     let below_4g = memory.min(vmr_arch::layout::MMIO_HOLE_START);
     let rtc = cmos::Cmos::new(below_4g, memory - below_4g);
     place("cmos", Arc::new(Mutex::new(rtc)), cmos::CMOS_PORT, cmos::CMOS_PORT_LEN)?;
@@ -339,7 +448,8 @@ fn add_legacy_devices(
         acpi::ACPI_PM_PORT_LEN,
     )?;
     place("reset control", Arc::new(Mutex::new(acpi::ResetControl::new(exit))), acpi::RESET_CONTROL_PORT, 1)?;
-    Ok(serial)
+    let power_button = acpi::PowerButton::new(IrqLine::new(irqchip, vmr_arch::layout::POWER_BUTTON_IRQ));
+    Ok((serial, LegacyDevices { i8042: kbd, power_button: Arc::new(power_button) }))
 }
 
 fn check_host_limits(config: &VmConfig, hv: &dyn Hypervisor) -> Result<(), VmmError> {

@@ -8,13 +8,16 @@ use std::thread::{self, JoinHandle};
 use vmr_hypervisor::{Regs, SpecialRegs, Vcpu, VcpuExit};
 
 use crate::machine::VmEvent;
+use crate::pause::PauseGate;
 use crate::VmmError;
 
 /// Spawns the thread that runs `vcpu` until `stop` is set (and the vCPU kicked) or the guest
-/// does something that ends the machine.
+/// does something that ends the machine. Between runs the thread passes `gate`, where it parks
+/// while the machine is paused.
 pub fn spawn(
     mut vcpu: Box<dyn Vcpu>,
     stop: Arc<AtomicBool>,
+    gate: Arc<PauseGate>,
     events: Sender<VmEvent>,
 ) -> Result<JoinHandle<()>, VmmError> {
     let id = vcpu.id();
@@ -22,17 +25,23 @@ pub fn spawn(
         .name(format!("vmr-vcpu{id}"))
         .spawn(move || {
             crate::seccomp::apply_for_thread(crate::seccomp::Role::Vcpu);
-            run_loop(vcpu.as_mut(), &stop, &events)
+            run_loop(vcpu.as_mut(), &stop, &gate, &events)
         })
         .map_err(|source| VmmError::Thread { what: "vCPU", source })
 }
 
-fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, events: &Sender<VmEvent>) {
+fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, gate: &PauseGate, events: &Sender<VmEvent>) {
     let id = vcpu.id();
     let counters = &crate::metrics::metrics().vcpu;
     loop {
         if stop.load(Ordering::Acquire) {
             return;
+        }
+        if gate.pass(stop) {
+            if let Err(e) = vcpu.resumed_after_pause() {
+                tracing::warn!("vCPU {id}: telling the guest it was paused failed: {e}");
+            }
+            continue;
         }
         let exit = vcpu.run();
         match &exit {

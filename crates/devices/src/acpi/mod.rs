@@ -89,6 +89,25 @@ impl BusDevice for AcpiPm {
     }
 }
 
+/// The ACPI power button: a press is an edge on the Generic Event Device's interrupt, whose
+/// `_EVT` method (in the DSDT vmr-arch writes) notifies the `PWRB` device. Needs no port: the
+/// event has one source, so the method has nothing to read.
+pub struct PowerButton {
+    irq: crate::IrqLine,
+}
+
+impl PowerButton {
+    /// A button on `irq` (vmr-arch's `POWER_BUTTON_IRQ`).
+    pub fn new(irq: crate::IrqLine) -> Self {
+        PowerButton { irq }
+    }
+
+    /// Presses (and releases) the button.
+    pub fn press(&self) {
+        self.irq.pulse();
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
@@ -99,6 +118,15 @@ pub(crate) mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         (Arc::new(move |r| sink.lock().unwrap().push(r)), log)
+    }
+
+    #[test]
+    fn a_press_is_one_edge_on_the_button_interrupt() {
+        let chip = Arc::new(crate::test_util::RecordingIrqChip::default());
+        let button = PowerButton::new(crate::IrqLine::new(chip.clone(), 3));
+        button.press();
+        button.press();
+        assert_eq!(chip.pulses(3), 2);
     }
 
     #[test]

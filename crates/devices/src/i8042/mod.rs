@@ -72,6 +72,9 @@ const KBD_ID: [u8; 2] = [0xab, 0x83];
 const OUTPUT_PORT_RESET_LINE: u8 = 0x01;
 const OUTPUT_PORT_DEFAULT: u8 = 0x03; // reset line high, A20 on
 
+/// Ctrl down, Alt down, Del down (extended), Del up, Alt up, Ctrl up, in scancode set 1.
+const CTRL_ALT_DEL_SET1: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
+
 /// Bytes the output queue holds at most (a real controller holds one; a keyboard a few more).
 const QUEUE_MAX: usize = 16;
 
@@ -131,6 +134,22 @@ impl I8042 {
     /// The controller state, for snapshots.
     pub fn state(&self) -> I8042State {
         I8042State { queue: self.queue.iter().copied().collect(), ..self.state.clone() }
+    }
+
+    /// Types Ctrl-Alt-Del on the keyboard (Firecracker's `SendCtrlAltDel`): press Ctrl, Alt
+    /// and Del, then release them, as scancode set 1 bytes, which is what the guest reads from
+    /// a controller that translates (the CTR bit Linux leaves on). Linux's keyboard driver turns
+    /// the chord into `ctrl_alt_del()`: a reboot, or SIGINT to init if init asked for it.
+    /// Returns false (and types nothing) when the keyboard is disabled or its interrupt off,
+    /// since the guest would then never read the keys.
+    pub fn send_ctrl_alt_del(&mut self) -> bool {
+        if self.state.control & CTR_KBD_DISABLED != 0 || self.state.control & CTR_KBD_INT == 0 {
+            return false;
+        }
+        for byte in CTRL_ALT_DEL_SET1 {
+            self.push(byte);
+        }
+        true
     }
 
     fn push(&mut self, byte: u8) {
@@ -292,6 +311,22 @@ mod tests {
         let chip = Arc::new(RecordingIrqChip::default());
         let dev = I8042::new(exit, IrqLine::new(chip.clone(), I8042_IRQ));
         Rig { dev, exits, chip }
+    }
+
+    #[test]
+    fn ctrl_alt_del_is_typed_as_set1_scancodes() {
+        let mut r = rig();
+        assert!(r.dev.send_ctrl_alt_del());
+        assert!(r.chip.pulses(I8042_IRQ) > 0, "the guest is interrupted");
+        let mut read = Vec::new();
+        while r.dev.state.status & SR_OUTPUT_FULL != 0 {
+            read.push(r.dev.read_data());
+        }
+        assert_eq!(read, CTRL_ALT_DEL_SET1);
+        assert!(r.exits.lock().unwrap().is_empty(), "the guest decides what the chord does");
+        r.dev.state.control |= CTR_KBD_DISABLED;
+        assert!(!r.dev.send_ctrl_alt_del(), "a disabled keyboard types nothing");
+        assert!(r.dev.queue.is_empty());
     }
 
     impl Rig {

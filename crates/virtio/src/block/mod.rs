@@ -6,6 +6,7 @@
 
 mod config;
 pub(crate) mod request;
+mod swap;
 #[cfg(test)]
 mod tests;
 
@@ -19,6 +20,7 @@ use virtio_queue::{DescriptorChain, Queue};
 use vmr_block::{BlockError, DiskImage, OpenOptions, SECTOR_SIZE};
 
 pub use config::{DiskConfig, DiskConfigError, SERIAL_MAX_LEN};
+pub use swap::DiskSwap;
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
 use crate::metrics::BlockMetrics;
@@ -75,12 +77,17 @@ struct BlockHandler {
     executor: Executor,
     limiter: Arc<RateLimiter>,
     broken: bool,
+    swap: std::sync::Arc<DiskSwap>,
 }
 
 impl QueueHandler for BlockHandler {
     fn process_queue(&mut self, _index: usize) -> bool {
         if self.broken {
             return false;
+        }
+        if let Some((disk, path)) = self.swap.take() {
+            tracing::info!("virtio-blk: now serving {path}");
+            self.executor.disk = disk;
         }
         let (mem, executor, limiter) = (&self.mem, &mut self.executor, &self.limiter);
         let serve = |chain: DescriptorChain<&GuestMemory>| {
@@ -120,6 +127,7 @@ pub struct Block {
     acked_features: u64,
     index: usize,
     queue_sizes: [u16; 1],
+    swap: std::sync::Arc<DiskSwap>,
     limiter: Arc<RateLimiter>,
     metrics: Arc<BlockMetrics>,
 }
@@ -158,9 +166,11 @@ impl Block {
         let mut id = [0u8; SERIAL_LEN];
         let n = serial.len().min(SERIAL_LEN);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        let capacity_sectors = disk.len() / SECTOR_SIZE;
         Block {
+            swap: DiskSwap::new(capacity_sectors),
             read_only: disk.is_read_only(),
-            capacity_sectors: disk.len() / SECTOR_SIZE,
+            capacity_sectors,
             disk: Some(disk),
             worker: None,
             path,
@@ -171,6 +181,20 @@ impl Block {
             limiter,
             metrics: Arc::default(),
         }
+    }
+
+    /// The handle the VMM swaps the image through.
+    pub fn swap_handle(&self) -> std::sync::Arc<DiskSwap> {
+        self.swap.clone()
+    }
+
+    /// Takes a swapped-in image while no worker runs.
+    fn take_swapped(&mut self) {
+        if let Some((disk, path)) = self.swap.take() {
+            self.disk = Some(disk);
+            self.path = path;
+        }
+        self.capacity_sectors = self.swap.capacity_sectors();
     }
 
     /// This disk's counters (they live as long as any holder, across resets).
@@ -185,7 +209,7 @@ impl Block {
 
     fn config_space(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
-        c[0..8].copy_from_slice(&self.capacity_sectors.to_le_bytes());
+        c[0..8].copy_from_slice(&self.swap.capacity_sectors().to_le_bytes());
         // seg_max: a chain holds the header and the status besides the data segments.
         c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
         c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
@@ -235,8 +259,11 @@ impl VirtioDevice for Block {
         if ctx.queues.len() != 1 || ctx.queue_evts.len() != 1 {
             return Err(ActivateError::QueueCount { expected: 1, got: ctx.queues.len() });
         }
+        self.take_swapped();
         let disk = self.disk.take().ok_or(ActivateError::AlreadyActive)?;
+        self.swap.set_interrupt(Some(ctx.interrupt.clone()));
         let handler = BlockHandler {
+            swap: self.swap.clone(),
             mem: ctx.mem,
             interrupt: ctx.interrupt,
             queue: ctx.queues.remove(0),
@@ -247,7 +274,7 @@ impl VirtioDevice for Block {
         self.acked_features = ctx.acked_features;
         let fds = [(self.limiter.as_raw_fd(), vmm_sys_util::epoll::EventSet::IN)];
         let name = format!("vmr-virtio-blk{}", self.index);
-        match Worker::spawn_with_fds(name, ctx.queue_evts, &fds, handler) {
+        match Worker::spawn_gated(name, ctx.queue_evts, &fds, handler, ctx.gate) {
             Ok(worker) => {
                 self.worker = Some(worker);
                 Ok(())
@@ -257,12 +284,14 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
+        self.swap.set_interrupt(None);
         if let Some(worker) = self.worker.take() {
             match worker.stop() {
                 Some(handler) => self.disk = Some(handler.executor.disk),
                 None => tracing::error!("virtio-blk worker panicked; the disk is gone until restart"),
             }
         }
+        self.take_swapped();
         self.acked_features = 0;
     }
 
@@ -271,7 +300,7 @@ impl VirtioDevice for Block {
             path: self.path.clone(),
             read_only: self.read_only,
             serial: String::from_utf8_lossy(&self.serial).trim_end_matches('\0').to_owned(),
-            capacity_sectors: self.capacity_sectors,
+            capacity_sectors: self.swap.capacity_sectors(),
             acked_features: self.acked_features,
         })
     }

@@ -262,6 +262,42 @@ fn event_idx_negotiated_still_completes_requests() {
     }
 }
 
+#[test]
+fn swapped_image_serves_the_next_requests_and_the_guest_is_told_the_new_size() {
+    let old = tempfile::NamedTempFile::new().unwrap();
+    old.as_file().set_len(DISK_SIZE).unwrap();
+    let config: DiskConfig = format!("path={}", old.path().display()).parse().unwrap();
+    let block = Block::new(&config, 0).unwrap();
+    let swap = block.swap_handle();
+    let handle = block.rate_limiter_handle();
+    let mut h = Harness::new(Box::new(block), 16);
+    let f = h.device_features() & !crate::features::RING_EVENT_IDX;
+    h.init(f);
+    let mut d = Disk { h, handle, file: old, n: 0 };
+    d.h.write_mem(BUF, &[0x11; 512]);
+    assert_eq!(d.request(T_OUT, 0, Some((BUF, 512, 0))).0, S_OK);
+    assert_eq!(d.file_bytes(0, 4), [0x11; 4]);
+
+    let new = tempfile::NamedTempFile::new().unwrap();
+    new.as_file().set_len(2 * DISK_SIZE).unwrap();
+    let opened = vmr_block::open(new.path(), &vmr_block::OpenOptions::default()).unwrap();
+    swap.replace(opened, new.path().display().to_string());
+    let mut isr = [0u8; 4];
+    d.h.transport.read(0x60, &mut isr);
+    assert_ne!(u32::from_le_bytes(isr) & crate::interrupt::INT_CONFIG, 0, "config-change interrupt");
+    let mut cap = [0u8; 8];
+    d.h.transport.read(0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 2 * DISK_SIZE / 512);
+
+    d.h.write_mem(BUF, &[0x22; 512]);
+    assert_eq!(d.request(T_OUT, 8192, Some((BUF, 512, 0))).0, S_OK, "past the old end");
+    use std::os::unix::fs::FileExt;
+    let mut got = [0u8; 4];
+    new.as_file().read_exact_at(&mut got, 8192 * 512).unwrap();
+    assert_eq!(got, [0x22; 4]);
+    assert_eq!(d.file_bytes(0, 4), [0x11; 4], "the old image is untouched");
+}
+
 /// Time to read `count` requests of `len` bytes, one after the other.
 fn timed_reads(d: &mut Disk, count: u32, len: u32) -> std::time::Duration {
     let start = std::time::Instant::now();

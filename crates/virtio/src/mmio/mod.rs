@@ -82,6 +82,7 @@ pub struct MmioTransport {
     queue_select: u32,
     config_generation: u32,
     activated: bool,
+    gate: Arc<crate::pause::WorkerGate>,
 }
 
 fn new_queues(device: &dyn VirtioDevice) -> io::Result<Vec<Queue>> {
@@ -116,7 +117,13 @@ impl MmioTransport {
             queue_select: 0,
             config_generation: 0,
             activated: false,
+            gate: Default::default(),
         })
+    }
+
+    /// Makes the device's worker park at `gate` while the VM is paused.
+    pub fn set_pause_gate(&mut self, gate: Arc<crate::pause::WorkerGate>) {
+        self.gate = gate;
     }
 
     /// The EventFds to register as ioeventfds: index `i` on `base + QUEUE_NOTIFY_OFFSET` with
@@ -353,6 +360,7 @@ impl MmioTransport {
             queues,
             queue_evts,
             acked_features: self.driver_features,
+            gate: self.gate.clone(),
         };
         match self.device.activate(ctx) {
             Ok(()) => self.activated = true,

@@ -194,9 +194,14 @@ impl VirtioDevice for Net {
             (self.rx_limiter.as_raw_fd(), EventSet::IN),
             (self.tx_limiter.as_raw_fd(), EventSet::IN),
         ];
-        let worker =
-            Worker::spawn_with_fds(format!("vmr-virtio-net{}", self.index), ctx.queue_evts, &fds, handler)
-                .map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn_gated(
+            format!("vmr-virtio-net{}", self.index),
+            ctx.queue_evts,
+            &fds,
+            handler,
+            ctx.gate,
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }

@@ -125,8 +125,14 @@ impl VirtioDevice for Rng {
             broken: false,
         };
         self.acked_features = ctx.acked_features;
-        let worker = Worker::spawn(format!("vmr-virtio-rng{}", self.index), ctx.queue_evts, handler)
-            .map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn_gated(
+            format!("vmr-virtio-rng{}", self.index),
+            ctx.queue_evts,
+            &[],
+            handler,
+            ctx.gate,
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }

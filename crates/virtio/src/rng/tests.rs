@@ -127,3 +127,19 @@ fn rings_outside_memory_are_refused_at_driver_ok() {
     h.wr(0x70, st | status::DRIVER_OK);
     assert_ne!(h.rd(0x70) & status::DEVICE_NEEDS_RESET, 0);
 }
+
+#[test]
+fn a_paused_worker_serves_nothing_until_resumed() {
+    let gate = std::sync::Arc::new(crate::pause::WorkerGate::default());
+    let mut h = Harness::new(Box::new(Rng::new(0)), 16);
+    h.transport.set_pause_gate(gate.clone());
+    h.init_default();
+    gate.pause();
+    h.add_chain(0, &[(DATA, 64, F_WRITE)]);
+    h.kick();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(h.read_mem(DATA, 64), vec![0u8; 64], "a paused device wrote guest memory");
+    gate.resume();
+    assert!(h.wait_used(1));
+    assert_eq!(h.used(0), (0, 64));
+}

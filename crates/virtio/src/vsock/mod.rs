@@ -169,9 +169,14 @@ impl VirtioDevice for Vsock {
         };
         self.acked_features = ctx.acked_features;
         let fds = [(epoll_fd, EventSet::IN)];
-        let worker =
-            Worker::spawn_with_fds(format!("vmr-virtio-vsock{}", self.index), ctx.queue_evts, &fds, handler)
-                .map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn_gated(
+            format!("vmr-virtio-vsock{}", self.index),
+            ctx.queue_evts,
+            &fds,
+            handler,
+            ctx.gate,
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }

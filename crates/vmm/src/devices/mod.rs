@@ -30,8 +30,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmr_arch::{layout, MmioDeviceInfo};
 use vmr_devices::{Bus, BusError};
 use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
-use vmr_virtio::block::{Block, BlockDeviceError};
+use vmr_virtio::block::{Block, BlockDeviceError, DiskSwap};
 use vmr_virtio::net::{Net, NetDeviceError};
+use vmr_virtio::pause::WorkerGate;
 use vmr_virtio::rng::Rng;
 use vmr_virtio::vsock::{Vsock, VsockError};
 use vmr_virtio::{Interrupt, IrqTrigger, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -93,6 +94,8 @@ pub struct OpenDevice {
     /// What error messages and logs call it (`disk0 (root.img)`, `net0 (tap0)`, `rng0`).
     pub name: String,
     pub device: Box<dyn VirtioDevice>,
+    /// For a disk: the handle its backing image is swapped through.
+    pub disk_swap: Option<Arc<DiskSwap>>,
 }
 
 /// Opens every backend: images (taking their locks), taps, the vsock socket. Disks come first,
@@ -110,21 +113,30 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
         registry.register_device(&format!("disk{i}"), DeviceMetrics::Block(device.metrics()));
         devices.push(OpenDevice {
             name: format!("disk{i} ({})", disk.path.display()),
+            disk_swap: Some(device.swap_handle()),
             device: Box::new(device),
         });
     }
     for (i, net) in config.nets.iter().enumerate() {
         let device = Net::new(net, i)?;
         registry.register_device(&format!("net{i}"), DeviceMetrics::Net(device.metrics()));
-        devices.push(OpenDevice { name: format!("net{i} ({})", net.tap), device: Box::new(device) });
+        devices.push(OpenDevice {
+            name: format!("net{i} ({})", net.tap),
+            device: Box::new(device),
+            disk_swap: None,
+        });
     }
     if let Some(vsock) = &config.vsock {
         let device = Vsock::new(vsock, 0)?;
         registry.register_device("vsock0", DeviceMetrics::Vsock(device.metrics()));
-        devices.push(OpenDevice { name: format!("vsock0 (cid {})", vsock.cid), device: Box::new(device) });
+        devices.push(OpenDevice {
+            name: format!("vsock0 (cid {})", vsock.cid),
+            device: Box::new(device),
+            disk_swap: None,
+        });
     }
     if config.rng {
-        devices.push(OpenDevice { name: "rng0".into(), device: Box::new(Rng::new(0)) });
+        devices.push(OpenDevice { name: "rng0".into(), device: Box::new(Rng::new(0)), disk_swap: None });
     }
     Ok(devices)
 }
@@ -137,11 +149,12 @@ pub fn attach_devices(
     mem: &GuestMemory,
     mmio: &Bus,
     devices: Vec<OpenDevice>,
+    gate: &Arc<WorkerGate>,
 ) -> Result<Vec<MmioDeviceInfo>, DeviceError> {
     let slots = vmr_arch::virtio_mmio_slots(devices.len())
         .map_err(|_| DeviceError::TooMany { count: devices.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
     for (dev, slot) in devices.into_iter().zip(&slots) {
-        attach_one(vm, mem, mmio, dev, slot)?;
+        attach_one(vm, mem, mmio, dev, slot, gate)?;
     }
     Ok(slots)
 }
@@ -152,15 +165,17 @@ fn attach_one(
     mmio: &Bus,
     dev: OpenDevice,
     slot: &MmioDeviceInfo,
+    gate: &Arc<WorkerGate>,
 ) -> Result<(), DeviceError> {
-    let OpenDevice { name, device } = dev;
+    let OpenDevice { name, device, .. } = dev;
     let transport_err = |source| DeviceError::Transport { name: name.clone(), source };
     let register_err =
         |what: &'static str, source| DeviceError::Register { what, name: name.clone(), source };
     let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(transport_err)?;
     vm.register_irqfd(&irqfd, slot.irq).map_err(|e| register_err("interrupt (irqfd)", e))?;
     let interrupt = Arc::new(Interrupt::new(IrqTrigger::EventFd(irqfd)));
-    let transport = MmioTransport::new(mem.clone(), device, interrupt).map_err(transport_err)?;
+    let mut transport = MmioTransport::new(mem.clone(), device, interrupt).map_err(transport_err)?;
+    transport.set_pause_gate(gate.clone());
     let notify = IoEventAddress::Mmio(slot.addr.0 + QUEUE_NOTIFY_OFFSET);
     for (queue, evt) in transport.queue_evts().iter().enumerate() {
         vm.register_ioevent(evt, notify, Some(queue as u64))

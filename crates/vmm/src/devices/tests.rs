@@ -100,7 +100,7 @@ fn devices_get_slots_in_order_with_ioeventfds_and_irqfds() {
     let devices = open_devices(&config).unwrap();
     assert_eq!(devices.len(), 4);
     assert!(devices[0].name.starts_with("disk0 (") && devices[0].name.ends_with("a.img)"));
-    let slots = attach_devices(&vm, &mem, &bus, devices).unwrap();
+    let slots = attach_devices(&vm, &mem, &bus, devices, &Default::default()).unwrap();
     assert_eq!(slots, vmr_arch::virtio_mmio_slots(4).unwrap());
 
     let irqs: Vec<u32> = vm.irqfds.lock().unwrap().iter().map(|(gsi, _)| *gsi).collect();
@@ -122,7 +122,7 @@ fn an_attached_disk_holds_its_lock_until_the_bus_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let config = VirtioConfig { disks: vec![raw_disk(&dir, "root.img")], ..Default::default() };
     let (vm, mem, bus) = (RecordingVm::default(), memory(), Bus::new());
-    attach_devices(&vm, &mem, &bus, open_devices(&config).unwrap()).unwrap();
+    attach_devices(&vm, &mem, &bus, open_devices(&config).unwrap(), &Default::default()).unwrap();
     let err = open_devices(&config).err().expect("a second open of a locked image must fail");
     assert!(err.to_string().contains("in use by another process"), "{err}");
     drop(bus);
@@ -134,7 +134,10 @@ fn an_attached_disk_holds_its_lock_until_the_bus_is_dropped() {
 fn an_activated_device_worker_ends_with_the_bus() {
     let (vm, mem, bus) = (RecordingVm::default(), memory(), Bus::new());
     let config = VirtioConfig { rng: true, ..Default::default() };
-    let slot = attach_devices(&vm, &mem, &bus, open_devices(&config).unwrap()).unwrap()[0].addr.0;
+    let slot = attach_devices(&vm, &mem, &bus, open_devices(&config).unwrap(), &Default::default()).unwrap()
+        [0]
+    .addr
+    .0;
     let before = threads_named("vmr-virtio-rng");
     // The driver's side of virtio 1.2, 3.1.1, with one 16-entry queue at 1 MiB.
     write32(&bus, slot + 0x70, 1 | 2); // ACKNOWLEDGE | DRIVER

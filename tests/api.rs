@@ -1,0 +1,506 @@
+//! vmr as a service, through its API socket, on the software CPU (`--accel emu`) with tiny
+//! hand-made guests: the request sequences of Firecracker's clients (firecracker-go-sdk, Kata's
+//! Go runtime `fc.go`, Kata's runtime-rs `fc_api.rs`), pause/resume seen in the guest's output,
+//! and bad input (malformed bodies, wrong state, oversized and stalled requests, many clients).
+//! The guest-visible parts with Linux are in tests/emu_api_linux.rs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tiny_pvh_kernel_with;
+use vmr_vmm::api::client::{request, Reply};
+
+/// Prints '.' on COM1 about every few million instructions, for ever: a counter the host can
+/// watch.
+fn ticking_kernel(dir: &Path) -> PathBuf {
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xb9]; // mov dx,0x3f8; mov al,'.'; out; mov ecx,
+    code.extend_from_slice(&200_000u32.to_le_bytes());
+    code.extend_from_slice(&[0x49, 0x75, 0xfd, 0xeb, 0xef]); // dec ecx; jnz; jmp back to out
+    let path = dir.join("ticking");
+    tiny_pvh_kernel_with(&path, &code, &[]);
+    path
+}
+
+struct Vmr {
+    child: Child,
+    sock: PathBuf,
+    out: PathBuf,
+    dir: PathBuf,
+}
+
+fn test_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("api").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts vmr with `args` (after `--accel emu` where it applies), console output to a file.
+fn spawn(name: &str, args: &[&str]) -> Vmr {
+    let dir = test_dir(name);
+    let sock = dir.join("api.sock");
+    let out = dir.join("console.txt");
+    let child = Command::new(env!("CARGO_BIN_EXE_vmr"))
+        .args(args.iter().map(|a| {
+            a.replace("{sock}", &sock.display().to_string()).replace("{dir}", &dir.display().to_string())
+        }))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    Vmr { child, sock, out, dir }
+}
+
+impl Vmr {
+    /// firecracker-go-sdk's waitForSocket: the socket exists and GET /machine-config answers.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.sock.exists() {
+                if let Ok(r) = request(&self.sock, "GET", "/machine-config", None) {
+                    assert_eq!(r.status, 200, "{r:?}");
+                    return;
+                }
+            }
+            assert!(self.child.try_wait().unwrap().is_none(), "vmr ended: {}", self.stderr());
+            assert!(Instant::now() < deadline, "the API socket did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        request(&self.sock, method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}; {}", self.stderr()))
+    }
+
+    /// Asserts a 204 (Firecracker's answer to an accepted PUT/PATCH).
+    fn ok(&self, method: &str, path: &str, body: &str) {
+        let r = self.call(method, path, Some(body));
+        assert_eq!(r.status, 204, "{method} {path} {body}: {r:?}");
+    }
+
+    /// Asserts `status` and a one-line fault_message containing `needle`.
+    fn refused(&self, method: &str, path: &str, body: Option<&str>, status: u16, needle: &str) {
+        let r = self.call(method, path, body);
+        assert_eq!(r.status, status, "{method} {path}: {r:?}");
+        let msg = r.fault_message();
+        assert!(msg.contains(needle) && !msg.contains('\n'), "{method} {path}: {msg}");
+    }
+
+    fn state(&self) -> String {
+        let r = self.call("GET", "/", None);
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        v["state"].as_str().unwrap().to_string()
+    }
+
+    /// Kata's waitVMMRunning: poll GET / until "Running".
+    fn wait_running(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.state() != "Running" {
+            assert!(Instant::now() < deadline, "never Running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn ticks(&self) -> usize {
+        std::fs::read(&self.out).map(|b| b.iter().filter(|&&c| c == b'.').count()).unwrap_or(0)
+    }
+
+    /// Waits until the guest printed more than `than` ticks.
+    fn wait_ticks(&self, than: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = self.ticks();
+            if n > than {
+                return n;
+            }
+            assert!(Instant::now() < deadline, "the guest made no progress ({n} ticks)");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default()
+    }
+
+    fn sigterm_and_wait(mut self) -> i32 {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(!self.sock.exists(), "the socket is removed when vmr ends");
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "vmr did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vmr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// `vmr run --accel emu` of the ticking guest with `--api-sock`, ready for requests.
+fn run_with_api(name: &str) -> Vmr {
+    let dir = test_dir(&format!("{name}-files"));
+    let kernel = ticking_kernel(&dir).display().to_string();
+    let mut vm = spawn(
+        name,
+        &["run", "--accel", "emu", "--memory", "64M", "--kernel", &kernel, "--api-sock", "{sock}"],
+    );
+    vm.wait_ready();
+    vm
+}
+
+/// Pause stops the guest (no new output, no host CPU), resume restarts it.
+fn check_pause_and_resume(vm: &Vmr) {
+    let before = vm.wait_ticks(3);
+    vm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    assert_eq!(vm.state(), "Paused");
+    let paused_at = vm.ticks();
+    let cpu = cpu_ticks(vm.child.id());
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(vm.ticks(), paused_at, "a paused guest made progress");
+    let used = cpu_ticks(vm.child.id()) - cpu;
+    assert!(used <= 5, "a paused VM used {used} CPU ticks (1/100 s) in 0.7 s");
+    assert!(paused_at >= before);
+    vm.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+    assert_eq!(vm.state(), "Running");
+    vm.wait_ticks(paused_at);
+}
+
+#[test]
+fn firecracker_go_sdk_sequence() {
+    let mut vm = spawn("go-sdk", &["--api-sock", "{sock}", "--id", "sdk-vm", "--accel", "emu"]);
+    vm.wait_ready();
+    let kernel = ticking_kernel(&vm.dir);
+    let root = vm.dir.join("root.img");
+    std::fs::write(&root, vec![0u8; 1 << 20]).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&vm.call("GET", "/", None).body).unwrap();
+    assert_eq!((info["id"].as_str(), info["state"].as_str()), (Some("sdk-vm"), Some("Not started")));
+    let version: serde_json::Value = serde_json::from_str(&vm.call("GET", "/version", None).body).unwrap();
+    assert_eq!(version["firecracker_version"], vmr_vmm::VERSION);
+    // Machine.Start: logger, machine config, boot source, drives, then InstanceStart.
+    let log = vm.dir.join("vmr.log");
+    vm.ok(
+        "PUT",
+        "/logger",
+        &format!(
+            r#"{{"log_path":"{}","level":"Debug","show_level":true,"show_log_origin":false}}"#,
+            log.display()
+        ),
+    );
+    vm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count":1,"mem_size_mib":64,"smt":false,"track_dirty_pages":false}"#,
+    );
+    let metrics = vm.dir.join("metrics.json");
+    vm.ok("PUT", "/metrics", &format!(r#"{{"metrics_path":"{}"}}"#, metrics.display()));
+    vm.ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0"}}"#, kernel.display()),
+    );
+    vm.ok(
+        "PUT",
+        "/drives/1",
+        &format!(
+            r#"{{"drive_id":"1","path_on_host":"{}","is_root_device":true,"is_read_only":false}}"#,
+            root.display()
+        ),
+    );
+    vm.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    assert_eq!(vm.state(), "Running");
+    vm.refused(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+        400,
+        "after the VM has started",
+    );
+    vm.refused("PUT", "/boot-source", Some(r#"{"kernel_image_path":"/x"}"#), 400, "after the VM has started");
+    check_pause_and_resume(&vm);
+    // UpdateGuestDrive.
+    let swapped = vm.dir.join("swapped.img");
+    std::fs::write(&swapped, vec![0u8; 2 << 20]).unwrap();
+    vm.ok("PATCH", "/drives/1", &format!(r#"{{"drive_id":"1","path_on_host":"{}"}}"#, swapped.display()));
+    let config: serde_json::Value = serde_json::from_str(&vm.call("GET", "/vm/config", None).body).unwrap();
+    assert_eq!(config["drives"][0]["path_on_host"], swapped.display().to_string());
+    vm.refused(
+        "PATCH",
+        "/drives/1",
+        Some(r#"{"drive_id":"1","path_on_host":"/no/such.img"}"#),
+        400,
+        "/no/such.img",
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("virtio-mmio"), "debug log lines reach the logger file: {logged}");
+    vm.ok("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);
+    let lines = std::fs::read_to_string(vm.dir.join("metrics.json")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert!(last.as_object().is_some_and(|o| !o.is_empty()), "{lines}");
+    // StopVMM: SIGTERM.
+    assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
+}
+
+#[test]
+fn kata_go_runtime_sequence() {
+    // `firecracker --version`: Kata takes the second word, without its "v".
+    let out = Command::new(env!("CARGO_BIN_EXE_vmr")).arg("--version").output().unwrap();
+    let first = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_string();
+    assert_eq!(first, format!("vmr v{}", vmr_vmm::VERSION));
+    let dir = test_dir("kata-files");
+    let kernel = ticking_kernel(&dir);
+    let root = dir.join("root.img");
+    std::fs::write(&root, vec![0u8; 1 << 20]).unwrap();
+    // Kata pre-creates empty placeholder drives and later PATCHes them with real images.
+    let mut drives = vec![
+        serde_json::json!({"drive_id":"rootfs","path_on_host":root,"is_root_device":true,"is_read_only":true}),
+    ];
+    for i in 0..2 {
+        let p = dir.join(format!("drive_{i}"));
+        std::fs::write(&p, b"").unwrap();
+        drives.push(serde_json::json!({"drive_id":format!("drive_{i}"),"path_on_host":p,"is_root_device":false,"is_read_only":false}));
+    }
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0 reboot=k panic=1"},
+        "drives": drives,
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": false},
+        "logger": {"log_path": dir.join("kata.log"), "level": "Debug", "show_level": true, "show_log_origin": true},
+        "vsock": {"guest_cid": 3, "uds_path": dir.join("kata.hvsock"), "vsock_id": "root"},
+    });
+    let file = dir.join("fcConfig.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    let file = file.display().to_string();
+    let mut vm = spawn("kata", &["--api-sock", "{sock}", "--config-file", &file, "--accel", "emu"]);
+    vm.wait_ready();
+    vm.wait_running();
+    vm.wait_ticks(2);
+    let data = vm.dir.join("data.img");
+    std::fs::write(&data, vec![0u8; 4 << 20]).unwrap();
+    vm.ok(
+        "PATCH",
+        "/drives/drive_0",
+        &format!(r#"{{"drive_id":"drive_0","path_on_host":"{}"}}"#, data.display()),
+    );
+    vm.refused(
+        "PATCH",
+        "/drives/drive_9",
+        Some(r#"{"drive_id":"drive_9","path_on_host":"/x"}"#),
+        400,
+        "no drive",
+    );
+    assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
+}
+
+#[test]
+fn kata_runtime_rs_sequence() {
+    let mut vm = spawn("runtime-rs", &["--api-sock", "{sock}", "--accel", "emu"]);
+    vm.wait_ready();
+    let kernel = ticking_kernel(&vm.dir);
+    let root = vm.dir.join("root.img");
+    std::fs::write(&root, vec![0u8; 1 << 20]).unwrap();
+    vm.ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0"}}"#, kernel.display()),
+    );
+    vm.ok(
+        "PUT",
+        "/drives/rootfs",
+        &format!(
+            r#"{{"drive_id":"rootfs","path_on_host":"{}","is_root_device":false,"is_read_only":true}}"#,
+            root.display()
+        ),
+    );
+    vm.ok("PUT", "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":64}"#);
+    vm.ok(
+        "PUT",
+        "/vsock",
+        &format!(r#"{{"guest_cid":3,"uds_path":"{}"}}"#, vm.dir.join("kata.hvsock").display()),
+    );
+    vm.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    vm.wait_running();
+    vm.wait_ticks(2);
+    check_pause_and_resume(&vm);
+    assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
+}
+
+#[test]
+fn run_with_an_api_socket_and_vmr_ctl() {
+    let vm = run_with_api("run-ctl");
+    vm.wait_ticks(2);
+    let sock = vm.sock.clone();
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmr"))
+            .args(["ctl", "--api-sock"])
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, _) = ctl(&["info"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("state    Running") && out.contains("64 MiB") && out.contains("run-ctl-files/ticking"),
+        "{out}"
+    );
+    assert_eq!(ctl(&["pause"]).0, Some(0));
+    let (_, json, _) = ctl(&["--json", "info"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["instance"]["state"], "Paused");
+    assert_eq!(ctl(&["resume"]).1.trim(), "resumed");
+    let (code, _, err) = ctl(&["set-drive", "disk0", "/nonexistent"]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("vmr: error: the VM refused: no drive with drive_id disk0"), "{err}");
+    assert_eq!(err.lines().count(), 1);
+    assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
+    let (code, _, err) = ctl(&["info"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach the API"), "{err}");
+}
+
+#[test]
+fn an_existing_socket_path_is_a_one_line_error() {
+    let dir = test_dir("exists");
+    let sock = dir.join("api.sock");
+    std::fs::write(&sock, b"").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmr")).arg("--api-sock").arg(&sock).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    assert!(sock.exists(), "vmr does not remove a path it did not create");
+    let out = Command::new(env!("CARGO_BIN_EXE_vmr"))
+        .arg("--api-sock")
+        .arg("/nonexistent-dir/api.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create the API socket"));
+}
+
+#[test]
+fn bad_input_gets_the_right_status_and_the_vm_keeps_running() {
+    let vm = run_with_api("bad");
+    vm.wait_ticks(1);
+    // A client that sends half a request and stalls holds only its own connection.
+    let mut stalled = UnixStream::connect(&vm.sock).unwrap();
+    stalled.write_all(b"PUT /vm HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"sta").unwrap();
+    let mut half_head = UnixStream::connect(&vm.sock).unwrap();
+    half_head.write_all(b"GET / HTTP/1.1\r\nHost: x").unwrap();
+    vm.refused("PUT", "/machine-config", Some("{"), 400, "invalid JSON body");
+    vm.refused("PUT", "/logger", Some(r#"{"level":"Info","colour":"red"}"#), 400, "unknown field `colour`");
+    vm.refused(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":"1","mem_size_mib":64}"#),
+        400,
+        "invalid type",
+    );
+    vm.refused(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":64}"#),
+        400,
+        "after the VM has started",
+    );
+    vm.refused("PATCH", "/vm", Some(r#"{"state":"Stopped"}"#), 400, "unknown variant");
+    vm.refused("GET", "/nothing/here", None, 400, "Invalid request method and/or path");
+    vm.refused("DELETE", "/", None, 400, "Invalid request method and/or path");
+    for path in ["/mmds", "/balloon", "/snapshot/create", "/hotplug/memory", "/pmem/p0"] {
+        vm.refused("PUT", path, Some("{}"), 400, "not served by vmr");
+    }
+    vm.refused("PUT", "/metrics", Some(r#"{"metrics_path":"/tmp/m"}"#), 400, "after the VM has started");
+    vm.refused("PUT", "/actions", Some(r#"{"action_type":"FlushMetrics"}"#), 400, "metrics");
+    let big = format!(r#"{{"kernel_image_path":"{}"}}"#, "k".repeat(60_000));
+    vm.refused("PUT", "/boot-source", Some(&big), 413, "larger than the limit");
+    // Many clients at once.
+    let sock = vm.sock.clone();
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || request(&sock, "GET", "/", None).map(|r| r.status).unwrap_or(0))
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 200);
+    }
+    // The stalled client is answered (or dropped) after the timeout, never hangs the server.
+    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.is_empty() || answer.contains("400"), "{answer}");
+    assert_eq!(vm.state(), "Running");
+    let n = vm.ticks();
+    vm.wait_ticks(n);
+    drop(half_head);
+    assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
+}
+
+#[test]
+fn config_file_with_no_api_boots_and_bad_files_are_one_line_errors() {
+    let dir = test_dir("no-api-files");
+    let kernel = ticking_kernel(&dir);
+    let file = dir.join("vm.json");
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+    });
+    std::fs::write(&file, config.to_string()).unwrap();
+    let f = file.display().to_string();
+    let vm = spawn("no-api", &["--config-file", &f, "--no-api", "--accel", "emu"]);
+    vm.wait_ticks(2);
+    assert!(!vm.sock.exists());
+    assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
+    for (name, text, needle) in [
+        (
+            "typo.json",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"machine_config":{}}"#,
+            "unknown field `machine_config`",
+        ),
+        (
+            "mmds.json",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"mmds-config":{"network_interfaces":[]}}"#,
+            "MMDS",
+        ),
+        ("broken.json", "{", "EOF"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vmr"))
+            .arg("--config-file")
+            .arg(&path)
+            .arg("--no-api")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(err.contains(needle) && err.contains(name), "{name}: {err}");
+    }
+}

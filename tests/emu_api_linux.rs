@@ -1,0 +1,210 @@
+//! The default Debian guest on the software CPU, driven only through the API (issue 8): the
+//! guest-visible parts of the contract. Configured over the socket and started with
+//! `InstanceStart`, it reaches its init marker; a counter it prints stops while the VM is paused
+//! and goes on after resume; a swapped drive's new size reaches the guest (config-change
+//! interrupt); the power button's interrupt reaches the guest's ACPI; `SendCtrlAltDel` makes Linux restart, which ends vmr cleanly (exit code 2, as
+//! Firecracker ends on a guest reboot).
+//!
+//! Slow by nature (an interpreter booting a distribution kernel): one boot serves every check.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use vmr_vmm::api::client::request;
+
+const MARKER: &str = "vmr-guest: init reached";
+const DEADLINE: Duration = Duration::from_secs(900);
+
+fn put(sock: &Path, method: &str, path: &str, body: String) {
+    let r = request(sock, method, path, Some(&body)).unwrap();
+    assert_eq!(r.status, 204, "{method} {path} {body}: {r:?}");
+}
+
+/// Waits for a console line for which `pick` returns Some; collects every line into `seen`.
+fn wait_line<T>(
+    rx: &Receiver<String>,
+    seen: &mut Vec<String>,
+    within: Duration,
+    pick: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            let line = line.trim_end_matches('\r').to_string();
+            let found = pick(&line);
+            seen.push(line);
+            if found.is_some() {
+                return found;
+            }
+        }
+    }
+    None
+}
+
+/// A failed assertion must not leave a guest running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn count(line: &str) -> Option<u64> {
+    line.split("VMR-COUNT=").nth(1).and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn default_guest_through_the_api_pauses_resumes_sees_a_drive_swap_and_ends_on_ctrl_alt_del() {
+    let vmr = env!("CARGO_BIN_EXE_vmr");
+    let pull = Command::new(vmr).args(["image", "pull"]).output().expect("vmr image pull");
+    assert!(pull.status.success(), "vmr image pull failed");
+    let text = String::from_utf8(pull.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect(name)
+    };
+    let (kernel, initrd, cmdline) = (field("kernel"), field("initrd"), field("cmdline"));
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emu-api-linux");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("api.sock");
+    let (small, large) = (dir.join("small.img"), dir.join("large.img"));
+    std::fs::File::create(&small).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&large).unwrap().set_len(4 << 20).unwrap();
+
+    let mut child = KillOnDrop(
+        Command::new(vmr)
+            .args(["--accel", "emu", "--api-sock"])
+            .arg(&sock)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
+    });
+    let err = child.stderr.take().unwrap();
+    let errs =
+        std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let mut stdin = child.stdin.take().unwrap();
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no API socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    put(&sock, "PUT", "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":256}"#.into());
+    put(
+        &sock,
+        "PUT",
+        "/boot-source",
+        serde_json::json!({"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": cmdline})
+            .to_string(),
+    );
+    put(
+        &sock,
+        "PUT",
+        "/drives/data",
+        serde_json::json!({"drive_id":"data","path_on_host":small,"is_root_device":false}).to_string(),
+    );
+    put(&sock, "PUT", "/actions", r#"{"action_type":"InstanceStart"}"#.into());
+
+    let mut seen = Vec::new();
+    let tail = |seen: &Vec<String>| seen.iter().rev().take(30).rev().cloned().collect::<Vec<_>>().join("\n");
+    let booted = wait_line(&rx, &mut seen, DEADLINE, |l| l.contains(MARKER).then_some(()));
+    assert!(booted.is_some(), "no init marker; console:\n{}", tail(&seen));
+    eprintln!("init marker after {:?} on the software CPU, started through the API", start.elapsed());
+
+    stdin.write_all(b"echo VMR-SIZE=$(cat /sys/block/vda/size)\n").unwrap();
+    let size = wait_line(&rx, &mut seen, Duration::from_secs(60), |l| {
+        l.strip_prefix("VMR-SIZE=").map(|v| v.trim().to_string())
+    });
+    assert_eq!(size.as_deref(), Some("2048"), "console:\n{}", tail(&seen));
+
+    stdin.write_all(b"(i=0; while true; do echo VMR-COUNT=$i; i=$((i+1)); sleep 0.2; done) &\n").unwrap();
+    assert!(wait_line(&rx, &mut seen, Duration::from_secs(60), |l| count(l).filter(|&n| n >= 3)).is_some());
+    put(&sock, "PATCH", "/vm", r#"{"state":"Paused"}"#.into());
+    // Lines already in flight drain first; then nothing for 2 s.
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok(line) = rx.try_recv() {
+        seen.push(line);
+    }
+    let last = seen.iter().rev().find_map(|l| count(l)).unwrap();
+    let during = wait_line(&rx, &mut seen, Duration::from_secs(2), count);
+    assert_eq!(during, None, "the guest counted while paused (last {last})");
+    put(&sock, "PATCH", "/vm", r#"{"state":"Resumed"}"#.into());
+    let after = wait_line(&rx, &mut seen, Duration::from_secs(30), count);
+    assert_eq!(after, Some(last + 1), "the counter resumes where it stopped");
+
+    put(
+        &sock,
+        "PATCH",
+        "/drives/data",
+        serde_json::json!({"drive_id":"data","path_on_host":large}).to_string(),
+    );
+    // The guest's console is `quiet`: ask the shell for the size (polling a few seconds).
+    stdin
+        .write_all(b"for t in 1 2 3 4 5 6 7 8 9 10; do s=$(cat /sys/block/vda/size); [ $s = 8192 ] && break; sleep 1; done; echo VMR-NEWSIZE=$s\n")
+        .unwrap();
+    let resized = wait_line(&rx, &mut seen, Duration::from_secs(60), |l| {
+        // Not the shell's echo of the command line itself: a number.
+        l.split("VMR-NEWSIZE=").nth(1).map(str::trim).filter(|v| v.parse::<u64>().is_ok()).map(String::from)
+    });
+    assert_eq!(
+        resized.as_deref(),
+        Some("8192"),
+        "the guest did not see the new size; console:\n{}",
+        tail(&seen)
+    );
+
+    // vmr:PowerButton: an edge on the ACPI Generic Event Device's interrupt, counted by the
+    // guest's ACPI:Ged handler (the default guest has no button driver or acpid to act on it).
+    let ged = |stdin: &mut std::process::ChildStdin, seen: &mut Vec<String>, tag: &str| {
+        let cmd = format!("echo {tag}=$(grep Ged /proc/interrupts | tr -s ' ' | cut -d' ' -f3)\n");
+        stdin.write_all(cmd.as_bytes()).unwrap();
+        let prefix = format!("{tag}=");
+        wait_line(&rx, seen, Duration::from_secs(60), |l| {
+            l.strip_prefix(&prefix).and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    let before = ged(&mut stdin, &mut seen, "VMR-GED0")
+        .unwrap_or_else(|| panic!("no ACPI:Ged line; console:\n{}", tail(&seen)));
+    put(&sock, "PUT", "/actions", r#"{"action_type":"vmr:PowerButton"}"#.into());
+    std::thread::sleep(Duration::from_millis(500));
+    let after = ged(&mut stdin, &mut seen, "VMR-GED1");
+    assert_eq!(
+        after,
+        Some(before + 1),
+        "the power button interrupt reached the guest; console:\n{}",
+        tail(&seen)
+    );
+
+    put(&sock, "PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#.into());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("vmr still running 120 s after SendCtrlAltDel; console:\n{}", tail(&seen));
+        }
+        while let Ok(line) = rx.try_recv() {
+            seen.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = errs.join().unwrap().join("\n");
+    assert_eq!(status.code(), Some(2), "a guest restart ends vmr with 2; stderr:\n{stderr}");
+    assert!(stderr.contains("guest rebooted"), "{stderr}");
+    assert!(!sock.exists(), "the socket is removed");
+}
