@@ -353,7 +353,7 @@ mod tests {
         assert!(args.rng);
         assert!(!args.no_cmdline_hints, "hints are on by default");
         let cli = Cli::try_parse_from(["vmr", "run", "--kernel", "k", "--no-cmdline-hints"]).unwrap();
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Some(Command::Run(args)) = cli.command else { panic!("not run") };
         assert!(args.no_cmdline_hints);
         let err = Cli::try_parse_from(["vmr", "run", "--disk", "readonly=on"]).err().unwrap().to_string();
         assert!(err.contains("--disk needs path=FILE"), "{err}");
