@@ -170,6 +170,7 @@ fn the_command_line_config_round_trips_with_drive_ids() {
         memory: 256 << 20,
         accel: crate::Accel::Emu,
         reboot: RebootPolicy::Exit,
+        cmdline_hints: true,
         virtio: crate::devices::VirtioConfig {
             disks: vec!["path=/a.img,readonly=on".parse().unwrap()],
             nets: vec![],
