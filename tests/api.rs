@@ -252,6 +252,34 @@ fn firecracker_go_sdk_sequence() {
         400,
         "/no/such.img",
     );
+    // UpdateGuestDrive with a rate limiter: the device's limiter changes live and
+    // GET /vm/config reads it back from the device.
+    vm.ok(
+        "PATCH",
+        "/drives/1",
+        r#"{"drive_id":"1","rate_limiter":{"bandwidth":{"size":1048576,"refill_time":100}}}"#,
+    );
+    vm.ok("PATCH", "/drives/1", r#"{"drive_id":"1","rate_limiter":{"ops":{"size":50,"refill_time":1000}}}"#);
+    let config: serde_json::Value = serde_json::from_str(&vm.call("GET", "/vm/config", None).body).unwrap();
+    let limiter = &config["drives"][0]["rate_limiter"];
+    assert_eq!(
+        (limiter["bandwidth"]["size"].as_u64(), limiter["ops"]["size"].as_u64()),
+        (Some(1048576), Some(50))
+    );
+    vm.refused(
+        "PATCH",
+        "/drives/1",
+        Some(r#"{"drive_id":"1","rate_limiter":{"ops":{"size":5,"refill_time":0}}}"#),
+        400,
+        "refill_time",
+    );
+    vm.refused(
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id":"eth0","tx_rate_limiter":{"ops":{"size":5,"refill_time":10}}}"#),
+        400,
+        "no network interface",
+    );
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("virtio-mmio"), "debug log lines reach the logger file: {logged}");
     vm.ok("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);

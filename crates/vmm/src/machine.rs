@@ -14,9 +14,11 @@ use vmr_hypervisor::{
 
 use crate::config::VmConfig;
 use crate::console::InputSink;
+use crate::devices::DeviceLimiters;
 use crate::pause::PauseGate;
 use crate::stats::ExitStats;
 use crate::{vcpu, ExitReason, VmmError};
+use vmr_virtio::rate_limiter::RateLimiterHandle;
 
 /// What ends or changes a running machine, and the API's requests: everything the VMM's
 /// thread waits for arrives on one channel.
@@ -164,6 +166,10 @@ struct DeviceHandles {
     legacy: LegacyDevices,
     /// One per disk, in `--disk` order.
     disks: Vec<Arc<vmr_virtio::block::DiskSwap>>,
+    /// The rate limiter of each disk, in `--disk` order.
+    disk_limiters: Vec<RateLimiterHandle>,
+    /// The receive and transmit rate limiters of each network card, in `--net` order.
+    net_limiters: Vec<(RateLimiterHandle, RateLimiterHandle)>,
     /// Where the virtio workers park while the VM is paused.
     workers: Arc<vmr_virtio::pause::WorkerGate>,
 }
@@ -237,6 +243,16 @@ impl RunningMachine {
         }
     }
 
+    /// The rate limiter of disk `index` (changed live by `PATCH /drives/{id}`).
+    pub fn disk_limiter(&self, index: usize) -> Option<&RateLimiterHandle> {
+        self.handles.disk_limiters.get(index)
+    }
+
+    /// The (receive, transmit) rate limiters of network card `index`.
+    pub fn net_limiters(&self, index: usize) -> Option<&(RateLimiterHandle, RateLimiterHandle)> {
+        self.handles.net_limiters.get(index)
+    }
+
     /// Stops every vCPU thread (a paused machine too).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
@@ -292,6 +308,13 @@ impl Machine {
         // Images and taps first: a missing or locked image fails before anything is built.
         let virtio = crate::devices::open_devices(&config.virtio)?;
         let disks = virtio.iter().filter_map(|d| d.disk_swap.clone()).collect();
+        let (mut disk_limiters, mut net_limiters) = (Vec::new(), Vec::new());
+        for limiters in virtio.iter().filter_map(|d| d.limiters.clone()) {
+            match limiters {
+                DeviceLimiters::Disk(l) => disk_limiters.push(l),
+                DeviceLimiters::Net { rx, tx } => net_limiters.push((rx, tx)),
+            }
+        }
         let vm = hv.create_vm(&HvVmConfig { vcpus: config.vcpus })?;
         vm.set_memory(&memory)?;
 
@@ -318,7 +341,8 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        Ok(Machine { memory, vm, vcpus, serial, stats, handles: DeviceHandles { legacy, disks, workers } })
+        let handles = DeviceHandles { legacy, disks, disk_limiters, net_limiters, workers };
+        Ok(Machine { memory, vm, vcpus, serial, stats, handles })
     }
 
     /// This boot's exit counters (see [`crate::stats`]).

@@ -33,6 +33,7 @@ use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
 use vmr_virtio::block::{Block, BlockDeviceError, DiskSwap};
 use vmr_virtio::net::{Net, NetDeviceError};
 use vmr_virtio::pause::WorkerGate;
+use vmr_virtio::rate_limiter::RateLimiterHandle;
 use vmr_virtio::rng::Rng;
 use vmr_virtio::vsock::{Vsock, VsockError};
 use vmr_virtio::{Interrupt, IrqTrigger, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -96,6 +97,16 @@ pub struct OpenDevice {
     pub device: Box<dyn VirtioDevice>,
     /// For a disk: the handle its backing image is swapped through.
     pub disk_swap: Option<Arc<DiskSwap>>,
+    /// For a disk or a network card: the handles its rate limiters are changed through while
+    /// the guest runs (taken before the device is boxed and handed to its transport).
+    pub limiters: Option<DeviceLimiters>,
+}
+
+/// The live rate limiters of one device (`PATCH /drives/{id}`, `PATCH /network-interfaces/{id}`).
+#[derive(Clone, Debug)]
+pub enum DeviceLimiters {
+    Disk(RateLimiterHandle),
+    Net { rx: RateLimiterHandle, tx: RateLimiterHandle },
 }
 
 /// Opens every backend: images (taking their locks), taps, the vsock socket. Disks come first,
@@ -114,6 +125,7 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
         devices.push(OpenDevice {
             name: format!("disk{i} ({})", disk.path.display()),
             disk_swap: Some(device.swap_handle()),
+            limiters: Some(DeviceLimiters::Disk(device.rate_limiter_handle())),
             device: Box::new(device),
         });
     }
@@ -122,6 +134,10 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
         registry.register_device(&format!("net{i}"), DeviceMetrics::Net(device.metrics()));
         devices.push(OpenDevice {
             name: format!("net{i} ({})", net.tap),
+            limiters: Some(DeviceLimiters::Net {
+                rx: device.rx_rate_limiter_handle(),
+                tx: device.tx_rate_limiter_handle(),
+            }),
             device: Box::new(device),
             disk_swap: None,
         });
@@ -133,10 +149,16 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
             name: format!("vsock0 (cid {})", vsock.cid),
             device: Box::new(device),
             disk_swap: None,
+            limiters: None,
         });
     }
     if config.rng {
-        devices.push(OpenDevice { name: "rng0".into(), device: Box::new(Rng::new(0)), disk_swap: None });
+        devices.push(OpenDevice {
+            name: "rng0".into(),
+            device: Box::new(Rng::new(0)),
+            disk_swap: None,
+            limiters: None,
+        });
     }
     Ok(devices)
 }

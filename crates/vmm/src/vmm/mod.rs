@@ -346,23 +346,36 @@ impl Vmm {
         let Some(index) = self.drives.iter().position(|e| e.id == d.drive_id) else {
             return Err(ApiError::InvalidValue(format!("no drive with drive_id {}", d.drive_id)));
         };
-        reject_rate_limiter(&d.rate_limiter, "changing a drive's rate_limiter")?;
-        let Some(path) = d.path_on_host else { return Ok(VmmResponse::Empty) };
+        // Checked before anything changes: a refused request leaves the drive as it was.
+        let limiter = patched_limiter(&self.drives[index].disk.rate_limiter, d.rate_limiter)?;
+        if let Some(path) = d.path_on_host {
+            self.swap_drive(index, path)?;
+        }
+        if let Some(limiter) = limiter {
+            let m = self.running_machine("PATCH /drives")?;
+            let handle = m.disk_limiter(index).ok_or_else(|| not_attached("drive", &d.drive_id))?;
+            handle.update(&limiter).map_err(|e| ApiError::InvalidValue(e.to_string()))?;
+            self.drives[index].disk.rate_limiter = limiter;
+        }
+        Ok(VmmResponse::Empty)
+    }
+
+    /// Opens `path` with drive `index`'s options and makes it the drive's backing image.
+    fn swap_drive(&mut self, index: usize, path: String) -> Result<(), ApiError> {
         let entry = &self.drives[index];
         let options = vmr_virtio::vmr_block::OpenOptions {
             read_only: entry.disk.read_only,
             format: None,
             direct: entry.disk.direct,
         };
-        let image = vmr_virtio::vmr_block::open(std::path::Path::new(&path), &options).map_err(|e| {
-            ApiError::InvalidValue(format!("drive {}: {}", d.drive_id, crate::error_chain(&e)))
-        })?;
+        let image = vmr_virtio::vmr_block::open(std::path::Path::new(&path), &options)
+            .map_err(|e| ApiError::InvalidValue(format!("drive {}: {}", entry.id, crate::error_chain(&e))))?;
         let m = self.running_machine("PATCH /drives")?;
         if !m.swap_disk(index, image, path.clone()) {
-            return Err(ApiError::InvalidValue(format!("drive {} is not attached", d.drive_id)));
+            return Err(not_attached("drive", &self.drives[index].id));
         }
         self.drives[index].disk.path = path.into();
-        Ok(VmmResponse::Empty)
+        Ok(())
     }
 
     fn put_net(&mut self, n: NetworkInterface) -> ApiResult {
@@ -391,11 +404,23 @@ impl Vmm {
                 when: "before the VM has started",
             });
         }
-        if !self.nets.iter().any(|e| e.id == n.iface_id) {
+        let Some(index) = self.nets.iter().position(|e| e.id == n.iface_id) else {
             return Err(ApiError::InvalidValue(format!("no network interface with iface_id {}", n.iface_id)));
+        };
+        let entry = &self.nets[index];
+        let rx = patched_limiter(&entry.net.rx_rate_limiter, n.rx_rate_limiter)?;
+        let tx = patched_limiter(&entry.net.tx_rate_limiter, n.tx_rate_limiter)?;
+        let m = self.running_machine("PATCH /network-interfaces")?;
+        let (rx_handle, tx_handle) =
+            m.net_limiters(index).cloned().ok_or_else(|| not_attached("network interface", &n.iface_id))?;
+        if let Some(rx) = rx {
+            rx_handle.update(&rx).map_err(|e| ApiError::InvalidValue(e.to_string()))?;
+            self.nets[index].net.rx_rate_limiter = rx;
         }
-        reject_rate_limiter(&n.rx_rate_limiter, "changing rx_rate_limiter")?;
-        reject_rate_limiter(&n.tx_rate_limiter, "changing tx_rate_limiter")?;
+        if let Some(tx) = tx {
+            tx_handle.update(&tx).map_err(|e| ApiError::InvalidValue(e.to_string()))?;
+            self.nets[index].net.tx_rate_limiter = tx;
+        }
         Ok(VmmResponse::Empty)
     }
 
@@ -542,16 +567,24 @@ impl Vmm {
         FullVmConfig {
             boot_source,
             machine_config: Some(self.machine_config()),
-            drives: self.drives.iter().map(fc_drive).collect(),
+            drives: self.drives.iter().enumerate().map(|(i, e)| self.fc_drive(i, e)).collect(),
             network_interfaces: self
                 .nets
                 .iter()
-                .map(|e| NetworkInterface {
-                    iface_id: e.id.clone(),
-                    host_dev_name: e.net.tap.clone(),
-                    guest_mac: e.net.mac.map(format_mac),
-                    rx_rate_limiter: None,
-                    tx_rate_limiter: None,
+                .enumerate()
+                .map(|(i, e)| {
+                    let live = self.running.as_ref().and_then(|m| m.net_limiters(i));
+                    let (rx, tx) = match live {
+                        Some((rx, tx)) => (rx.config(), tx.config()),
+                        None => (e.net.rx_rate_limiter, e.net.tx_rate_limiter),
+                    };
+                    NetworkInterface {
+                        iface_id: e.id.clone(),
+                        host_dev_name: e.net.tap.clone(),
+                        guest_mac: e.net.mac.map(format_mac),
+                        rx_rate_limiter: shown_limiter(&rx),
+                        tx_rate_limiter: shown_limiter(&tx),
+                    }
                 })
                 .collect(),
             vsock: self.config.virtio.vsock.as_ref().map(|v| Vsock {
@@ -562,6 +595,22 @@ impl Vmm {
             entropy: self.config.virtio.rng.then(Entropy::default),
             logger: self.logger.clone(),
             ..FullVmConfig::default()
+        }
+    }
+
+    /// A drive as `GET /vm/config` shows it; a running drive's limiter is read from the device.
+    fn fc_drive(&self, index: usize, e: &DriveEntry) -> Drive {
+        let live = self.running.as_ref().and_then(|m| m.disk_limiter(index)).map(|h| h.config());
+        Drive {
+            drive_id: e.id.clone(),
+            path_on_host: Some(e.disk.path.display().to_string()),
+            is_root_device: e.root,
+            is_read_only: Some(e.disk.read_only),
+            partuuid: e.partuuid.clone(),
+            cache_type: e.cache_type.clone(),
+            io_engine: e.io_engine.clone(),
+            rate_limiter: shown_limiter(&live.unwrap_or(e.disk.rate_limiter)),
+            socket: None,
         }
     }
 
@@ -607,20 +656,6 @@ fn drive_entry(i: usize, disk: &DiskConfig) -> DriveEntry {
     }
 }
 
-fn fc_drive(e: &DriveEntry) -> Drive {
-    Drive {
-        drive_id: e.id.clone(),
-        path_on_host: Some(e.disk.path.display().to_string()),
-        is_root_device: e.root,
-        is_read_only: Some(e.disk.read_only),
-        partuuid: e.partuuid.clone(),
-        cache_type: e.cache_type.clone(),
-        io_engine: e.io_engine.clone(),
-        rate_limiter: None,
-        socket: None,
-    }
-}
-
 fn format_mac(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -646,8 +681,32 @@ fn checked_limiter(
     Ok(limiter)
 }
 
-/// Changing a limiter on a running VM is not wired to the devices yet: a limit that would do
-/// something is refused rather than ignored.
+/// The limiter a `PATCH` leaves in force, or `None` if it changes nothing. As in Firecracker,
+/// a bucket the update names replaces the current one (size 0 removes the limit) and a bucket it
+/// leaves out stays as it is.
+fn patched_limiter(
+    current: &vmr_virtio::rate_limiter::RateLimiterConfig,
+    update: Option<vmr_virtio::rate_limiter::RateLimiterConfig>,
+) -> Result<Option<vmr_virtio::rate_limiter::RateLimiterConfig>, ApiError> {
+    let Some(update) = update else { return Ok(None) };
+    let enabled = |b: Option<vmr_virtio::rate_limiter::TokenBucketConfig>| b.filter(|b| b.size > 0);
+    let limiter = vmr_virtio::rate_limiter::RateLimiterConfig {
+        bandwidth: if update.bandwidth.is_some() { enabled(update.bandwidth) } else { current.bandwidth },
+        ops: if update.ops.is_some() { enabled(update.ops) } else { current.ops },
+    };
+    limiter.validate().map_err(|e| ApiError::InvalidValue(e.to_string()))?;
+    Ok(Some(limiter))
+}
+
+/// A limiter as `GET /vm/config` shows it: none when nothing is limited.
+fn shown_limiter(
+    limiter: &vmr_virtio::rate_limiter::RateLimiterConfig,
+) -> Option<vmr_virtio::rate_limiter::RateLimiterConfig> {
+    (*limiter != Default::default()).then_some(*limiter)
+}
+
+/// The entropy device has no limiter: a limit that would do something is refused rather than
+/// ignored.
 fn reject_rate_limiter(
     limiter: &Option<vmr_virtio::rate_limiter::RateLimiterConfig>,
     what: &'static str,
@@ -657,6 +716,10 @@ fn reject_rate_limiter(
         Some(l) if limits(&l.bandwidth) || limits(&l.ops) => Err(ApiError::NotSupportedYet(what)),
         _ => Ok(()),
     }
+}
+
+fn not_attached(what: &str, id: &str) -> ApiError {
+    ApiError::InvalidValue(format!("{what} {id} is not attached to the running VM"))
 }
 
 #[cfg(test)]

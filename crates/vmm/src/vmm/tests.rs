@@ -199,3 +199,37 @@ fn requests_arrive_through_the_handle_from_other_threads() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_limiter_patch_replaces_named_buckets_keeps_the_others_and_reaches_the_device() {
+    use vmr_virtio::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterHandle, TokenBucketConfig};
+    let bucket = |size, refill_time| Some(TokenBucketConfig { size, one_time_burst: None, refill_time });
+    let current = RateLimiterConfig { bandwidth: bucket(1 << 20, 1000), ops: bucket(100, 1000) };
+    let handle = RateLimiterHandle::new(std::sync::Arc::new(RateLimiter::new(&current).unwrap()));
+    assert_eq!(patched_limiter(&current, None).unwrap(), None, "no rate_limiter: nothing changes");
+    let update: RateLimiterConfig =
+        serde_json::from_str(r#"{"bandwidth":{"size":4096,"refill_time":100}}"#).unwrap();
+    let patched = patched_limiter(&current, Some(update)).unwrap().unwrap();
+    assert_eq!(patched, RateLimiterConfig { bandwidth: bucket(4096, 100), ops: bucket(100, 1000) });
+    handle.update(&patched).unwrap();
+    assert_eq!(handle.config(), patched);
+    // Size 0 lifts a limit; the limiter then shows only what is left.
+    let update: RateLimiterConfig = serde_json::from_str(r#"{"ops":{"size":0,"refill_time":0}}"#).unwrap();
+    let patched = patched_limiter(&handle.config(), Some(update)).unwrap().unwrap();
+    assert_eq!(patched, RateLimiterConfig { bandwidth: bucket(4096, 100), ops: None });
+    assert_eq!(shown_limiter(&RateLimiterConfig::default()), None);
+    let bad: RateLimiterConfig = serde_json::from_str(r#"{"ops":{"size":10,"refill_time":0}}"#).unwrap();
+    let e = patched_limiter(&current, Some(bad)).unwrap_err().to_string();
+    assert!(e.contains("refill_time"), "{e}");
+}
+
+#[test]
+fn limiter_patches_before_boot_and_for_unknown_devices_are_refused() {
+    let mut v = vmm();
+    let body = r#"{"iface_id":"eth0","rx_rate_limiter":{"bandwidth":{"size":1000,"refill_time":100}}}"#;
+    let e = req(&mut v, "PATCH", "/network-interfaces/eth0", body).unwrap_err().to_string();
+    assert!(e.contains("before the VM has started"), "{e}");
+    let body = r#"{"drive_id":"x","rate_limiter":{"ops":{"size":10,"refill_time":100}}}"#;
+    let e = req(&mut v, "PATCH", "/drives/x", body).unwrap_err().to_string();
+    assert!(e.contains("before the VM has started"), "{e}");
+}
