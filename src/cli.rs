@@ -48,6 +48,12 @@ struct ServiceArgs {
     /// Execution backend: auto, kvm or emu.
     #[arg(long, default_value = "auto", value_name = "BACKEND")]
     accel: Accel,
+    /// Seccomp filters on every vmr thread (the API server's included): on (default) or off.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    seccomp: String,
+    /// Firecracker's spelling of --seccomp=off.
+    #[arg(long, conflicts_with = "seccomp")]
+    no_seccomp: bool,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +221,7 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
         None => vmr_vmm::run(&config)?,
         Some(sock) => {
             config.validate()?;
+            vmr_vmm::confine()?;
             let mut vmm = Vmm::from_config(&config)?;
             let _server = ApiServer::start(sock, vmm.handle())?;
             vmm.start_configured()?;
@@ -246,6 +253,8 @@ fn service(args: ServiceArgs) -> Result<i32, Box<dyn Error>> {
         }
         None => None,
     };
+    vmr_vmm::seccomp::set_enabled(args.seccomp == "on" && !args.no_seccomp);
+    vmr_vmm::confine()?;
     let mut vmm = Vmm::new(args.accel, args.id)?;
     if let Some(file) = file {
         let name = args.config_file.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();

@@ -158,6 +158,24 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// Seccomp state of the thread of `pid` named `comm`: (mode, number of filters) from
+/// /proc/PID/task/TID/status (mode 2 = filtered). Panics if there is no such thread.
+fn thread_seccomp(pid: u32, comm: &str) -> (u32, u32) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        if std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() != comm {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let field = |name: &str| -> u32 {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        return (field("Seccomp:"), field("Seccomp_filters:"));
+    }
+    panic!("vmr has no thread {comm}");
+}
+
 /// `vmr run --accel emu` of the ticking guest with `--api-sock`, ready for requests.
 fn run_with_api(name: &str) -> Vmr {
     let dir = test_dir(&format!("{name}-files"));
@@ -191,6 +209,8 @@ fn check_pause_and_resume(vm: &Vmr) {
 fn firecracker_go_sdk_sequence() {
     let mut vm = spawn("go-sdk", &["--api-sock", "{sock}", "--id", "sdk-vm", "--accel", "emu"]);
     vm.wait_ready();
+    // `vmr --api-sock`: the API thread runs under its own filter stacked on main's.
+    assert_eq!(thread_seccomp(vm.child.id(), "vmr-api"), (2, 2));
     let kernel = ticking_kernel(&vm.dir);
     let root = vm.dir.join("root.img");
     std::fs::write(&root, vec![0u8; 1 << 20]).unwrap();
@@ -344,6 +364,8 @@ fn kata_go_runtime_sequence() {
 fn kata_runtime_rs_sequence() {
     let mut vm = spawn("runtime-rs", &["--api-sock", "{sock}", "--accel", "emu"]);
     vm.wait_ready();
+    // `vmr --api-sock`: the API thread runs under its own filter stacked on main's.
+    assert_eq!(thread_seccomp(vm.child.id(), "vmr-api"), (2, 2));
     let kernel = ticking_kernel(&vm.dir);
     let root = vm.dir.join("root.img");
     std::fs::write(&root, vec![0u8; 1 << 20]).unwrap();
@@ -377,6 +399,9 @@ fn kata_runtime_rs_sequence() {
 fn run_with_an_api_socket_and_vmr_ctl() {
     let vm = run_with_api("run-ctl");
     vm.wait_ticks(2);
+    // `vmr run --api-sock`: every thread is filtered, the API thread on top of main's filter.
+    assert_eq!(thread_seccomp(vm.child.id(), "vmr-api"), (2, 2));
+    assert_eq!(thread_seccomp(vm.child.id(), "vmr-vcpu0").0, 2);
     let sock = vm.sock.clone();
     let ctl = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_vmr"))
@@ -504,6 +529,7 @@ fn config_file_with_no_api_boots_and_bad_files_are_one_line_errors() {
     let vm = spawn("no-api", &["--config-file", &f, "--no-api", "--accel", "emu"]);
     vm.wait_ticks(2);
     assert!(!vm.sock.exists());
+    assert_eq!(thread_seccomp(vm.child.id(), "vmr-vcpu0").0, 2, "--config-file runs filtered");
     assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
     for (name, text, needle) in [
         (
@@ -531,4 +557,31 @@ fn config_file_with_no_api_boots_and_bad_files_are_one_line_errors() {
         assert_eq!(err.lines().count(), 1, "{name}: {err}");
         assert!(err.contains(needle) && err.contains(name), "{name}: {err}");
     }
+}
+
+#[test]
+fn seccomp_can_be_turned_off_in_every_mode() {
+    let dir = test_dir("seccomp-off-files");
+    let kernel = ticking_kernel(&dir).display().to_string();
+    let file = dir.join("vm.json");
+    let config = serde_json::json!({"boot-source": {"kernel_image_path": kernel}});
+    std::fs::write(&file, config.to_string()).unwrap();
+    let f = file.display().to_string();
+    let modes: [(&str, &[&str]); 4] = [
+        ("off-service", &["--api-sock", "{sock}", "--accel", "emu", "--seccomp=off"]),
+        ("off-fc", &["--api-sock", "{sock}", "--accel", "emu", "--no-seccomp"]),
+        ("off-file", &["--config-file", &f, "--api-sock", "{sock}", "--accel", "emu", "--seccomp=off"]),
+        ("off-run", &["run", "--accel", "emu", "--kernel", &kernel, "--api-sock", "{sock}", "--seccomp=off"]),
+    ];
+    for (name, args) in modes {
+        let mut vm = spawn(name, args);
+        vm.wait_ready();
+        assert_eq!(thread_seccomp(vm.child.id(), "vmr-api"), (0, 0), "{name}");
+        assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM, "{name}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vmr"))
+        .args(["--api-sock", "/x", "--seccomp=off", "--no-seccomp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 }

@@ -71,12 +71,19 @@ impl ExitReason {
 /// without an API socket, a thin adapter over [`Vmm`].
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
-    // Every thread from here on runs under its role's filter, stacked on main's.
-    seccomp::install_thread_hook();
-    seccomp::try_apply(seccomp::Role::Main)?;
+    confine()?;
     let mut vmm = Vmm::from_config(config)?;
     vmm.start_configured()?;
     vmm.run()
+}
+
+/// Applies the main thread's seccomp filter (if filtering is on) and has every thread started
+/// from here on apply its role's, stacked on main's. Every mode calls it once its input is
+/// read: `vmr run` (with or without `--api-sock`), `vmr --api-sock`, `vmr --config-file`.
+pub fn confine() -> Result<(), VmmError> {
+    seccomp::install_thread_hook();
+    seccomp::try_apply(seccomp::Role::Main)?;
+    Ok(())
 }
 
 /// "outer: inner: innermost", skipping a source whose text the outer message already holds.

@@ -65,7 +65,12 @@ impl ApiServer {
             .map_err(remove)?;
         let thread = std::thread::Builder::new()
             .name("vmr-api".into())
-            .spawn(move || runtime.block_on(serve(listener, vmm)))
+            .spawn(move || {
+                // The server thread parses what clients send: it runs under the API's list
+                // (stacked on its spawner's), like every other vmr thread.
+                crate::seccomp::apply_for_thread(crate::seccomp::Role::Api);
+                runtime.block_on(serve(listener, vmm))
+            })
             .map_err(remove)?;
         Ok(ApiServer { path: path.to_path_buf(), _thread: thread })
     }

@@ -1,5 +1,6 @@
 //! Seccomp: every vmr thread runs under an allow-list filter for its role (see [`lists`]),
-//! built with seccompiler and on by default (`vmr run --seccomp=off` turns it off).
+//! built with seccompiler and on by default in every mode (`vmr run`, `vmr --api-sock`,
+//! `vmr --config-file`); `--seccomp=off` (or Firecracker's `--no-seccomp`) turns it off.
 //!
 //! A syscall outside the list traps (`SECCOMP_RET_TRAP`): the SIGSYS handler writes one line
 //! naming the thread and the syscall to stderr and ends the process with exit code 159
@@ -231,7 +232,7 @@ pub(crate) fn trap_message(thread: &str, nr: i64) -> LineBufText {
     let _ = write!(
         line,
         "\r\nvmr: seccomp: thread {thread} made syscall {} ({nr}), which its filter does not allow; \
-         stopping (vmr run --seccomp=off turns filtering off)\n",
+         stopping (--seccomp=off turns filtering off)\n",
         names::name(nr)
     );
     LineBufText(line)
