@@ -36,6 +36,8 @@ enum CtlAction {
     CtrlAltDel,
     /// Write the metrics now (Firecracker's FlushMetrics).
     Metrics,
+    /// Per-device counters (bytes, requests, drops, throttling) since each device was opened.
+    Counters,
     /// Give drive ID a new backing file; the guest sees the new size.
     SetDrive { id: String, file: PathBuf },
 }
@@ -50,6 +52,7 @@ pub fn run(args: CtlArgs) -> Result<i32, Box<dyn Error>> {
     let action = |kind: &str| Some(serde_json::json!({ "action_type": kind }).to_string());
     let (reply, done) = match &args.action {
         CtlAction::Info => return info(&args, &send),
+        CtlAction::Counters => return counters(&args, &send),
         CtlAction::Pause => (send("PATCH", "/vm", Some(r#"{"state":"Paused"}"#.into()))?, "paused"),
         CtlAction::Resume => (send("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#.into()))?, "resumed"),
         CtlAction::Shutdown | CtlAction::PowerButton => {
@@ -130,4 +133,50 @@ fn info(args: &CtlArgs, send: &Send) -> Result<i32, Box<dyn Error>> {
         println!("entropy  virtio-rng");
     }
     Ok(0)
+}
+
+/// `vmr ctl counters`: one block per device, one counter a line, names aligned.
+fn counters(args: &CtlArgs, send: &Send) -> Result<i32, Box<dyn Error>> {
+    let reply = send("GET", "/vmr/counters", None)?;
+    if !reply.is_success() || args.json {
+        return finish(args, &reply, "");
+    }
+    let devices: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&reply.body)?;
+    print!("{}", format_counters(&devices));
+    Ok(0)
+}
+
+fn format_counters(devices: &serde_json::Map<String, serde_json::Value>) -> String {
+    if devices.is_empty() {
+        return "no devices\n".into();
+    }
+    let mut out = String::new();
+    for (id, counters) in devices {
+        let Some(counters) = counters.as_object() else { continue };
+        let kind = counters.get("kind").and_then(|k| k.as_str()).unwrap_or("?");
+        out.push_str(&format!("{id} ({kind})\n"));
+        let width = counters.keys().map(String::len).max().unwrap_or(0);
+        for (name, value) in counters.iter().filter(|(name, _)| *name != "kind") {
+            out.push_str(&format!("  {name:<width$}  {value}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_print_one_device_a_block_with_aligned_names() {
+        let devices = serde_json::from_str(
+            r#"{"disk0":{"kind":"block","read_count":3,"read_bytes":1536},"net0":{"kind":"net","rx_dropped":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            format_counters(&devices),
+            "disk0 (block)\n  read_bytes  1536\n  read_count  3\nnet0 (net)\n  rx_dropped  0\n"
+        );
+        assert_eq!(format_counters(&Default::default()), "no devices\n");
+    }
 }

@@ -250,6 +250,11 @@ fn firecracker_go_sdk_sequence() {
     );
     vm.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
     assert_eq!(vm.state(), "Running");
+    // The vmr extension: per-device counters, by the drive's API id.
+    let counters: serde_json::Value =
+        serde_json::from_str(&vm.call("GET", "/vmr/counters", None).body).unwrap();
+    assert_eq!(counters["1"]["kind"], "block", "{counters}");
+    assert_eq!(counters["1"]["write_bytes"], 0, "{counters}");
     vm.refused(
         "PUT",
         "/actions",

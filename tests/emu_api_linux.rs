@@ -130,6 +130,23 @@ fn default_guest_through_the_api_pauses_resumes_sees_a_drive_swap_and_ends_on_ct
     });
     assert_eq!(size.as_deref(), Some("2048"), "console:\n{}", tail(&seen));
 
+    // `vmr ctl counters`: the kernel read the drive's partition table at boot.
+    let ctl = |json: bool| {
+        let mut cmd = Command::new(vmr);
+        cmd.args(["ctl", "--api-sock"]).arg(&sock);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.arg("counters").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let counters: serde_json::Value = serde_json::from_str(&ctl(true)).unwrap();
+    assert_eq!(counters["data"]["kind"], "block", "{counters}");
+    assert!(counters["data"]["read_bytes"].as_u64().is_some_and(|n| n >= 512), "{counters}");
+    let text = ctl(false);
+    assert!(text.starts_with("data (block)\n") && text.contains("\n  read_count "), "{text}");
+
     stdin.write_all(b"(i=0; while true; do echo VMR-COUNT=$i; i=$((i+1)); sleep 0.2; done) &\n").unwrap();
     assert!(wait_line(&rx, &mut seen, Duration::from_secs(60), |l| count(l).filter(|&n| n >= 3)).is_some());
     put(&sock, "PATCH", "/vm", r#"{"state":"Paused"}"#.into());

@@ -21,6 +21,8 @@ pub enum VmmRequest {
     GetVersion,
     GetVmConfig,
     GetMachineConfig,
+    /// vmr extension: the totals of every device's counters (`GET /vmr/counters`).
+    GetDeviceCounters,
     PutMachineConfig(MachineConfig),
     PatchMachineConfig(MachineConfigUpdate),
     PutBootSource(BootSource),
@@ -46,6 +48,8 @@ pub enum VmmResponse {
     Version(VersionInfo),
     MachineConfig(MachineConfig),
     VmConfig(Box<FullVmConfig>),
+    /// Counter totals by device id (`disk0`, `net0`, `vsock0`).
+    DeviceCounters(std::collections::BTreeMap<String, crate::metrics::DeviceCounters>),
 }
 
 /// Why a request was refused. Every variant is one line for `fault_message`.

@@ -30,6 +30,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/metrics"),
     ("PUT", "/actions"),
     ("PATCH", "/vm"),
+    // vmr extensions (`x-vmr-extension` in the OpenAPI document).
+    ("GET", "/vmr/counters"),
 ];
 
 /// Firecracker endpoints vmr answers with 400 "not served", by path prefix.
@@ -59,6 +61,7 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmRequest, ApiErr
         ("GET", ["version"]) => R::GetVersion,
         ("GET", ["vm", "config"]) => R::GetVmConfig,
         ("GET", ["machine-config"]) => R::GetMachineConfig,
+        ("GET", ["vmr", "counters"]) => R::GetDeviceCounters,
         ("PUT", ["machine-config"]) => R::PutMachineConfig(json(body)?),
         ("PATCH", ["machine-config"]) => R::PatchMachineConfig(json(body)?),
         ("PUT", ["boot-source"]) => R::PutBootSource(json(body)?),
@@ -138,6 +141,7 @@ pub fn render(result: &ApiResult) -> (u16, Option<String>) {
         Ok(VmmResponse::Version(v)) => (200, Some(json(serde_json::to_string(v)))),
         Ok(VmmResponse::MachineConfig(m)) => (200, Some(json(serde_json::to_string(m)))),
         Ok(VmmResponse::VmConfig(c)) => (200, Some(json(serde_json::to_string(c)))),
+        Ok(VmmResponse::DeviceCounters(c)) => (200, Some(json(serde_json::to_string(c)))),
         Err(e) => (e.status(), Some(fault(e))),
     }
 }

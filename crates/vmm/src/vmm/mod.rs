@@ -173,6 +173,7 @@ impl Vmm {
             })),
             R::GetVmConfig => Ok(VmmResponse::VmConfig(Box::new(self.full_config()))),
             R::GetMachineConfig => Ok(VmmResponse::MachineConfig(self.machine_config())),
+            R::GetDeviceCounters => Ok(VmmResponse::DeviceCounters(self.device_counters())),
             R::PutMachineConfig(mc) => self.before_boot("PUT /machine-config")?.set_machine(mc),
             R::PatchMachineConfig(update) => {
                 let vmm = self.before_boot("PATCH /machine-config")?;
@@ -555,6 +556,23 @@ impl Vmm {
                 eprintln!("{}\r", stats.line(&times));
             }
         }
+    }
+
+    /// Counter totals of the devices, by the ids the API gave them (`drive_id`, `iface_id`;
+    /// `disk0`, `net0`, ... for devices from the command line) and `vsock0`.
+    fn device_counters(&self) -> std::collections::BTreeMap<String, crate::metrics::DeviceCounters> {
+        let mut counters = crate::metrics::metrics().device_counters();
+        let renames = self.drives.iter().enumerate().map(|(i, e)| (format!("disk{i}"), &e.id));
+        let renames = renames.chain(self.nets.iter().enumerate().map(|(i, e)| (format!("net{i}"), &e.id)));
+        let mut out = std::collections::BTreeMap::new();
+        for (registered, id) in renames {
+            if let Some(c) = counters.remove(&registered) {
+                out.insert(id.clone(), c);
+            }
+        }
+        // vsock0, and nothing of a device the configuration no longer names.
+        out.extend(counters.into_iter().filter(|(k, _)| k.starts_with("vsock")));
+        out
     }
 
     /// Firecracker's view of the whole configuration (`GET /vm/config`).
