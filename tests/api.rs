@@ -311,6 +311,38 @@ fn firecracker_go_sdk_sequence() {
     let lines = std::fs::read_to_string(vm.dir.join("metrics.json")).unwrap();
     let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
     assert!(last.as_object().is_some_and(|o| !o.is_empty()), "{lines}");
+    // The API's own request counters, summed over the lines (each holds changes): every
+    // request of this sequence counted by route, refusals as failures.
+    let total = |group: &str, counter: &str| -> u64 {
+        lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[group][counter].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (total("patch_api_requests", "drive_count"), total("patch_api_requests", "drive_fails")),
+        (5, 2)
+    );
+    assert_eq!(
+        (total("patch_api_requests", "network_count"), total("patch_api_requests", "network_fails")),
+        (1, 1)
+    );
+    assert_eq!((total("patch_api_requests", "vm_count"), total("patch_api_requests", "vm_fails")), (2, 0));
+    // InstanceStart twice (the second refused) and this FlushMetrics.
+    assert_eq!(
+        (total("put_api_requests", "actions_count"), total("put_api_requests", "actions_fails")),
+        (3, 1)
+    );
+    assert_eq!(
+        (total("put_api_requests", "drive_count"), total("put_api_requests", "metrics_count")),
+        (1, 1)
+    );
+    assert_eq!(total("get_api_requests", "device_counters_count"), 1);
+    assert!(
+        total("get_api_requests", "machine_cfg_count") >= 1
+            && total("get_api_requests", "instance_info_count") >= 3
+    );
+    assert!(total("api_server", "process_startup_time_us") > 0);
     // StopVMM: SIGTERM.
     assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
 }

@@ -3,6 +3,7 @@
 //! Firecracker-compatible HTTP router ([`router`]) and its Unix-socket server ([`server`]).
 
 pub mod client;
+mod counting;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod router;

@@ -16,6 +16,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use thiserror::Error;
 
+use super::counting;
 use super::router::{self, MAX_BODY};
 use super::{ApiError, ApiResult, VmmHandle};
 
@@ -58,6 +59,8 @@ impl ApiServer {
             ServerError::Start(e)
         };
         listener.set_nonblocking(true).map_err(remove)?;
+        let startup = crate::stats::since_process_start().as_micros();
+        crate::metrics::metrics().api_server.process_startup_time_us.add(startup as u64);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -122,12 +125,21 @@ async fn serve(listener: StdUnixListener, vmm: VmmHandle) {
 async fn answer(req: Request<Incoming>, vmm: VmmHandle) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
-    let result = match read_body(req).await {
-        Ok(body) => match router::parse(&method, &path, &body) {
-            Ok(request) => call(&vmm, request).await,
-            Err(e) => Err(e),
-        },
+    let parsed = match read_body(req).await {
+        Ok(body) => router::parse(&method, &path, &body),
         Err(e) => Err(e),
+    };
+    let result = match parsed {
+        Ok(request) => {
+            counting::received(&request);
+            let result = call(&vmm, request.clone()).await;
+            counting::answered(&request, &result);
+            result
+        }
+        Err(e) => {
+            counting::bad_request();
+            Err(e)
+        }
     };
     if let Err(e) = &result {
         tracing::info!("API {method} {path}: {e}");
