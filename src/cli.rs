@@ -25,7 +25,7 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     service: ServiceArgs,
-    /// Print the version (`vmr vX.Y.Z`, in Firecracker's form) and exit.
+    /// Print the version in Firecracker's form and exit: `vmr v<Firecracker API level>+vmr.<vmr version>`.
     #[arg(short = 'V', long)]
     version: bool,
 }
@@ -172,7 +172,7 @@ pub fn main() -> i32 {
         }
     };
     if cli.version {
-        println!("vmr v{}", vmr_vmm::VERSION);
+        println!("{}", vmr_vmm::version_line());
         return 0;
     }
     let result = match cli.command {

@@ -217,7 +217,8 @@ fn firecracker_go_sdk_sequence() {
     let info: serde_json::Value = serde_json::from_str(&vm.call("GET", "/", None).body).unwrap();
     assert_eq!((info["id"].as_str(), info["state"].as_str()), (Some("sdk-vm"), Some("Not started")));
     let version: serde_json::Value = serde_json::from_str(&vm.call("GET", "/version", None).body).unwrap();
-    assert_eq!(version["firecracker_version"], vmr_vmm::VERSION);
+    assert_eq!(version["firecracker_version"], vmr_vmm::FIRECRACKER_COMPAT_VERSION);
+    assert_eq!(version["vmr_version"], vmr_vmm::VERSION);
     // Machine.Start: logger, machine config, boot source, drives, then InstanceStart.
     let log = vm.dir.join("vmr.log");
     vm.ok(
@@ -347,12 +348,63 @@ fn firecracker_go_sdk_sequence() {
     assert_eq!(vm.sigterm_and_wait(), 128 + libc::SIGTERM);
 }
 
+/// Kata's Go runtime (virtcontainers/fc.go) on `firecracker --version` output: line 1, split on
+/// spaces, field 2 trimmed and without its "v", parsed as a semantic version (blang/semver's
+/// `Make`: MAJOR.MINOR.PATCH without leading zeros, optional `-pre` and `+build` of
+/// `[0-9A-Za-z-]` identifiers) and refused below `fcMinSupportedVersion` 0.21.1.
+fn kata_check_version(output: &str) -> Result<(), String> {
+    let line = output.split('\n').next().unwrap_or_default();
+    let fields: Vec<&str> = line.split(' ').collect();
+    let Some(field) = fields.get(1) else { return Err("getting FC version failed".into()) };
+    let version = field.trim().strip_prefix('v').unwrap_or(field.trim());
+    let (rest, build) = version.split_once('+').map_or((version, None), |(r, b)| (r, Some(b)));
+    let (core, pre) = rest.split_once('-').map_or((rest, None), |(c, p)| (c, Some(p)));
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    for ids in [pre, build].into_iter().flatten() {
+        if !ids.split('.').all(ident) {
+            return Err(format!("Malformed firecracker version: {version}"));
+        }
+    }
+    let parts: Vec<&str> = core.split('.').collect();
+    let number = |s: &&str| (s == &"0" || !s.starts_with('0')).then(|| s.parse::<u64>().ok()).flatten();
+    let numbers: Vec<u64> = parts.iter().filter_map(number).collect();
+    if parts.len() != 3 || numbers.len() != 3 {
+        return Err(format!("Malformed firecracker version: {version}"));
+    }
+    // A pre-release sorts before its release; 0.21.1 has none.
+    let v = (numbers[0], numbers[1], numbers[2]);
+    if v < (0, 21, 1) || (v == (0, 21, 1) && pre.is_some()) {
+        return Err(format!("version {version} is not supported"));
+    }
+    Ok(())
+}
+
+#[test]
+fn kata_version_check_is_mimicked() {
+    assert_eq!(
+        kata_check_version("Firecracker v1.7.0\n\nSupported snapshot data format versions: 1.0.0\n"),
+        Ok(())
+    );
+    assert_eq!(kata_check_version("Firecracker v0.21.1\n"), Ok(()));
+    // vmr's own version alone would be refused: why vmr --version leads with the API level.
+    assert!(kata_check_version("vmr v0.1.0\n").unwrap_err().contains("not supported"));
+    assert!(kata_check_version("Firecracker v0.21.1-rc1\n").is_err());
+    for bad in ["vmr", "vmr v1.7", "vmr v01.7.0", "vmr v1.7.0+", "vmr v1.7.0+a_b"] {
+        assert!(
+            kata_check_version(bad).unwrap_err().contains("FC version")
+                || kata_check_version(bad).unwrap_err().contains("Malformed"),
+            "{bad}"
+        );
+    }
+}
+
 #[test]
 fn kata_go_runtime_sequence() {
-    // `firecracker --version`: Kata takes the second word, without its "v".
+    // `firecracker --version`, as fc.go's getVersionNumber/parseVersion/checkVersion read it.
     let out = Command::new(env!("CARGO_BIN_EXE_vmr")).arg("--version").output().unwrap();
-    let first = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_string();
-    assert_eq!(first, format!("vmr v{}", vmr_vmm::VERSION));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, format!("vmr v{}+vmr.{}\n", vmr_vmm::FIRECRACKER_COMPAT_VERSION, vmr_vmm::VERSION));
+    assert_eq!(kata_check_version(&text), Ok(()));
     let dir = test_dir("kata-files");
     let kernel = ticking_kernel(&dir);
     let root = dir.join("root.img");

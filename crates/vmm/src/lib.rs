@@ -24,7 +24,7 @@ pub use accel::{select_backend, BackendChoice};
 pub use config::{Accel, RebootPolicy, VmConfig};
 pub use error::VmmError;
 pub use machine::Machine;
-pub use vmm::{Vmm, VERSION};
+pub use vmm::{version_line, Vmm, FIRECRACKER_COMPAT_VERSION, VERSION};
 
 /// The kernel command line used when the user gives a kernel but no command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";

@@ -19,8 +19,22 @@ use crate::api::{ApiError, ApiResult, VmmHandle, VmmRequest, VmmResponse};
 use crate::machine::{self, EventChannel, Machine, PreparedBoot, RunningMachine, VmEvent};
 use crate::{console, select_backend, BackendChoice, ExitReason, RebootPolicy, VmConfig, VmmError};
 
-/// The version every client sees (`GET /`, `GET /version`, `vmr --version`).
+/// vmr's own version (`GET /` `vmm_version`, `GET /version` `vmr_version`, `vmr --version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The Firecracker release whose API vmr follows (request and config-file bodies, e.g.
+/// `machine-config`'s `huge_pages`, added in Firecracker 1.7): what `GET /version` reports as
+/// `firecracker_version` and what `vmr --version` puts where Firecracker puts its version.
+/// Clients gate on it: Kata's Go runtime refuses a Firecracker older than 0.21.1, so vmr's own
+/// 0.1.0 there would be refused.
+pub const FIRECRACKER_COMPAT_VERSION: &str = "1.7.0";
+
+/// `vmr --version`: one line in Firecracker's form (`<name> v<semver>`), the Firecracker API
+/// level as the version and vmr's own as semver build metadata (which comparisons ignore),
+/// e.g. `vmr v1.7.0+vmr.0.1.0`.
+pub fn version_line() -> String {
+    format!("vmr v{FIRECRACKER_COMPAT_VERSION}+vmr.{VERSION}")
+}
 
 /// One disk with the Firecracker attributes vmr keeps for `GET /vm/config`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,7 +182,7 @@ impl Vmm {
         match request {
             R::GetInstanceInfo => Ok(VmmResponse::InstanceInfo(self.instance_info())),
             R::GetVersion => Ok(VmmResponse::Version(VersionInfo {
-                firecracker_version: VERSION.into(),
+                firecracker_version: FIRECRACKER_COMPAT_VERSION.into(),
                 vmr_version: VERSION.into(),
             })),
             R::GetVmConfig => Ok(VmmResponse::VmConfig(Box::new(self.full_config()))),

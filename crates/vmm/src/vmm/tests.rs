@@ -195,7 +195,12 @@ fn requests_arrive_through_the_handle_from_other_threads() {
     let event = v.events.recv().unwrap();
     assert!(v.dispatch(event).unwrap().is_none());
     match thread.join().unwrap().unwrap() {
-        VmmResponse::Version(ver) => assert_eq!(ver.firecracker_version, VERSION),
+        VmmResponse::Version(ver) => {
+            assert_eq!(
+                (ver.firecracker_version.as_str(), ver.vmr_version.as_str()),
+                (FIRECRACKER_COMPAT_VERSION, VERSION)
+            )
+        }
         other => panic!("{other:?}"),
     }
 }
