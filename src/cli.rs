@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use vmr_image::{PullOptions, StderrProgress};
 use vmr_vmm::api::schema::FullVmConfig;
 use vmr_vmm::api::server::ApiServer;
-use vmr_vmm::config::parse_memory_size;
+use vmr_vmm::config::{parse_memory_size, parse_size};
+use vmr_vmm::devices::options::{parse_disk, parse_net, parse_vsock};
 use vmr_vmm::devices::vmr_block::{self, ImageFormat};
 use vmr_vmm::devices::{DiskConfig, NetConfig, VirtioConfig, VsockConfig};
 use vmr_vmm::{Accel, ExitReason, RebootPolicy, VmConfig, Vmm, EXIT_ERROR};
@@ -131,14 +132,14 @@ struct RunArgs {
     reboot: RebootPolicy,
     /// A virtio disk: path=FILE[,readonly=on][,format=raw|qcow2][,cache=writeback|none][,serial=ID] (repeatable;
     /// the first is the guest's /dev/vda).
-    #[arg(long = "disk", value_name = "OPTIONS")]
+    #[arg(long = "disk", value_name = "OPTIONS", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
     /// A virtio network card on a tap: tap=NAME[,mac=52:54:00:12:34:56] (repeatable).
-    #[arg(long = "net", value_name = "OPTIONS")]
+    #[arg(long = "net", value_name = "OPTIONS", value_parser = parse_net)]
     nets: Vec<NetConfig>,
     /// A virtio-vsock device: cid=N,socket=PATH (Firecracker's convention: host clients send
     /// "CONNECT <port>" on PATH; guest connections to host port P go to PATH_P).
-    #[arg(long, value_name = "OPTIONS")]
+    #[arg(long, value_name = "OPTIONS", value_parser = parse_vsock)]
     vsock: Option<VsockConfig>,
     /// A virtio entropy device fed from the host's getrandom.
     #[arg(long)]
@@ -299,23 +300,9 @@ fn image_create(args: CreateArgs) -> Result<i32, Box<dyn Error>> {
     Ok(0)
 }
 
-/// Parses an image size: bytes, or a number with a K, M, G or T suffix (powers of 1024).
+/// An image size: bytes, or a number with a K, M, G or T suffix (powers of 1024).
 fn parse_image_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, suffix) = t.split_at(digits_end);
-    let shift = match suffix.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(format!("'{text}' is not a size like 10G, 512M or 1048576")),
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|v| v.checked_mul(1u64 << shift))
+    parse_size(text, 0)
         .filter(|v| *v > 0)
         .ok_or_else(|| format!("'{text}' is not a size like 10G, 512M or 1048576"))
 }

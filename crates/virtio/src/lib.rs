@@ -16,12 +16,12 @@
 //! # Integration (what the VMM calls)
 //!
 //! ```text
-//! // 1. Build devices from the CLI (FromStr configs, one-line errors):
-//! let disk: DiskConfig = "path=root.img,readonly=on,format=qcow2,serial=root".parse()?;
+//! // 1. Build devices from plain typed configs (vmr-vmm parses the command-line text):
+//! let disk = DiskConfig { read_only: true, ..DiskConfig::new("root.img") };
 //! let blk = vmr_virtio::block::Block::new(&disk, 0)?;        // opens + locks the image
-//! let net = vmr_virtio::net::Net::new(&"tap=tap0".parse()?, 0)?;  // opens the tap
+//! let net = vmr_virtio::net::Net::new(&NetConfig::new("tap0"), 0)?;  // opens the tap
 //! let rng = vmr_virtio::rng::Rng::new(0);
-//! let vsock = vmr_virtio::vsock::Vsock::new(&"cid=3,socket=/run/v.sock".parse()?, 0)?; // binds
+//! let vsock = vmr_virtio::vsock::Vsock::new(&VsockConfig { cid: 3, socket: "/run/v.sock".into() }, 0)?;
 //! // 2. Per device: interrupt, transport, bus, ioeventfds, cmdline.
 //! let (base, gsi) = vmr_arch::layout::virtio_mmio_device(i)?;
 //! let irqfd = EventFd::new(EFD_NONBLOCK)?;

@@ -119,19 +119,27 @@ pub enum ConfigError {
 
 /// Parses `512M`, `4G`, `1024` (MiB when no suffix, as QEMU's `-m`), `2GiB`.
 pub fn parse_memory_size(text: &str) -> Result<u64, ConfigError> {
-    let err = || ConfigError::MemorySyntax(text.to_string());
+    parse_size(text, 20).filter(|v| *v > 0).ok_or_else(|| ConfigError::MemorySyntax(text.to_string()))
+}
+
+/// The one size parser, for every size and rate option (`--memory`, `vmr image create`,
+/// `--disk bw=`, `--net rx_bw=`, ...): a number with an optional K, M, G or T suffix (powers of
+/// 1024; `k`, `KiB` and `KB` too). A bare number counts units of `1 << unit_shift` bytes.
+/// `None` for anything else or an overflow; zero is the caller's to refuse.
+pub fn parse_size(text: &str, unit_shift: u32) -> Option<u64> {
     let t = text.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, suffix) = t.split_at(digits_end);
-    let value: u64 = number.parse().map_err(|_| err())?;
+    let value: u64 = number.parse().ok()?;
     let shift = match suffix.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
-        "" | "M" => 20,
+        "" => unit_shift,
         "K" => 10,
+        "M" => 20,
         "G" => 30,
         "T" => 40,
-        _ => return Err(err()),
+        _ => return None,
     };
-    value.checked_mul(1u64 << shift).filter(|v| *v > 0).ok_or_else(err)
+    value.checked_mul(1u64 << shift)
 }
 
 #[cfg(test)]
@@ -151,6 +159,13 @@ mod tests {
         assert!(parse_memory_size("12Q").is_err());
         assert!(parse_memory_size("-1G").is_err());
         assert!(parse_memory_size("99999999999999T").is_err());
+        assert_eq!(parse_size("1048576", 0), Some(1 << 20));
+        assert_eq!(parse_size("64M", 0), Some(64 << 20));
+        assert_eq!(parse_size("4k", 0), Some(4096));
+        assert_eq!(parse_size("0", 0), Some(0));
+        for bad in ["", "M", "1.5G", "-1", "12Q", "99999999999G"] {
+            assert_eq!(parse_size(bad, 0), None, "{bad}");
+        }
     }
 
     fn sample() -> VmConfig {

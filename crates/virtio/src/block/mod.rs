@@ -19,7 +19,7 @@ use thiserror::Error;
 use virtio_queue::{DescriptorChain, Queue};
 use vmr_block::{BlockError, DiskImage, OpenOptions, SECTOR_SIZE};
 
-pub use config::{DiskConfig, DiskConfigError, SERIAL_MAX_LEN};
+pub use config::{DiskConfig, SERIAL_MAX_LEN};
 pub use swap::DiskSwap;
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};

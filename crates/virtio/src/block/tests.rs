@@ -1,5 +1,6 @@
 use super::request::{S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES};
 use super::*;
+use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use crate::status;
 use crate::testutil::{Harness, DATA, F_WRITE, MEM_SIZE};
 use vmr_devices::BusDevice;
@@ -22,20 +23,32 @@ fn disk(read_only: bool) -> Disk {
 
 /// A disk with `cache=<cache>`; the open error if it fails.
 fn disk_with(read_only: bool, cache: &str) -> Result<Disk, BlockDeviceError> {
-    disk_with_options(read_only, &format!("cache={cache}"))
+    disk_with_limits(read_only, cache == "none", RateLimiterConfig::default())
 }
 
-/// A disk with extra `--disk` options.
-fn disk_with_options(read_only: bool, extra: &str) -> Result<Disk, BlockDeviceError> {
+/// Limits of `bw` bytes and `ops` requests per second (what `--disk bw=,iops=` makes).
+fn per_second(bw: Option<u64>, ops: Option<u64>) -> RateLimiterConfig {
+    RateLimiterConfig {
+        bandwidth: bw.and_then(TokenBucketConfig::per_second),
+        ops: ops.and_then(TokenBucketConfig::per_second),
+    }
+}
+
+/// A disk with these rate limits.
+fn disk_with_limits(
+    read_only: bool,
+    direct: bool,
+    rate_limiter: RateLimiterConfig,
+) -> Result<Disk, BlockDeviceError> {
     let file = tempfile::NamedTempFile::new().unwrap();
     file.as_file().set_len(DISK_SIZE).unwrap();
-    let config: DiskConfig = format!(
-        "path={},readonly={},serial=disk-7,{extra}",
-        file.path().display(),
-        if read_only { "on" } else { "off" }
-    )
-    .parse()
-    .unwrap();
+    let config = DiskConfig {
+        read_only,
+        serial: Some("disk-7".into()),
+        direct,
+        rate_limiter,
+        ..DiskConfig::new(file.path())
+    };
     let block = Block::new(&config, 0)?;
     let handle = block.rate_limiter_handle();
     let mut h = Harness::new(Box::new(block), 16);
@@ -226,7 +239,7 @@ fn huge_request_is_served_in_bounded_chunks() {
 #[test]
 fn image_lock_is_held_while_the_device_exists() {
     let d = disk(false);
-    let config: DiskConfig = format!("path={}", d.file.path().display()).parse().unwrap();
+    let config = DiskConfig::new(d.file.path());
     let err = Block::new(&config, 1).err().unwrap().to_string();
     assert_eq!(err, format!("image {} is in use by another process", d.file.path().display()));
 }
@@ -266,7 +279,7 @@ fn event_idx_negotiated_still_completes_requests() {
 fn swapped_image_serves_the_next_requests_and_the_guest_is_told_the_new_size() {
     let old = tempfile::NamedTempFile::new().unwrap();
     old.as_file().set_len(DISK_SIZE).unwrap();
-    let config: DiskConfig = format!("path={}", old.path().display()).parse().unwrap();
+    let config = DiskConfig::new(old.path());
     let block = Block::new(&config, 0).unwrap();
     let swap = block.swap_handle();
     let handle = block.rate_limiter_handle();
@@ -312,7 +325,7 @@ fn timed_reads(d: &mut Disk, count: u32, len: u32) -> std::time::Duration {
 /// goes at once); the requests wait in the ring and all succeed.
 #[test]
 fn bandwidth_limit_paces_reads() {
-    let mut d = disk_with_options(false, "bw=1M").unwrap();
+    let mut d = disk_with_limits(false, false, per_second(Some(1 << 20), None)).unwrap();
     let took = timed_reads(&mut d, 8, 128 << 10);
     let ms = took.as_millis();
     assert!((800..3000).contains(&ms), "1 MiB at 1 MiB/s took {took:?}");
@@ -321,7 +334,7 @@ fn bandwidth_limit_paces_reads() {
 /// `iops=80` (10 per 125 ms): 30 flushes take about (30 - 10) / 80 s = 0.25 s.
 #[test]
 fn ops_limit_paces_requests_and_updates_live() {
-    let mut d = disk_with_options(false, "iops=80").unwrap();
+    let mut d = disk_with_limits(false, false, per_second(None, Some(80))).unwrap();
     let start = std::time::Instant::now();
     for _ in 0..30 {
         assert_eq!(d.request(T_FLUSH, 0, None).0, S_OK);

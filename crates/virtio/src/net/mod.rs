@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vmm_sys_util::epoll::EventSet;
 
-pub use config::{NetConfig, NetConfigError};
+pub use config::NetConfig;
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
 use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};

@@ -86,21 +86,6 @@ impl TokenBucketConfig {
     }
 }
 
-/// Parses a per-second rate: a number with an optional K, M or G suffix (powers of 1024), as
-/// in `bw=10M`. `None` if it is not one.
-pub fn parse_rate(text: &str) -> Option<u64> {
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, suffix) = text.split_at(digits_end);
-    let shift = match suffix {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        _ => return None,
-    };
-    number.parse::<u64>().ok()?.checked_mul(1 << shift)
-}
-
 /// The limits of one device queue (a disk, or one direction of a network card): a bandwidth
 /// bucket (bytes) and an operations bucket (requests or frames), and a timer that becomes
 /// readable when a throttled request may go ahead.
@@ -301,13 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn per_second_rates_and_their_text() {
-        assert_eq!(parse_rate("10M"), Some(10 << 20));
-        assert_eq!(parse_rate("1000"), Some(1000));
-        assert_eq!(parse_rate("4k"), Some(4096));
-        for bad in ["", "M", "1.5M", "-1", "10T", "99999999999G"] {
-            assert_eq!(parse_rate(bad), None, "{bad}");
-        }
+    fn per_second_buckets() {
         let b = TokenBucketConfig::per_second(10 << 20).unwrap();
         assert_eq!((b.size, b.refill_time, b.rate_per_second()), (10 << 17, 125, 10 << 20));
         let b = TokenBucketConfig::per_second(1001).unwrap();

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vmm_sys_util::epoll::EventSet;
 
-pub use config::{VsockConfig, VsockConfigError};
+pub use config::VsockConfig;
 pub use conn::{BUF_ALLOC, TO_GUEST_CAP};
 pub use muxer::{CONNECT_TIMEOUT, MAX_CONNECTIONS, MAX_PAYLOAD, MAX_PENDING_CONTROL};
 

@@ -51,7 +51,7 @@ fn memory() -> GuestMemory {
 fn raw_disk(dir: &tempfile::TempDir, name: &str) -> DiskConfig {
     let path = dir.path().join(name);
     std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
-    format!("path={}", path.display()).parse().unwrap()
+    DiskConfig::new(path)
 }
 
 fn read32(bus: &Bus, addr: u64) -> u32 {
@@ -89,7 +89,7 @@ fn wait_threads(prefix: &str, want: usize) -> usize {
 #[test]
 fn devices_get_slots_in_order_with_ioeventfds_and_irqfds() {
     let dir = tempfile::tempdir().unwrap();
-    let vsock = format!("cid=3,socket={}", dir.path().join("v.sock").display()).parse().unwrap();
+    let vsock = VsockConfig { cid: 3, socket: dir.path().join("v.sock") };
     let config = VirtioConfig {
         disks: vec![raw_disk(&dir, "a.img"), raw_disk(&dir, "b.img")],
         nets: vec![],
@@ -163,17 +163,17 @@ fn an_activated_device_worker_ends_with_the_bus() {
 fn setup_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.img");
-    let config = VirtioConfig {
-        disks: vec![format!("path={}", missing.display()).parse().unwrap()],
-        ..Default::default()
-    };
+    let config = VirtioConfig { disks: vec![DiskConfig::new(&missing)], ..Default::default() };
     let err = open_devices(&config).err().unwrap().to_string();
     assert!(err.contains("missing.img") && !err.contains('\n'), "{err}");
 
     let corrupt = dir.path().join("bad.qcow2");
     std::fs::write(&corrupt, b"QFI\xfbgarbage-that-is-no-header").unwrap();
     let config = VirtioConfig {
-        disks: vec![format!("path={},format=qcow2", corrupt.display()).parse().unwrap()],
+        disks: vec![DiskConfig {
+            format: Some(vmr_virtio::vmr_block::ImageFormat::Qcow2),
+            ..DiskConfig::new(&corrupt)
+        }],
         ..Default::default()
     };
     let err = open_devices(&config).err().unwrap().to_string();

@@ -16,6 +16,7 @@ use vmr_virtio::vsock::VsockConfig;
 
 use crate::api::schema::*;
 use crate::api::{ApiError, ApiResult, VmmHandle, VmmRequest, VmmResponse};
+use crate::devices::options::{check_tap_name, check_vsock_cid, parse_mac};
 use crate::machine::{self, EventChannel, Machine, PreparedBoot, RunningMachine, VmEvent};
 use crate::{console, select_backend, BackendChoice, ExitReason, RebootPolicy, VmConfig, VmmError};
 
@@ -397,13 +398,11 @@ impl Vmm {
         check_id(&n.iface_id, "iface_id")?;
         let rx_rate_limiter = checked_limiter(n.rx_rate_limiter)?;
         let tx_rate_limiter = checked_limiter(n.tx_rate_limiter)?;
-        let mut text = format!("tap={}", n.host_dev_name);
-        if let Some(mac) = &n.guest_mac {
-            text.push_str(&format!(",mac={mac}"));
-        }
-        let mut net: NetConfig = text.parse().map_err(|e| ApiError::InvalidValue(format!("{e}")))?;
-        net.rx_rate_limiter = rx_rate_limiter;
-        net.tx_rate_limiter = tx_rate_limiter;
+        check_tap_name(&n.host_dev_name)
+            .map_err(|e| ApiError::InvalidValue(format!("host_dev_name: {e}")))?;
+        let mac = n.guest_mac.as_deref().map(parse_mac).transpose();
+        let mac = mac.map_err(|e| ApiError::InvalidValue(format!("guest_mac: {e}")))?;
+        let net = NetConfig { tap: n.host_dev_name, mac, rx_rate_limiter, tx_rate_limiter };
         let entry = NetEntry { id: n.iface_id, net };
         match self.nets.iter_mut().find(|e| e.id == entry.id) {
             Some(existing) => *existing = entry,
@@ -440,9 +439,12 @@ impl Vmm {
     }
 
     fn put_vsock(&mut self, v: Vsock) -> ApiResult {
-        let text = format!("cid={},socket={}", v.guest_cid, v.uds_path);
-        let vsock: VsockConfig = text.parse().map_err(|e| ApiError::InvalidValue(format!("{e}")))?;
-        self.config.virtio.vsock = Some(vsock);
+        let cid = check_vsock_cid(u64::from(v.guest_cid))
+            .map_err(|e| ApiError::InvalidValue(format!("guest_cid: {e}")))?;
+        if v.uds_path.is_empty() {
+            return Err(ApiError::InvalidValue("uds_path must not be empty".into()));
+        }
+        self.config.virtio.vsock = Some(VsockConfig { cid, socket: v.uds_path.into() });
         Ok(VmmResponse::Empty)
     }
 

@@ -172,7 +172,7 @@ fn the_command_line_config_round_trips_with_drive_ids() {
         reboot: RebootPolicy::Exit,
         cmdline_hints: true,
         virtio: crate::devices::VirtioConfig {
-            disks: vec!["path=/a.img,readonly=on".parse().unwrap()],
+            disks: vec![crate::devices::options::parse_disk("path=/a.img,readonly=on").unwrap()],
             nets: vec![],
             vsock: None,
             rng: true,
