@@ -238,3 +238,27 @@ fn limiter_patches_before_boot_and_for_unknown_devices_are_refused() {
     let e = req(&mut v, "PATCH", "/drives/x", body).unwrap_err().to_string();
     assert!(e.contains("before the VM has started"), "{e}");
 }
+
+#[test]
+fn bad_network_and_vsock_values_are_refused_naming_the_field() {
+    let mut v = vmm();
+    let err = |v: &mut Vmm, path: &str, body: &str| req(v, "PUT", path, body).unwrap_err().to_string();
+    let e = err(
+        &mut v,
+        "/network-interfaces/eth0",
+        r#"{"iface_id":"eth0","host_dev_name":"a-name-far-too-long"}"#,
+    );
+    assert!(e.contains("host_dev_name: tap name must be 1 to 15 bytes"), "{e}");
+    let e = err(
+        &mut v,
+        "/network-interfaces/eth0",
+        r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"01:00:00:00:00:01"}"#,
+    );
+    assert!(e.contains("guest_mac: '01:00:00:00:00:01' is not a unicast MAC"), "{e}");
+    let e = err(&mut v, "/vsock", r#"{"guest_cid":2,"uds_path":"/tmp/v.sock"}"#);
+    assert!(e.contains("guest_cid: cid '2' is not a number from 3 to 4294967294"), "{e}");
+    let e = err(&mut v, "/vsock", r#"{"guest_cid":3,"uds_path":""}"#);
+    assert!(e.contains("uds_path must not be empty"), "{e}");
+    let VmmResponse::VmConfig(full) = req(&mut v, "GET", "/vm/config", "").unwrap() else { panic!() };
+    assert!(full.network_interfaces.is_empty() && full.vsock.is_none(), "nothing refused was kept");
+}
