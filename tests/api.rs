@@ -526,6 +526,26 @@ fn run_with_an_api_socket_and_vmr_ctl() {
     assert!(err.contains("cannot reach the API"), "{err}");
 }
 
+/// Shell clients (socat, `nc -N`) close their sending side as soon as the request is out; the
+/// request must still be answered, with every header a client may send.
+#[test]
+fn a_client_that_half_closes_after_its_request_is_answered() {
+    let mut vm = spawn("half-close", &["--api-sock", "{sock}", "--id", "half"]);
+    vm.wait_ready();
+    for headers in ["", "Accept: application/json\r\n", "Connection: close\r\n"] {
+        for _ in 0..20 {
+            let mut s = UnixStream::connect(&vm.sock).unwrap();
+            write!(s, "GET / HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            assert!(reply.starts_with("HTTP/1.1 200 "), "headers {headers:?}: reply {reply:?}");
+            assert!(reply.contains(r#""state":"Not started""#), "{reply}");
+        }
+    }
+}
+
 #[test]
 fn an_existing_socket_path_is_a_one_line_error() {
     let dir = test_dir("exists");

@@ -68,10 +68,11 @@ extract_kernel() {
     rm -rf "$tmp"
 }
 
-# L2_MODULES: virtio and ext4 modules for the L2 guest, in load order (insmod does no deps).
+# L2_MODULES: virtio, ext4 and ACPI power button (with evdev, for acpid) modules for the L2
+# guest, in load order (insmod does no deps).
 L2_MODULES="virtio_ring virtio virtio_mmio virtio_blk virtio-rng failover net_failover virtio_net
     mbcache jbd2 crc16 crc32c_generic ext4 tun vsock vmw_vsock_virtio_transport_common
-    vmw_vsock_virtio_transport"
+    vmw_vsock_virtio_transport evdev button"
 # extract_l2_modules DEB DIR: the L2_MODULES .ko files plus DIR/order (their load order).
 extract_l2_modules() {
     local deb=$1 dir=$2 tmp m

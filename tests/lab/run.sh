@@ -161,6 +161,10 @@ boot_l1() {
 # The runs of this invocation, in order: scenario names without the number prefix; with
 # --repeat N each scenario runs N times, as name@1 .. name@N.
 SCENARIOS=""
+ONLY=${ONLY//,/ }
+for want in $ONLY; do
+    ls "$LAB_DIR"/scenarios/[0-9][0-9]-"$want".sh > /dev/null 2>&1 || die "--only: no scenario named '$want'"
+done
 for ((round = 1; round <= REPEAT; round++)); do
     for f in "$LAB_DIR"/scenarios/*.sh; do
         n=$(basename "$f" .sh); n=${n#[0-9][0-9]-}

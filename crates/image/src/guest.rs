@@ -10,9 +10,31 @@ use crate::cpio::{CpioError, CpioWriter};
 /// The line `/init` prints once the guest userland runs; tests wait for it.
 pub const BOOT_MARKER: &str = "vmr-guest: init reached";
 
-/// Modules loaded by `/init` when present (virtio devices over MMIO, and vsock).
-pub const WANTED_MODULES: &[&str] =
-    &["virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "vmw_vsock_virtio_transport"];
+/// Modules loaded by `/init` when present: virtio devices over MMIO, vsock, and the ACPI
+/// power button with its event device (busybox `acpid` turns a press into a power-off).
+pub const WANTED_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_rng",
+    "vmw_vsock_virtio_transport",
+    "evdev",
+    "button",
+];
+
+/// What the default initramfs is made of besides the packages: a hash of `/init` and the module
+/// list. Kept in the manifest so that a cached image from a vmr that built it otherwise is
+/// built again.
+pub fn recipe() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(init_script().as_bytes());
+    h.update(WANTED_MODULES.join(" ").as_bytes());
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The line `/init`'s power-button action prints before it powers the guest off.
+pub const POWER_BUTTON_MARKER: &str = "vmr-guest: power button pressed, powering off";
 
 /// Applets linked when the busybox binary cannot be asked for its list (`/init` then runs
 /// `busybox --install -s` for the rest).
@@ -57,6 +79,14 @@ load() {{
     [ -e "/lib/modules/$1.ko" ] && insmod "/lib/modules/$1.ko" $params 2>/dev/null
 }}
 for m in $(cat /etc/vmr/modules 2>/dev/null); do load "$m"; done
+# The ACPI power button (`vmr ctl shutdown`): busybox acpid runs /etc/acpi/PWRF/00000080.
+if ls /dev/input/event* >/dev/null 2>&1 && command -v acpid >/dev/null; then
+    mkdir -p /etc/acpi/PWRF
+    printf '#!/bin/sh\necho "{POWER_BUTTON_MARKER}" > /dev/console\nsync\npoweroff -f\n' \
+        > /etc/acpi/PWRF/00000080
+    chmod 755 /etc/acpi/PWRF/00000080
+    acpid -c /etc/acpi -l /run/acpid.log
+fi
 echo "{BOOT_MARKER}"
 case " $cmdline " in *" vmr.poweroff "*) poweroff -f ;; esac
 setsid cttyhack sh -l

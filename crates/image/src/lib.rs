@@ -147,6 +147,10 @@ pub struct Manifest {
     pub cmdline: String,
     /// vmlinux, bzImage, initramfs.
     pub files: Vec<FileRecord>,
+    /// [`guest::recipe`] of the vmr that built the image: a cache built by a vmr with another
+    /// `/init` or module list is built again (older vmrs ignore the field and keep using it).
+    #[serde(default)]
+    pub recipe: String,
 }
 
 /// Kernel file name in the image directory.
@@ -197,7 +201,7 @@ pub fn cached_in(dir: &Path) -> Option<GuestImage> {
 pub fn read_manifest(dir: &Path) -> Option<Manifest> {
     let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).ok()?;
     let m: Manifest = serde_json::from_str(&text).ok()?;
-    (m.format == MANIFEST_FORMAT).then_some(m)
+    (m.format == MANIFEST_FORMAT && m.recipe == guest::recipe()).then_some(m)
 }
 
 #[cfg(test)]
@@ -234,6 +238,7 @@ mod tests {
             pvh: true,
             cmdline: DEFAULT_CMDLINE.into(),
             files: vec![rec(VMLINUX_FILE, 3), rec(BZIMAGE_FILE, 2), rec(INITRD_FILE, 1)],
+            recipe: guest::recipe(),
         };
         std::fs::write(dir.path().join(VMLINUX_FILE), b"abc").unwrap();
         std::fs::write(dir.path().join(BZIMAGE_FILE), b"ab").unwrap();
@@ -250,6 +255,15 @@ mod tests {
         std::fs::write(dir.path().join(INITRD_FILE), b"a").unwrap();
         m.format = 99;
         write(&m);
+        assert_eq!(cached_in(dir.path()), None);
+        // Built by a vmr with another /init (or one that did not record it): built again.
+        m.format = MANIFEST_FORMAT;
+        m.recipe = "0123456789abcdef".into();
+        write(&m);
+        assert_eq!(cached_in(dir.path()), None);
+        let mut v = serde_json::to_value(&m).unwrap();
+        v.as_object_mut().unwrap().remove("recipe");
+        std::fs::write(dir.path().join(MANIFEST_FILE), v.to_string()).unwrap();
         assert_eq!(cached_in(dir.path()), None);
     }
 }

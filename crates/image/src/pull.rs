@@ -90,6 +90,7 @@ pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<GuestImage, I
         pvh,
         cmdline: DEFAULT_CMDLINE.to_string(),
         files,
+        recipe: guest::recipe(),
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| ImageError::Write { path: dir.join(MANIFEST_FILE), source: e.into() })?;

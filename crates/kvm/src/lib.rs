@@ -230,6 +230,7 @@ pub fn vcpu_thread_ioctls() -> Vec<u64> {
         ioc(read, 0xa6, size_of::<kvm_xcrs>()),         // KVM_GET_XCRS
         ioc(write, 0x61, size_of::<kvm_irq_level>()),   // KVM_IRQ_LINE
         ioc(write, 0xa5, size_of::<kvm_msi>()),         // KVM_SIGNAL_MSI
+        ioc(none, 0xad, 0),                             // KVM_KVMCLOCK_CTRL (on pause)
     ]
 }
 

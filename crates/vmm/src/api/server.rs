@@ -114,6 +114,9 @@ async fn serve(listener: StdUnixListener, vmm: VmmHandle) {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(64 * 1024)
+                // A client may close its sending side once the request is out (socat, nc -N,
+                // shell scripts): the request is still answered.
+                .half_close(true)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!("API connection ended: {e}");

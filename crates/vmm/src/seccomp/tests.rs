@@ -133,3 +133,56 @@ fn forbidden_syscall_stops_the_process_with_a_message() {
     );
     assert!(!stderr.contains("returned"), "{stderr}");
 }
+
+/// Every role's filter, end to end: a thread with the role's name and filter makes `ptrace`,
+/// which no vmr thread needs; the process must end with 159 and the message naming that thread.
+/// (The API thread is the one a remote client talks to: its filter matters most.)
+#[test]
+fn every_role_traps_a_syscall_outside_its_list() {
+    const CHILD: &str = "VMR_SECCOMP_ROLE_CHILD";
+    let roles = [
+        (Role::Api, "vmr-api"),
+        (Role::Main, "vmr-main-test"),
+        (Role::Vcpu, "vmr-vcpu0"),
+        (Role::BlockWorker, "vmr-virtio-blk0"),
+        (Role::NetWorker, "vmr-virtio-net0"),
+        (Role::VsockWorker, "vmr-virtio-vsock0"),
+        (Role::RngWorker, "vmr-virtio-rng0"),
+        (Role::Console, "vmr-console"),
+        (Role::Signals, "vmr-signals"),
+        (Role::EmuIrq, "vmr-emu-irq"),
+        (Role::Metrics, "vmr-metrics"),
+    ];
+    if let Ok(name) = std::env::var(CHILD) {
+        let (role, _) = *roles.iter().find(|(_, n)| *n == name).unwrap();
+        let t = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                apply_for_thread(role);
+                eprintln!("filter applied");
+                // SAFETY: PTRACE_PEEKUSER on pid 0 with a null address has no effect whatever
+                // the answer; the filter must stop the call before the kernel sees it.
+                unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_PEEKUSER, 0, 0, 0) };
+                eprintln!("ptrace returned: the filter did not stop it");
+            })
+            .unwrap();
+        let _ = t.join();
+        std::process::exit(0);
+    }
+    let exe = std::env::current_exe().unwrap();
+    for (_, name) in roles {
+        let out = std::process::Command::new(&exe)
+            .args(["--exact", "seccomp::tests::every_role_traps_a_syscall_outside_its_list", "--nocapture"])
+            .env(CHILD, name)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_SECCOMP), "{name}: {stderr}");
+        assert!(stderr.contains("filter applied"), "{name}: {stderr}");
+        // The kernel keeps 15 bytes of a thread's name.
+        let shown = &name[..name.len().min(15)];
+        let want = format!("vmr: seccomp: thread {shown} made syscall ptrace (101)");
+        assert!(stderr.contains(&want), "{name}: {stderr}");
+        assert!(!stderr.contains("returned"), "{name}: {stderr}");
+    }
+}
