@@ -30,10 +30,23 @@ guest_rss_kb() {
         END { print s + 0 }' "/proc/$1/smaps"
 }
 
+# smaps_top PID VMM: the mappings outside guest RAM with over 64 KiB resident, largest first
+# ("LAB-SMAPS vmm=.. rss_kb=.. size_kb=.. name"), to see where the overhead lives.
+smaps_top() {
+    awk -v min=$((MEM_MB * 768)) -v vmm="$2" '
+        /^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "" ? "[anon]" : $6) }
+        /^Size:/ { size = $2 }
+        /^Rss:/ && size < min && $2 > 64 { printf "LAB-SMAPS vmm=%s rss_kb=%d size_kb=%d %s\n", vmm, $2, size, name }
+    ' "/proc/$1/smaps" | sort -t= -k3 -rn | head -n 12 > /tmp/bench/smaps.$2
+    cat /tmp/bench/smaps.$2 >&2
+}
+
 vmm_cmd() { # vmm -> the VMM command line without the kernel command line
     case "$1" in
         qemu) echo "qemu-system-x86_64 -accel kvm -M microvm -cpu host -nodefaults -no-user-config -display none -serial stdio -no-reboot -m ${MEM_MB}M -smp 1 -kernel $KERNEL -initrd $INITRD" ;;
         vmr) echo "/lab/vmr run --kernel $KERNEL --initrd $INITRD --cpus 1 --memory ${MEM_MB}M --accel kvm" ;;
+        vmr-api) rm -f /tmp/bench/api.sock
+            echo "$(vmm_cmd vmr) --api-sock /tmp/bench/api.sock" ;;
     esac
 }
 
@@ -48,8 +61,8 @@ one_run() {
     rm -f "$fifo" "$log"; mkfifo "$fifo"
     cmdline="$(cmdline_of "$vmm")${3:+ $3}"
     t0=$(now_ms)
-    if [ "$vmm" = vmr ]; then
-        VMR_STATS=1 $(vmm_cmd vmr) --cmdline "$cmdline" < /dev/null > "$fifo" 2>&1 &
+    if [ "$vmm" != "${vmm#vmr}" ]; then
+        VMR_STATS=1 $(vmm_cmd "$vmm") --cmdline "$cmdline" < /dev/null > "$fifo" 2>&1 &
     else
         $(vmm_cmd qemu) -append "$cmdline" < /dev/null > "$fifo" 2>&1 &
     fi
@@ -64,7 +77,8 @@ one_run() {
             *"VMR-LAB init"*)
                 init_ms=$(( $(now_ms) - t0 ))
                 hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
-                gkb=$(guest_rss_kb "$pid") ;;
+                gkb=$(guest_rss_kb "$pid")
+                [ "$n" = 1 ] && [ "$vmm" != "${vmm#vmr}" ] && smaps_top "$pid" "$vmm" ;;
         esac
     done < "$fifo"
     wait "$pid"; rc=$?
@@ -119,6 +133,8 @@ if [ "$LAB_HAVE_VMR" = 1 ]; then
     echo "LAB-BENCH vmr adds to the kernel command line:${HINTS:- nothing}"
     if [ -n "$HINTS" ]; then vmms="$vmms qemu-hints"; profile qemu-hints; fi
 fi
+# vmr-api: vmr serving its API socket as well (the overhead target holds with the API thread).
+[ "$LAB_HAVE_VMR" = 1 ] && vmms="vmr vmr-api ${vmms#vmr }"
 i=1
 while [ "$i" -le "$RUNS" ]; do
     for v in $vmms; do one_run "$v" "$i" | tee -a /tmp/bench/results; done
@@ -142,3 +158,46 @@ fi
 if [ -n "$init_vmr" ] && [ -n "$init_qemu_hints" ]; then
     echo "LAB bench-ratio PASS vmr/qemu-hints: start to init $(awk -v a="$init_vmr" -v b="$init_qemu_hints" 'BEGIN { printf "%.2f", a / b }')x, guest uptime at init $(awk -v a="$up_vmr" -v b="$up_qemu_hints" 'BEGIN { printf "%.2f", a / b }')x"
 fi
+
+# Idle cost: IDLE_GUESTS guests of each VMM at once, each holding (its init sleeps), vmr with its
+# API socket served; once all hold and 5 s passed, each VMM process's CPU time (utime+stime, all
+# threads) over 20 s as a share of one CPU.
+IDLE_GUESTS=${LAB_IDLE_GUESTS:-4}
+idle_bench() {
+    vmm=$1; pids=""; k=1
+    while [ "$k" -le "$IDLE_GUESTS" ]; do
+        log=/tmp/bench/idle.$vmm.$k.log
+        if [ "$vmm" = vmr ]; then
+            rm -f /tmp/bench/idle.$k.sock
+            /lab/vmr run --kernel $KERNEL --initrd $INITRD --memory 128M --accel kvm \
+                --api-sock /tmp/bench/idle.$k.sock --cmdline "$CMDLINE vmr.test=hold" < /dev/null > "$log" 2>&1 &
+        else
+            qemu-system-x86_64 -accel kvm -M microvm -cpu host -nodefaults -no-user-config -display none \
+                -serial stdio -no-reboot -m 128M -kernel $KERNEL -initrd $INITRD \
+                -append "$CMDLINE vmr.test=hold" < /dev/null > "$log" 2>&1 &
+        fi
+        pids="$pids $!"; k=$((k + 1))
+    done
+    t=0
+    while [ "$(grep -l 'VMR-LAB holding' /tmp/bench/idle.$vmm.*.log 2>/dev/null | wc -l)" -lt "$IDLE_GUESTS" ] && [ $t -lt 300 ]; do
+        sleep 1; t=$((t + 1)); done
+    sleep 5
+    for p in $pids; do awk '{ print $14 + $15 }' /proc/$p/stat > /tmp/bench/idle.$p.t0; done
+    sleep 20
+    hz=100
+    for p in $pids; do
+        t1=$(awk '{ print $14 + $15 }' /proc/$p/stat)
+        echo $(( (t1 - $(cat /tmp/bench/idle.$p.t0)) * 10000 / hz / 20 ))
+    done > /tmp/bench/idle.$vmm.pct
+    kill -9 $pids 2>/dev/null; wait 2>/dev/null
+    held=$(grep -l 'VMR-LAB holding' /tmp/bench/idle.$vmm.*.log | wc -l)
+    set -- $(sort -n /tmp/bench/idle.$vmm.pct)
+    eval "med=\${$(( ($# + 1) / 2 ))}"; eval "max=\${$#}"
+    # shares in 1/100 of a percent
+    pct() { printf "%d.%02d" $(($1 / 100)) $(($1 % 100)); }
+    echo "LAB bench-idle-$vmm PASS $held of $IDLE_GUESTS guests holding: median $(pct "$med")% of a CPU each, largest $(pct "$max")%"
+}
+for v in vmr qemu; do
+    [ "$v" = vmr ] && [ "$LAB_HAVE_VMR" != 1 ] && continue
+    idle_bench "$v"
+done

@@ -17,6 +17,7 @@ pub mod loader;
 pub mod mptable;
 mod prefault;
 pub mod regs;
+mod sparse;
 mod zeropage;
 
 use std::path::PathBuf;

@@ -17,6 +17,7 @@ use vmr_hypervisor::GuestMemory;
 use crate::error::{write_err, ArchError, Result};
 use crate::layout::{low_ram_end, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MIB};
 use crate::prefault::prefault;
+use crate::sparse::SparseReader;
 
 const PAGE_SIZE: u64 = 4096;
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
@@ -85,9 +86,10 @@ pub fn detect_format(image: &[u8]) -> Option<KernelFormat> {
 /// Loads the kernel at `path` into `mem`: an ELF at its physical addresses (PVH entry if it has
 /// the note, else its 64-bit entry), a bzImage's protected-mode part at 1 MiB.
 ///
-/// Only the headers are read into VMM memory; segments go straight from the file into guest
-/// memory, so loading a 60+ MiB vmlinux costs no heap (it would count against the VMM's
-/// memory overhead and double the page faults of the boot).
+/// Only the headers are read into VMM memory; segments go from the file into guest memory
+/// through a 64 KiB buffer, so loading a 60+ MiB vmlinux costs no heap (it would count against
+/// the VMM's memory overhead), and an ELF's zero pages are not written at all. `mem` must be
+/// fresh (all zero), as [`crate::create_guest_memory`] makes it.
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel> {
     let read_err = |source| ArchError::KernelRead { path: path.into(), source };
     let mut file = File::open(path).map_err(read_err)?;
@@ -198,9 +200,10 @@ fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<
 }
 
 fn load_elf(mem: &GuestMemory, mem_size: u64, path: &Path, kernel: KernelFile) -> Result<LoadedKernel> {
-    let (kernel_start, kernel_end) = check_elf(kernel.head, kernel.len, path, mem_size)?;
-    prefault(mem, GuestAddress(kernel_start), kernel_end - kernel_start);
-    let result = Elf::load(mem, None, kernel.file, Some(GuestAddress(HIMEM_START)))
+    let (_, kernel_end) = check_elf(kernel.head, kernel.len, path, mem_size)?;
+    // Half of a vmlinux's segments are zero pages: they stay untouched (see `sparse`).
+    let mut reader = SparseReader::new(kernel.file);
+    let result = Elf::load(mem, None, &mut reader, Some(GuestAddress(HIMEM_START)))
         .map_err(|source| ArchError::KernelLoad { path: path.into(), source })?;
     let (protocol, entry) = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => (BootProtocol::Pvh, addr),
