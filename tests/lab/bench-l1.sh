@@ -34,9 +34,11 @@ guest_rss_kb() {
 # ("LAB-SMAPS vmm=.. rss_kb=.. size_kb=.. name"), to see where the overhead lives.
 smaps_top() {
     awk -v min=$((MEM_MB * 768)) -v vmm="$2" '
-        /^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "" ? "[anon]" : $6) }
+        /^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "" ? "[anon]" : $6); range = $1 }
         /^Size:/ { size = $2 }
-        /^Rss:/ && size < min && $2 > 64 { printf "LAB-SMAPS vmm=%s rss_kb=%d size_kb=%d %s\n", vmm, $2, size, name }
+        /^Rss:/ { rss = $2 }
+        /^AnonHugePages:/ && size < min && rss > 64 {
+            printf "LAB-SMAPS vmm=%s rss_kb=%d size_kb=%d thp_kb=%d %s %s\n", vmm, rss, size, $2, name, range }
     ' "/proc/$1/smaps" | sort -t= -k3 -rn | head -n 12 > /tmp/bench/smaps.$2
     cat /tmp/bench/smaps.$2 >&2
 }
@@ -78,7 +80,7 @@ one_run() {
                 init_ms=$(( $(now_ms) - t0 ))
                 hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
                 gkb=$(guest_rss_kb "$pid")
-                [ "$n" = 1 ] && [ "$vmm" != "${vmm#vmr}" ] && smaps_top "$pid" "$vmm" ;;
+                [ "$vmm" != "${vmm#vmr}" ] && smaps_top "$pid" "$vmm" ;;
         esac
     done < "$fifo"
     wait "$pid"; rc=$?
