@@ -492,7 +492,7 @@ impl Vcpu for EmuVcpu {
     }
 
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()> {
-        self.engine.cpu.cpuid = entries.to_vec();
+        self.engine.cpu.set_cpuid(entries.to_vec());
         Ok(())
     }
 

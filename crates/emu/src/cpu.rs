@@ -204,7 +204,11 @@ pub struct Cpu {
     /// Current privilege level (CS.DPL outside real mode).
     pub cpl: u8,
     pub mem: Memory,
+    /// The CPUID table the guest sees; change it with [`Cpu::set_cpuid`] so that [`Cpu::isa`]
+    /// follows.
     pub cpuid: Vec<CpuidEntry>,
+    /// The instruction-set extensions `cpuid` advertises (those not advertised raise #UD).
+    pub isa: crate::cpuid::Isa,
     pub apic_id: u32,
     /// Set by HLT; cleared by an interrupt.
     pub halted: bool,
@@ -270,6 +274,7 @@ impl Cpu {
             cpl: 0,
             mem,
             cpuid: crate::cpuid::default_cpuid(),
+            isa: crate::cpuid::Isa::all(),
             apic_id,
             halted: false,
             shutdown: false,
@@ -294,6 +299,22 @@ impl Cpu {
         cpu.ldtr = Segment { type_: 2, present: true, limit: 0xffff, ..Default::default() };
         cpu.tr = Segment { type_: 0xb, present: true, limit: 0xffff, ..Default::default() };
         cpu
+    }
+
+    /// Replaces the CPUID table (and with it the ISA extensions instructions may use).
+    pub fn set_cpuid(&mut self, entries: Vec<CpuidEntry>) {
+        self.isa = crate::cpuid::Isa::of(&entries);
+        self.cpuid = entries;
+    }
+
+    /// #UD unless the guest's CPUID advertises `feature` ([`crate::cpuid::Isa::has`]).
+    #[inline(always)]
+    pub fn require(&self, feature: u32) -> Ex {
+        if self.isa.has(feature) {
+            Ok(())
+        } else {
+            Err(Exc::ud())
+        }
     }
 
     /// Reads a register operand, zero-extended.

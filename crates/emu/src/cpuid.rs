@@ -12,8 +12,8 @@ use crate::mem::paging::MAX_PHYS_BITS;
 /// too (`exec/sse_float.rs`), so FPU/SSE/SSE2 are only advertised on x86-64 hosts. MMX
 /// (`exec/sse_mmx.rs`) is needed by glibc: its x86-64 "baseline" ISA level, which Debian's
 /// libc.so.6 and static binaries require (`CPU ISA level is lower than required` otherwise), is
-/// CMOV CX8 FPU FXSR MMX SSE SSE2. Not here: SSE3 and later, APIC/TSC-deadline (the interrupt
-/// controller adds those to [`default_cpuid`]).
+/// CMOV CX8 FPU FXSR MMX SSE SSE2. Not here: APIC/TSC-deadline (the interrupt controller adds
+/// those to [`default_cpuid`]).
 pub const L1_EDX: u32 = L1_EDX_BASE | L1_EDX_FLOAT;
 /// Leaf 1 EDX bits of the integer and system ISA.
 const L1_EDX_BASE: u32 = (1 << 3) // pse
@@ -34,9 +34,24 @@ const L1_EDX_BASE: u32 = (1 << 3) // pse
 const L1_EDX_FLOAT: u32 = 1 | (1 << 25) | (1 << 26);
 #[cfg(not(target_arch = "x86_64"))]
 const L1_EDX_FLOAT: u32 = 0;
-/// Leaf 1 ECX bits we implement.
+/// Leaf 1 ECX bits we implement: with LAHF/SAHF in 64-bit mode ([`E1_ECX`]) the x86-64-v2 ISA
+/// level (SSE3 SSSE3 SSE4.1 SSE4.2 POPCNT CX16 LAHF), which glibc's `ld.so` checks for
+/// `x86-64-v2` builds and its string functions pick SSE4.2/SSSE3 variants by. The vector
+/// ones float with SSE/SSE2 (x86-64 hosts only: the float forms run on the host).
 pub const L1_ECX: u32 = (1 << 13) // cx16
-    | (1 << 23); // popcnt
+    | (1 << 23) // popcnt
+    | L1_ECX_VECTOR;
+#[cfg(target_arch = "x86_64")]
+const L1_ECX_VECTOR: u32 = SSE3 | SSSE3 | SSE41 | SSE42;
+#[cfg(not(target_arch = "x86_64"))]
+const L1_ECX_VECTOR: u32 = 0;
+/// Leaf 1 ECX feature bits.
+pub const SSE3: u32 = 1;
+pub const SSSE3: u32 = 1 << 9;
+pub const CX16: u32 = 1 << 13;
+pub const SSE41: u32 = 1 << 19;
+pub const SSE42: u32 = 1 << 20;
+pub const POPCNT: u32 = 1 << 23;
 /// Leaf 7 (subleaf 0) EDX bits: IBRS/IBPB and STIBP (IA32_SPEC_CTRL and IA32_PRED_CMD, no-ops
 /// here) and IA32_ARCH_CAPABILITIES, which tells the guest the CPU does not speculate
 /// ([`crate::msr::ARCH_CAPABILITIES`]).
@@ -86,6 +101,36 @@ pub fn default_cpuid() -> Vec<CpuidEntry> {
     v
 }
 
+/// The instruction-set extensions a CPUID table advertises, as the handlers check them: an
+/// instruction whose feature the guest's CPUID does not show raises #UD, so a VMM that hides a
+/// feature (a CPU model, a migration baseline) gets the hardware's answer for its use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Isa(u32);
+
+impl Isa {
+    /// Leaf 1 ECX bits in their own positions; [`Isa::LAHF64`] is 0x8000_0001 ECX bit 0, kept
+    /// at bit 31 (leaf 1 ECX bit 31 is the hypervisor bit, never an ISA feature).
+    pub const LAHF64: u32 = 1 << 31;
+
+    /// What `table` advertises.
+    pub fn of(table: &[CpuidEntry]) -> Isa {
+        let ecx = lookup(table, 1, 0, 0)[2] & !Isa::LAHF64;
+        let lahf = if lookup(table, 0x8000_0001, 0, 0)[2] & 1 != 0 { Isa::LAHF64 } else { 0 };
+        Isa(ecx | lahf)
+    }
+
+    /// Everything the software CPU implements.
+    pub fn all() -> Isa {
+        Isa(L1_ECX | Isa::LAHF64)
+    }
+
+    /// True when every bit of `feature` (leaf 1 ECX bits, or [`Isa::LAHF64`]) is advertised.
+    #[inline(always)]
+    pub fn has(self, feature: u32) -> bool {
+        self.0 & feature == feature
+    }
+}
+
 /// Looks up `function`/`index` in `table`; unknown leaves read as zeros.
 pub fn lookup(table: &[CpuidEntry], function: u32, index: u32, apic_id: u32) -> [u32; 4] {
     let e = table
@@ -133,13 +178,36 @@ mod tests {
         assert_ne!(lookup(&t, 0x8000_0001, 0, 0)[3] & (1 << 29), 0, "lm missing");
     }
 
-    /// Only what is implemented: no SSE3+, no APIC/x2APIC/TSC-deadline yet.
+    /// Only what is implemented: no APIC/x2APIC/TSC-deadline (the irqchip adds those), no
+    /// PCLMULQDQ, MONITOR, XSAVE, AVX, MOVBE, AES.
     #[test]
     fn nothing_unimplemented_advertised() {
         let t = default_cpuid();
         let [_, _, ecx, edx] = lookup(&t, 1, 0, 0);
         assert_eq!(edx & (1 << 9), 0, "apic");
-        let sse3_up = 1 | (1 << 9) | (1 << 19) | (1 << 20) | (1 << 21) | (1 << 24) | (1 << 26) | (1 << 28);
-        assert_eq!(ecx & sse3_up, 0, "sse3/ssse3/sse4/x2apic/tsc-deadline/xsave/avx");
+        let not_here = (1 << 1) | (1 << 3) | (1 << 21) | (1 << 22) | (1 << 24) | (1 << 25) | (1 << 26) | (1 << 28);
+        assert_eq!(ecx & not_here, 0, "pclmulqdq/monitor/x2apic/movbe/tsc-deadline/aes/xsave/avx");
+    }
+
+    /// The x86-64-v2 level as glibc's `ld.so` checks it (`sysdeps/x86/get-isa-level.h`):
+    /// CMPXCHG16B, LAHF64_SAHF64, POPCNT, SSE3, SSE4_1, SSE4_2, SSSE3 on top of the baseline.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn x86_64_v2_advertised() {
+        let t = default_cpuid();
+        let isa = Isa::of(&t);
+        for (f, name) in [(SSE3, "sse3"), (SSSE3, "ssse3"), (SSE41, "sse4.1"), (SSE42, "sse4.2")]
+            .into_iter()
+            .chain([(POPCNT, "popcnt"), (CX16, "cx16"), (Isa::LAHF64, "lahf64")])
+        {
+            assert!(isa.has(f), "{name} missing");
+        }
+        assert_eq!(isa, Isa::all());
+        // A table without them: nothing.
+        let mut bare = t.clone();
+        bare.iter_mut().filter(|e| e.function == 1 || e.function == 0x8000_0001).for_each(|e| e.ecx = 0);
+        let isa = Isa::of(&bare);
+        assert!(!isa.has(SSE3) && !isa.has(POPCNT) && !isa.has(Isa::LAHF64));
+        assert!(isa.has(0), "no feature needed");
     }
 }

@@ -105,6 +105,7 @@ fn bsr(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn popcnt(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.require(crate::cpuid::POPCNT)?;
     let s = op.size;
     let v = cpu.rd(op, 1, s)?;
     cpu.wr(op, 0, s, v.count_ones() as u64)?;

@@ -169,6 +169,7 @@ unsafe fn cas16(p: *mut u8, old: u128, new: u128) -> u128 {
 }
 
 fn cmpxchg16b(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.require(crate::cpuid::CX16)?;
     let lin = cpu.mem_lin(op);
     if lin & 15 != 0 {
         return Err(Exc::gp(0));
@@ -287,7 +288,16 @@ fn cmovcc(cpu: &mut Cpu, op: &Op) -> Ex {
     cpu.wr(op, 0, s, v)
 }
 
+/// LAHF/SAHF in 64-bit mode need CPUID 0x8000_0001 ECX.LAHF_LM (#UD otherwise).
+fn lahf_check(cpu: &Cpu) -> Ex {
+    if cpu.bitness == 64 {
+        cpu.require(crate::cpuid::Isa::LAHF64)?;
+    }
+    Ok(())
+}
+
 fn lahf(cpu: &mut Cpu, _: &Op) -> Ex {
+    lahf_check(cpu)?;
     let f = cpu.rflags() & 0xff;
     let g = &mut cpu.gpr[0];
     *g = (*g & !0xff00) | (f << 8);
@@ -295,6 +305,7 @@ fn lahf(cpu: &mut Cpu, _: &Op) -> Ex {
 }
 
 fn sahf(cpu: &mut Cpu, _: &Op) -> Ex {
+    lahf_check(cpu)?;
     let ah = (cpu.gpr[0] >> 8) & 0xff;
     cpu.flags.set_arith(SF | ZF | AF | PF | CF, ah);
     Ok(())

@@ -12,7 +12,10 @@ mod shift;
 mod sse;
 #[cfg(target_arch = "x86_64")]
 mod sse_float;
+mod sse41;
+mod sse42;
 mod sse_mmx;
+mod ssse3;
 mod stack;
 mod string;
 mod system;
@@ -33,11 +36,18 @@ pub fn handler_for(ins: &Instruction) -> Handler {
         return invalid;
     }
     if sse::has_vector_operand(ins) {
+        // The SSE3+ modules first: SSE4.1's PEXTRW r/m16 shares its mnemonic with SSE2's.
+        let h = ssse3::handler(ins)
+            .or_else(|| sse41::handler(ins))
+            .or_else(|| sse42::handler(ins))
+            .or_else(|| sse::handler(ins))
+            .or_else(|| sse_mmx::handler(ins));
         #[cfg(target_arch = "x86_64")]
-        let h = sse::handler(ins).or_else(|| sse_mmx::handler(ins)).or_else(|| sse_float::handler(ins));
-        #[cfg(not(target_arch = "x86_64"))]
-        let h = sse::handler(ins).or_else(|| sse_mmx::handler(ins));
+        let h = h.or_else(|| sse_float::handler(ins));
         return h.unwrap_or(unimplemented_insn);
+    }
+    if ins.mnemonic() == M::Crc32 {
+        return sse42::handler(ins).unwrap_or(unimplemented_insn);
     }
     // CVT(T)SS2SI/CVT(T)SD2SI with a memory source have no vector register operand.
     #[cfg(target_arch = "x86_64")]

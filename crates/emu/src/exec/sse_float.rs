@@ -1,6 +1,7 @@
 //! SSE/SSE2 floating point: ADD/SUB/MUL/DIV/SQRT/MIN/MAX/CMP in SS/SD/PS/PD forms, RCP/RSQRT
 //! PS/SS (the host's approximations), the
-//! conversions between integers and floats and between precisions, and (U)COMISS/SD.
+//! conversions between integers and floats and between precisions, and (U)COMISS/SD; the SSE3
+//! ADDSUB/HADD/HSUB PS/PD and the SSE4.1 DPPS/DPPD and ROUNDPS/PD/SS/SD.
 //!
 //! Each operation runs as the same instruction on the host, under the guest's MXCSR (rounding
 //! mode, FTZ, DAZ) with every exception masked, so results, NaN propagation and the sticky
@@ -112,6 +113,26 @@ host_op!(cvtsd2si32, "cvtsd2si {g:e}, {y}");
 host_op!(cvtsd2si64, "cvtsd2si {g}, {y}");
 host_op!(cvttsd2si32, "cvttsd2si {g:e}, {y}");
 host_op!(cvttsd2si64, "cvttsd2si {g}, {y}");
+// SSE3.
+host_op!(addsubps, "addsubps {x}, {y}");
+host_op!(addsubpd, "addsubpd {x}, {y}");
+host_op!(haddps, "haddps {x}, {y}");
+host_op!(haddpd, "haddpd {x}, {y}");
+host_op!(hsubps, "hsubps {x}, {y}");
+host_op!(hsubpd, "hsubpd {x}, {y}");
+// SSE4.1: the dot products with every lane multiplied and the sum in lane 0 (`dot_product`
+// zeroes the lanes the guest's mask leaves out and places the sum); the rounds under MXCSR.RC
+// (`round` puts the immediate's mode there), with and without the precision exception.
+host_op!(dpps_all, "dpps {x}, {y}, 0xf1");
+host_op!(dppd_all, "dppd {x}, {y}, 0x31");
+host_op!(roundps_p, "roundps {x}, {y}, 4");
+host_op!(roundps_np, "roundps {x}, {y}, 12");
+host_op!(roundpd_p, "roundpd {x}, {y}, 4");
+host_op!(roundpd_np, "roundpd {x}, {y}, 12");
+host_op!(roundss_p, "roundss {x}, {y}, 4");
+host_op!(roundss_np, "roundss {x}, {y}, 12");
+host_op!(roundsd_p, "roundsd {x}, {y}, 4");
+host_op!(roundsd_np, "roundsd {x}, {y}, 12");
 // The compares leave RFLAGS in {g}.
 host_op!(ucomiss, "ucomiss {x}, {y}\npushfq\npop {g}");
 host_op!(comiss, "comiss {x}, {y}\npushfq\npop {g}");
@@ -220,6 +241,12 @@ fn pick(ins: &Instruction) -> Option<(HostOp, Out)> {
         M::Cmppd => (CMPPD[(ins.immediate(2) & 7) as usize], x),
         M::Cmpss => (CMPSS[(ins.immediate(2) & 7) as usize], x),
         M::Cmpsd => (CMPSD[(ins.immediate(2) & 7) as usize], x),
+        M::Addsubps => (addsubps, x),
+        M::Addsubpd => (addsubpd, x),
+        M::Haddps => (haddps, x),
+        M::Haddpd => (haddpd, x),
+        M::Hsubps => (hsubps, x),
+        M::Hsubpd => (hsubpd, x),
         M::Ucomiss => (ucomiss, Out::Flags),
         M::Comiss => (comiss, Out::Flags),
         M::Ucomisd => (ucomisd, Out::Flags),
@@ -235,14 +262,77 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
     ) {
         return Some(cvt_mmx);
     }
+    match ins.mnemonic() {
+        M::Dpps | M::Dppd => return Some(dot_product),
+        M::Roundps | M::Roundpd | M::Roundss | M::Roundsd => return Some(round),
+        _ => {}
+    }
     pick(ins).map(|_| float_op as Handler)
 }
 
-/// Runs `f` under the guest's MXCSR with exceptions masked and merges the flags raised; an
-/// unmasked one faults (#XM, or #UD without CR4.OSXMMEXCPT).
-fn under_guest_mxcsr(cpu: &mut Cpu, f: HostOp, a: u128, b: u128, g: u64) -> Ex<(u128, u64)> {
+/// The CPUID feature a float form needs beyond SSE/SSE2 (0 for none).
+fn feature(m: M) -> u32 {
+    match m {
+        M::Addsubps | M::Addsubpd | M::Haddps | M::Haddpd | M::Hsubps | M::Hsubpd => crate::cpuid::SSE3,
+        M::Dpps | M::Dppd | M::Roundps | M::Roundpd | M::Roundss | M::Roundsd => crate::cpuid::SSE41,
+        _ => 0,
+    }
+}
+
+/// DPPS/DPPD: the lanes outside imm8[7:4] are zeroed in both operands (their product is +0.0
+/// and raises nothing, exactly what the instruction uses for a masked lane), the host sums all
+/// products in the instruction's order, and the sum goes to the lanes in imm8[3:0].
+fn dot_product(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.require(crate::cpuid::SSE41)?;
+    sse_check(cpu)?;
+    let imm = op.ins.immediate(2) as u32;
+    let (f, bits, lanes): (HostOp, u32, u32) = if op.ins.mnemonic() == M::Dpps { (dpps_all, 32, 4) } else { (dppd_all, 64, 2) };
+    let lane_mask = |sel: u32| {
+        (0..lanes).fold(0u128, |m, i| m | if sel >> i & 1 != 0 { ((1u128 << bits) - 1) << (bits * i) } else { 0 })
+    };
+    let keep = lane_mask(imm >> 4);
+    let b = src(cpu, op, 1, true)? & keep;
+    let a = xmm(cpu, op, 0) & keep;
+    let (r, _) = under_guest_mxcsr(cpu, f, a, b, 0, None)?;
+    let sum = r & ((1u128 << bits) - 1);
+    let out = (0..lanes).fold(0u128, |o, i| o | sum << (bits * i)) & lane_mask(imm & 15);
+    dst(cpu, op, 0, out, 16, false)
+}
+
+/// ROUNDPS/PD/SS/SD: imm8[2] set rounds by MXCSR.RC, clear by imm8[1:0] (run with that mode in
+/// MXCSR.RC, the guest's restored after); imm8[3] suppresses the precision exception.
+fn round(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.require(crate::cpuid::SSE41)?;
+    sse_check(cpu)?;
+    let imm = op.ins.immediate(2) as u32;
+    let p = imm & 8 == 0;
+    let f: HostOp = match (op.ins.mnemonic(), p) {
+        (M::Roundps, true) => roundps_p,
+        (M::Roundps, false) => roundps_np,
+        (M::Roundpd, true) => roundpd_p,
+        (M::Roundpd, false) => roundpd_np,
+        (M::Roundss, true) => roundss_p,
+        (M::Roundss, false) => roundss_np,
+        (M::Roundsd, true) => roundsd_p,
+        _ => roundsd_np,
+    };
+    let b = src(cpu, op, 1, true)?;
+    let a = xmm(cpu, op, 0);
+    let rc = if imm & 4 == 0 { Some(imm & 3) } else { None };
+    let (r, _) = under_guest_mxcsr(cpu, f, a, b, 0, rc)?;
+    dst(cpu, op, 0, r, 16, false)
+}
+
+/// Runs `f` under the guest's MXCSR (with rounding mode `rc` instead of MXCSR.RC if given)
+/// with exceptions masked and merges the flags raised; an unmasked one faults (#XM, or #UD
+/// without CR4.OSXMMEXCPT).
+fn under_guest_mxcsr(cpu: &mut Cpu, f: HostOp, a: u128, b: u128, g: u64, rc: Option<u32>) -> Ex<(u128, u64)> {
     let guest = cpu.fpu.mxcsr & MXCSR_MASK;
-    let (r, g, after) = f(a, b, g, (guest & !0x3f) | 0x1f80);
+    let run = match rc {
+        Some(rc) => (guest & !0x6000) | (rc & 3) << 13,
+        None => guest,
+    };
+    let (r, g, after) = f(a, b, g, (run & !0x3f) | 0x1f80);
     let raised = after & 0x3f;
     cpu.fpu.mxcsr = guest | raised;
     if raised & !(guest >> 7) & 0x3f != 0 {
@@ -273,7 +363,7 @@ fn cvt_mmx(cpu: &mut Cpu, op: &Op) -> Ex {
         M::Cvtpd2pi => (cvtpd2dq, b),
         _ => (cvttpd2dq, b),
     };
-    let (r, _) = under_guest_mxcsr(cpu, f, 0, b, 0)?;
+    let (r, _) = under_guest_mxcsr(cpu, f, 0, b, 0, None)?;
     match (ins.mnemonic(), mreg(ins, 0)) {
         (M::Cvtpi2ps, _) => {
             let d = xmm(cpu, op, 0);
@@ -289,6 +379,7 @@ fn cvt_mmx(cpu: &mut Cpu, op: &Op) -> Ex {
 }
 
 fn float_op(cpu: &mut Cpu, op: &Op) -> Ex {
+    cpu.require(feature(op.ins.mnemonic()))?;
     sse_check(cpu)?;
     let (f, out) = pick(&op.ins).ok_or_else(Exc::ud)?;
     let (a, b, g) = match op.ins.mnemonic() {
@@ -296,7 +387,7 @@ fn float_op(cpu: &mut Cpu, op: &Op) -> Ex {
         _ => (xmm(cpu, op, 0), src(cpu, op, 1, true)?, 0),
     };
     // All exceptions masked, sticky flags cleared: the flags after are this operation's.
-    let (r, g) = under_guest_mxcsr(cpu, f, a, b, g)?;
+    let (r, g) = under_guest_mxcsr(cpu, f, a, b, g, None)?;
     match out {
         Out::Xmm => dst(cpu, op, 0, r, 16, false),
         Out::Gpr => {

@@ -75,7 +75,7 @@ pub(super) fn set_mm(cpu: &mut Cpu, i: usize, v: u64) {
 
 /// Reads operand `i`: an MM or XMM register (low 64 bits), a GPR, memory of the instruction's
 /// memory size (at most 8 bytes), or an immediate.
-fn src(cpu: &mut Cpu, op: &Op, i: u32) -> Ex<u64> {
+pub(super) fn src(cpu: &mut Cpu, op: &Op, i: u32) -> Ex<u64> {
     if let Some(m) = mreg(&op.ins, i) {
         return Ok(mm(cpu, m));
     }
@@ -96,7 +96,7 @@ fn src(cpu: &mut Cpu, op: &Op, i: u32) -> Ex<u64> {
 }
 
 /// Writes operand `i` (MM register, GPR or memory) with `size` bytes of `v`.
-fn dst(cpu: &mut Cpu, op: &Op, i: u32, v: u64, size: u8) -> Ex {
+pub(super) fn dst(cpu: &mut Cpu, op: &Op, i: u32, v: u64, size: u8) -> Ex {
     if let Some(m) = mreg(&op.ins, i) {
         set_mm(cpu, m, v);
         return Ok(());
