@@ -174,6 +174,8 @@ struct Mmx {
     pfx: u8,
     /// A 16-byte memory operand that must be aligned.
     align: bool,
+    /// The second opcode byte of the three-byte maps (0x38, 0x3a) or 0.
+    esc: u8,
 }
 
 struct Form {
@@ -318,7 +320,7 @@ fn forms() -> Vec<Form> {
 fn mmx_forms() -> Vec<Form> {
     let mut v = Vec::new();
     let mut add = |name: &'static str, opcode: u8, reg: MReg, rm: MRm, imm: bool, rex_w: bool| {
-        v.push(Form { name, opcode, enc: Enc::Mmx(Mmx { reg, rm, imm, rex_w, pfx: 0, align: false }) })
+        v.push(Form { name, opcode, enc: Enc::Mmx(Mmx { reg, rm, imm, rex_w, pfx: 0, align: false, esc: 0 }) })
     };
     use MReg::*;
     use MRm::*;
@@ -414,9 +416,32 @@ fn mmx_forms() -> Vec<Form> {
         ("cvtpd2pi", 0x66, 0x2d, true),
         ("cvttpd2pi", 0x66, 0x2c, true),
     ] {
-        let enc = Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: false, rex_w: false, pfx, align });
+        let enc = Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: false, rex_w: false, pfx, align, esc: 0 });
         v.push(Form { name, opcode: op, enc });
     }
+    // SSSE3 on MM registers (0F 38 xx, PALIGNR 0F 3A 0F ib).
+    for (name, op) in [
+        ("pshufb mm", 0x00),
+        ("phaddw mm", 0x01),
+        ("phaddd mm", 0x02),
+        ("phaddsw mm", 0x03),
+        ("pmaddubsw mm", 0x04),
+        ("phsubw mm", 0x05),
+        ("phsubd mm", 0x06),
+        ("phsubsw mm", 0x07),
+        ("psignb mm", 0x08),
+        ("psignw mm", 0x09),
+        ("psignd mm", 0x0a),
+        ("pmulhrsw mm", 0x0b),
+        ("pabsb mm", 0x1c),
+        ("pabsw mm", 0x1d),
+        ("pabsd mm", 0x1e),
+    ] {
+        let enc = Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: false, rex_w: false, pfx: 0, align: false, esc: 0x38 });
+        v.push(Form { name, opcode: op, enc });
+    }
+    let enc = Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: true, rex_w: false, pfx: 0, align: false, esc: 0x3a });
+    v.push(Form { name: "palignr mm", opcode: 0x0f, enc });
     v
 }
 
@@ -471,7 +496,11 @@ fn encode(form: &Form, rng: &mut Rng) -> (Vec<u8>, usize) {
             if rex != 0x40 {
                 b.push(rex);
             }
-            b.extend([0x0f, form.opcode]);
+            b.push(0x0f);
+            if m.esc != 0 {
+                b.push(m.esc);
+            }
+            b.push(form.opcode);
             if mem {
                 b.extend([0x47 | (reg << 3), disp as i8 as u8]);
             } else {

@@ -6,7 +6,7 @@
 //! overrides of invalid elements). Their memory operand need not be aligned (unlike the other
 //! 128-bit SSE forms): the hardware takes it unaligned.
 
-use iced_x86::{Code, Instruction, Mnemonic as M};
+use iced_x86::{Instruction, Mnemonic as M};
 
 use super::fpu::sse_check;
 use super::sse::{dst, lane, sext, src, xmm};
@@ -20,7 +20,7 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
         return None;
     }
     Some(match ins.mnemonic() {
-        M::Pcmpestri | M::Pcmpestrm | M::Pcmpistri | M::Pcmpistrm => pcmpstr,
+        M::Pcmpestri | M::Pcmpestrm | M::Pcmpestri64 | M::Pcmpestrm64 | M::Pcmpistri | M::Pcmpistrm => pcmpstr,
         M::Pcmpgtq => pcmpgtq,
         M::Crc32 => crc32,
         _ => return None,
@@ -148,14 +148,14 @@ fn pcmpstr(cpu: &mut Cpu, op: &Op) -> Ex {
     let c = Ctl::new(op.ins.immediate(2) as u32);
     let b = src(cpu, op, 1, false)?;
     let a = xmm(cpu, op, 0);
-    let (la, lb) = if matches!(m, M::Pcmpestri | M::Pcmpestrm) {
-        let wide = matches!(op.ins.code(), Code::Pcmpestri64_xmm_xmmm128_imm8 | Code::Pcmpestrm64_xmm_xmmm128_imm8);
+    let (la, lb) = if matches!(m, M::Pcmpestri | M::Pcmpestrm | M::Pcmpestri64 | M::Pcmpestrm64) {
+        let wide = matches!(m, M::Pcmpestri64 | M::Pcmpestrm64);
         (c.explicit_len(cpu.gpr[0], wide), c.explicit_len(cpu.gpr[2], wide))
     } else {
         (c.implicit_len(a), c.implicit_len(b))
     };
     let res = compare(&c, a, la, b, lb);
-    if matches!(m, M::Pcmpestri | M::Pcmpistri) {
+    if matches!(m, M::Pcmpestri | M::Pcmpestri64 | M::Pcmpistri) {
         let idx = match (res, c.msb) {
             (0, _) => c.n,
             (r, true) => 31 - r.leading_zeros(),
@@ -206,9 +206,10 @@ mod tests {
         let c = Ctl::new(0x0c); // equal ordered: substring "bc" in "abcbc"
         let (a, b) = (s(b"bc"), s(b"abcbc"));
         assert_eq!(compare(&c, a, 2, b, 5), 0b01010);
-        // A needle running off the end of the register matches at the tail.
+        // A whole match at 11, and a needle running off the end of the register matches at
+        // the tail.
         let b = s(b"0123456789abcdeb");
-        assert_eq!(compare(&c, a, 2, b, 16), 1 << 15);
+        assert_eq!(compare(&c, a, 2, b, 16), 1 << 11 | 1 << 15);
     }
 
     #[test]
