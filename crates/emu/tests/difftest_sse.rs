@@ -843,3 +843,88 @@ fn movq2dq_and_movdq2q() {
     g.cpu().cr0 |= CR0_TS;
     assert_eq!(fault_of(&mut g, &[0x0f, 0xfc, 0xc1], 0), Some(NM), "MMX with CR0.TS: #NM");
 }
+
+/// The x86-64-v2 forms: which memory operands must be aligned, and #UD for each extension the
+/// guest's CPUID does not advertise (one at a time, so each form is tied to its own bit).
+#[test]
+fn v2_fault_rules() {
+    use vmr_emu::cpuid::{default_cpuid, Isa, CX16, POPCNT, SSE3, SSE41, SSE42, SSSE3};
+    let mut g = Guest::new();
+    g.long_mode();
+    g.cpu().cr4 |= CR4_OSFXSR;
+    let aligned: [(&[u8], &str); 6] = [
+        (&[0x66, 0x41, 0x0f, 0x38, 0x00, 0x07], "pshufb xmm0, [r15]"),
+        (&[0x66, 0x41, 0x0f, 0x38, 0x17, 0x07], "ptest xmm0, [r15]"),
+        (&[0x66, 0x41, 0x0f, 0x38, 0x2a, 0x07], "movntdqa xmm0, [r15]"),
+        (&[0x66, 0x41, 0x0f, 0x3a, 0x08, 0x07, 0x04], "roundps xmm0, [r15], 4"),
+        (&[0xf3, 0x41, 0x0f, 0x16, 0x07], "movshdup xmm0, [r15]"),
+        (&[0x66, 0x41, 0x0f, 0x3a, 0x0f, 0x07, 0x03], "palignr xmm0, [r15], 3"),
+    ];
+    let unaligned: [(&[u8], &str); 6] = [
+        (&[0x66, 0x41, 0x0f, 0x3a, 0x63, 0x07, 0x0c], "pcmpistri xmm0, [r15], 0x0c"),
+        (&[0x66, 0x41, 0x0f, 0x3a, 0x61, 0x07, 0x00], "pcmpestri xmm0, [r15], 0"),
+        (&[0xf2, 0x41, 0x0f, 0xf0, 0x07], "lddqu xmm0, [r15]"),
+        (&[0xf2, 0x41, 0x0f, 0x12, 0x07], "movddup xmm0, [r15]"),
+        (&[0x66, 0x41, 0x0f, 0x38, 0x30, 0x07], "pmovzxbw xmm0, [r15]"),
+        (&[0x66, 0x41, 0x0f, 0x3a, 0x0a, 0x07, 0x04], "roundss xmm0, [r15], 4"),
+    ];
+    g.write(GUEST_BUF, &[0x11; 64]);
+    for off in [0, 16] {
+        for (b, name) in aligned.iter().chain(unaligned.iter()) {
+            assert_eq!(fault_of(&mut g, b, off), None, "{name} at {off}");
+        }
+    }
+    for off in [1, 8, 15] {
+        for (b, name) in aligned {
+            assert_eq!(fault_of(&mut g, b, off), Some(GP), "misaligned {name}");
+        }
+        for (b, name) in unaligned {
+            assert_eq!(fault_of(&mut g, b, off), None, "{name} need not be aligned");
+        }
+    }
+    // Each form with its feature bit: runs when advertised, #UD when not.
+    let forms: [(&[u8], u32, &str); 12] = [
+        (&[0xf2, 0x0f, 0x12, 0xc1], SSE3, "movddup xmm0, xmm1"),
+        (&[0xf2, 0x0f, 0x7c, 0xc1], SSE3, "haddps xmm0, xmm1"),
+        (&[0x66, 0x0f, 0x38, 0x00, 0xc1], SSSE3, "pshufb xmm0, xmm1"),
+        (&[0x0f, 0x38, 0x1c, 0xc1], SSSE3, "pabsb mm0, mm1"),
+        (&[0x66, 0x0f, 0x38, 0x17, 0xc1], SSE41, "ptest xmm0, xmm1"),
+        (&[0x66, 0x0f, 0x3a, 0x40, 0xc1, 0xff], SSE41, "dpps xmm0, xmm1, 0xff"),
+        (&[0x66, 0x0f, 0x3a, 0x63, 0xc1, 0x00], SSE42, "pcmpistri xmm0, xmm1, 0"),
+        (&[0xf2, 0x0f, 0x38, 0xf1, 0xc1], SSE42, "crc32 eax, ecx"),
+        (&[0x66, 0x0f, 0x38, 0x37, 0xc1], SSE42, "pcmpgtq xmm0, xmm1"),
+        (&[0xf3, 0x48, 0x0f, 0xb8, 0xc1], POPCNT, "popcnt rax, rcx"),
+        (&[0x49, 0x0f, 0xc7, 0x0f], CX16, "cmpxchg16b [r15]"),
+        (&[0x9f], Isa::LAHF64, "lahf (64-bit mode)"),
+    ];
+    for (b, feature, name) in forms {
+        let mut table = default_cpuid();
+        g.cpu().set_cpuid(table.clone());
+        g.cpu().fpu.fsw = 0;
+        assert_eq!(fault_of(&mut g, b, 0), None, "{name} with its feature");
+        for e in table.iter_mut().filter(|e| e.function == 1) {
+            e.ecx &= !feature;
+        }
+        for e in table.iter_mut().filter(|e| e.function == 0x8000_0001 && feature == Isa::LAHF64) {
+            e.ecx &= !1;
+        }
+        g.cpu().set_cpuid(table);
+        assert_eq!(fault_of(&mut g, b, 0), Some(UD), "{name} without its feature");
+        // The other features' forms are unaffected.
+        if feature != SSE3 {
+            assert_eq!(fault_of(&mut g, &[0xf2, 0x0f, 0x12, 0xc1], 0), None, "movddup without {name}'s bit");
+        }
+    }
+    // LAHF/SAHF outside 64-bit mode need no CPUID bit.
+    let mut table = default_cpuid();
+    table.iter_mut().filter(|e| e.function == 0x8000_0001).for_each(|e| e.ecx = 0);
+    g.cpu().set_cpuid(table);
+    g.protected_mode_flat(0x6800);
+    let cpu = g.cpu();
+    for b in [[0x9fu8], [0x9e]] {
+        let ins = Decoder::with_ip(32, &b, CODE, DecoderOptions::NONE).decode();
+        let op = make_op(&ins, 32);
+        cpu.next_rip = ins.next_ip();
+        assert_eq!((op.exec)(cpu, &op).err().map(|e| e.vector), None, "{ins} in 32-bit mode");
+    }
+}
