@@ -81,3 +81,14 @@ pub fn run(w: &mut World, mut data: &[u8]) {
     c.flags.set(2 | (regs[0] & 0xcd5));
     let _ = g.engine.run(500);
 }
+
+/// A seed input for [`run`]: long mode at CPL 0 with the harness's RSP, all other registers
+/// zero, no table changes, and `code` (at most 256 bytes) at `CODE`.
+pub fn long_mode_seed(code: &[u8]) -> Vec<u8> {
+    assert!(code.len() <= 256, "the harness runs at most 256 code bytes");
+    let mut data = vec![0u8]; // mode 0
+    data.extend_from_slice(&[0u8; 16 * 8]);
+    data.push(0); // no table slots
+    data.extend_from_slice(code);
+    data
+}
