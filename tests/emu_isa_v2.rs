@@ -4,11 +4,14 @@
 //! CMPXCHG16B/LAHF code) runs in the default guest under `--accel emu` and prints exactly what
 //! it prints on the host. The program reaches the guest as a read-only virtio-blk disk.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::Console;
 
 const MARKER: &str = "vmr-guest: init reached";
 const DEADLINE: Duration = Duration::from_secs(900);
@@ -29,7 +32,12 @@ fn build() -> PathBuf {
 }
 
 fn program_lines(output: &str) -> Vec<String> {
-    output.lines().map(|l| l.trim_end_matches('\r')).filter(|l| l.starts_with(PREFIX)).map(String::from).collect()
+    output
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with(PREFIX))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -51,50 +59,38 @@ fn x86_64_v2_program_gives_the_hosts_results_on_the_software_cpu() {
     let pull = Command::new(vmr).args(["image", "pull"]).status().expect("vmr image pull");
     assert!(pull.success(), "vmr image pull failed");
     let start = Instant::now();
-    let mut child = Command::new(vmr)
-        .args(["run", "--accel", "emu", "--cpus", "1", "--memory", "256M", "--disk"])
-        .arg(format!("path={},readonly=on", disk.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("vmr did not start");
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
-    let err = child.stderr.take().unwrap();
-    let errs = std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).collect::<Vec<_>>());
-    let mut stdin = child.stdin.take().unwrap();
+    let mut cmd = Command::new(vmr);
+    cmd.args(["run", "--accel", "emu", "--cpus", "1", "--memory", "256M", "--disk"])
+        .arg(format!("path={},readonly=on", disk.display()));
+    let mut con = Console::spawn(&mut cmd);
     let mut seen = Vec::new();
     let (mut marker_at, mut ran_at) = (None, None);
     while start.elapsed() < DEADLINE {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
-            if child.try_wait().unwrap().is_some() {
+        let Some(line) = con.line() else {
+            if con.exited() {
                 break;
             }
             continue;
         };
-        let line = line.trim_end_matches('\r').to_string();
         if line.contains(MARKER) && marker_at.is_none() {
             marker_at = Some(start.elapsed());
-            stdin.write_all(b"cat /dev/vda > /tmp/v2 && chmod +x /tmp/v2 && /tmp/v2; poweroff -f\n").unwrap();
+            con.stdin
+                .write_all(b"cat /dev/vda > /tmp/v2 && chmod +x /tmp/v2 && /tmp/v2; poweroff -f\n")
+                .unwrap();
         }
         if line == "isa-v2 done" {
             ran_at = Some(start.elapsed());
         }
         seen.push(line);
     }
-    if child.try_wait().unwrap().is_none() {
-        let _ = child.kill();
-    }
-    let status = child.wait().unwrap();
-    let stderr = errs.join().unwrap().join("\n");
+    let (code, stderr) = con.finish();
     let tail = seen.iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n");
-    let marker_at = marker_at.unwrap_or_else(|| panic!("no init marker; stderr:\n{stderr}\nconsole:\n{tail}"));
+    let marker_at =
+        marker_at.unwrap_or_else(|| panic!("no init marker; stderr:\n{stderr}\nconsole:\n{tail}"));
     if let Some(ran) = ran_at {
         eprintln!("init after {marker_at:?}, the program done after {:?} more", ran - marker_at);
     }
     let got = program_lines(&seen.join("\n"));
     assert_eq!(got, want, "guest output differs from the host's; console:\n{tail}\nstderr:\n{stderr}");
-    assert_eq!(status.code(), Some(0), "exit after poweroff; stderr:\n{stderr}\nconsole:\n{tail}");
+    assert_eq!(code, Some(0), "exit after poweroff; stderr:\n{stderr}\nconsole:\n{tail}");
 }

@@ -1,7 +1,63 @@
-//! Helpers shared by the integration tests: tiny hand-made kernels.
+//! Helpers shared by the integration tests: tiny hand-made kernels, a guest console.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A running `vmr` whose console is read line by line (stdout) while its stderr is collected.
+pub struct Console {
+    pub child: Child,
+    pub stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    errs: Option<JoinHandle<Vec<String>>>,
+}
+
+impl Console {
+    /// Starts `cmd` with piped stdin/stdout/stderr.
+    pub fn spawn(cmd: &mut Command) -> Console {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vmr did not start");
+        let (tx, lines) = mpsc::channel::<String>();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
+        });
+        let err = child.stderr.take().unwrap();
+        let errs = std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).collect());
+        let stdin = child.stdin.take().unwrap();
+        Console { child, stdin, lines, errs: Some(errs) }
+    }
+
+    /// The next console line (without a trailing CR) within a second; `None` on a quiet second
+    /// or when the output is closed.
+    pub fn line(&mut self) -> Option<String> {
+        let l = self.lines.recv_timeout(Duration::from_secs(1)).ok()?;
+        Some(l.trim_end_matches('\r').to_string())
+    }
+
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Kills the process if it still runs, waits for it and returns its exit code and stderr.
+    pub fn finish(&mut self) -> (Option<i32>, String) {
+        if !self.exited() {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().unwrap();
+        let errs = self.errs.take().map(|h| h.join().unwrap()).unwrap_or_default();
+        (status.code(), errs.join("\n"))
+    }
+}
 
 /// Where the tiny kernels load and start.
 pub const LOAD: u64 = 0x100_0000;

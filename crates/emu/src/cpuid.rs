@@ -185,7 +185,8 @@ mod tests {
         let t = default_cpuid();
         let [_, _, ecx, edx] = lookup(&t, 1, 0, 0);
         assert_eq!(edx & (1 << 9), 0, "apic");
-        let not_here = (1 << 1) | (1 << 3) | (1 << 21) | (1 << 22) | (1 << 24) | (1 << 25) | (1 << 26) | (1 << 28);
+        let not_here =
+            (1 << 1) | (1 << 3) | (1 << 21) | (1 << 22) | (1 << 24) | (1 << 25) | (1 << 26) | (1 << 28);
         assert_eq!(ecx & not_here, 0, "pclmulqdq/monitor/x2apic/movbe/tsc-deadline/aes/xsave/avx");
     }
 

@@ -553,7 +553,9 @@ fn random_state(rng: &mut Rng, buf: &mut [u8; BUF]) -> State {
         for b in buf.iter_mut() {
             *b = pick(rng);
         }
-        let len = |rng: &mut Rng| (rng.below(41) as i64 - 20) as u64 ^ (rng.below(4) == 0) as u64 * 0xffff_ffff_0000_0000;
+        let len = |rng: &mut Rng| {
+            (rng.below(41) as i64 - 20) as u64 ^ (rng.below(4) == 0) as u64 * 0xffff_ffff_0000_0000
+        };
         s.rax = len(rng);
         s.rdx = len(rng);
     }
@@ -625,7 +627,12 @@ fn check_form(g: &mut Guest, native: &Native, form: &Form, seed: u64, cases: usi
                 ctx()
             );
         }
-        assert_eq!((emu.rax, emu.rcx, emu.rdx), (host.rax, host.rcx, host.rdx), "rax/rcx/rdx differ: {}", ctx());
+        assert_eq!(
+            (emu.rax, emu.rcx, emu.rdx),
+            (host.rax, host.rcx, host.rdx),
+            "rax/rcx/rdx differ: {}",
+            ctx()
+        );
         assert!(emu_buf == host_buf, "memory differs: {}", ctx());
         assert_eq!(emu.mxcsr, host.mxcsr, "mxcsr differs: {}", ctx());
         assert_eq!(emu.flags, host.flags, "flags differ: {}", ctx());

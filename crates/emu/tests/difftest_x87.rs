@@ -320,7 +320,11 @@ fn forms() -> Vec<Form> {
 fn mmx_forms() -> Vec<Form> {
     let mut v = Vec::new();
     let mut add = |name: &'static str, opcode: u8, reg: MReg, rm: MRm, imm: bool, rex_w: bool| {
-        v.push(Form { name, opcode, enc: Enc::Mmx(Mmx { reg, rm, imm, rex_w, pfx: 0, align: false, esc: 0 }) })
+        v.push(Form {
+            name,
+            opcode,
+            enc: Enc::Mmx(Mmx { reg, rm, imm, rex_w, pfx: 0, align: false, esc: 0 }),
+        })
     };
     use MReg::*;
     use MRm::*;
@@ -437,10 +441,12 @@ fn mmx_forms() -> Vec<Form> {
         ("pabsw mm", 0x1d),
         ("pabsd mm", 0x1e),
     ] {
-        let enc = Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: false, rex_w: false, pfx: 0, align: false, esc: 0x38 });
+        let enc =
+            Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: false, rex_w: false, pfx: 0, align: false, esc: 0x38 });
         v.push(Form { name, opcode: op, enc });
     }
-    let enc = Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: true, rex_w: false, pfx: 0, align: false, esc: 0x3a });
+    let enc =
+        Enc::Mmx(Mmx { reg: Mm, rm: MmOrMem, imm: true, rex_w: false, pfx: 0, align: false, esc: 0x3a });
     v.push(Form { name: "palignr mm", opcode: 0x0f, enc });
     v
 }

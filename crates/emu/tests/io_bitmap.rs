@@ -416,17 +416,5 @@ fn fuzz_seeds_do_user_port_io_through_the_bitmap() {
 /// `VMR_WRITE_FUZZ_SEEDS=1 cargo test -p vmr-emu --test io_bitmap seed_files`.
 #[test]
 fn seed_files_match_the_generator() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cpu");
-    for (name, data, _) in cpu_seeds() {
-        let path = dir.join(name);
-        if std::env::var_os("VMR_WRITE_FUZZ_SEEDS").is_some() {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &data).unwrap();
-        }
-        assert!(
-            std::fs::read(&path).unwrap_or_default() == data,
-            "{} differs from the generator",
-            path.display()
-        );
-    }
+    common::check_seed_files(cpu_seeds().into_iter().map(|(name, data, _)| (name, data)));
 }

@@ -193,13 +193,5 @@ fn v2_seeds_report_what_the_host_computes() {
 /// `VMR_WRITE_FUZZ_SEEDS=1 cargo test -p vmr-emu --test isa_v2_seeds seed_files`.
 #[test]
 fn seed_files_match_the_generator() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cpu");
-    for (name, data) in seeds() {
-        let path = dir.join(name);
-        if std::env::var_os("VMR_WRITE_FUZZ_SEEDS").is_some() {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &data).unwrap();
-        }
-        assert!(std::fs::read(&path).unwrap_or_default() == data, "{} differs from the generator", path.display());
-    }
+    common::check_seed_files(seeds());
 }

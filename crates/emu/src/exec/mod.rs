@@ -10,10 +10,10 @@ mod fpu;
 mod muldiv;
 mod shift;
 mod sse;
-#[cfg(target_arch = "x86_64")]
-mod sse_float;
 mod sse41;
 mod sse42;
+#[cfg(target_arch = "x86_64")]
+mod sse_float;
 mod sse_mmx;
 mod ssse3;
 mod stack;

@@ -26,7 +26,9 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
         M::Insertps => insertps,
         M::Pinsrb | M::Pinsrd | M::Pinsrq => pinsr,
         M::Pextrb | M::Pextrd | M::Pextrq | M::Extractps => pextr,
-        M::Pextrw if matches!(ins.code(), Code::Pextrw_r32m16_xmm_imm8 | Code::Pextrw_r64m16_xmm_imm8) => pextr,
+        M::Pextrw if matches!(ins.code(), Code::Pextrw_r32m16_xmm_imm8 | Code::Pextrw_r64m16_xmm_imm8) => {
+            pextr
+        }
         M::Pmovsxbw | M::Pmovsxbd | M::Pmovsxbq | M::Pmovsxwd | M::Pmovsxwq | M::Pmovsxdq => pmov,
         M::Pmovzxbw | M::Pmovzxbd | M::Pmovzxbq | M::Pmovzxwd | M::Pmovzxwq | M::Pmovzxdq => pmov,
         M::Mpsadbw => mpsadbw,
@@ -57,7 +59,9 @@ fn binary_op(m: M, a: u128, b: u128) -> Option<u128> {
     };
     Some(match m {
         M::Pmulld => map_lanes(a, b, 4, u64::wrapping_mul),
-        M::Pmuldq => map_lanes(a, b, 8, |x, y| (sext(x & 0xffff_ffff, 32) * sext(y & 0xffff_ffff, 32)) as u64),
+        M::Pmuldq => {
+            map_lanes(a, b, 8, |x, y| (sext(x & 0xffff_ffff, 32) * sext(y & 0xffff_ffff, 32)) as u64)
+        }
         M::Pminsb => map_lanes(a, b, 1, pick(8, true, false)),
         M::Pmaxsb => map_lanes(a, b, 1, pick(8, true, true)),
         M::Pminuw => map_lanes(a, b, 2, pick(16, false, false)),
@@ -127,7 +131,11 @@ fn insertps(cpu: &mut Cpu, op: &Op) -> Ex {
     check(cpu)?;
     let imm = op.ins.immediate(2) as u32;
     let s = src(cpu, op, 1, false)?;
-    let v = if super::sse::xreg(&op.ins, 1).is_some() { lane(s, 4, imm >> 6 & 3) } else { s as u64 & 0xffff_ffff };
+    let v = if super::sse::xreg(&op.ins, 1).is_some() {
+        lane(s, 4, imm >> 6 & 3)
+    } else {
+        s as u64 & 0xffff_ffff
+    };
     let at = 32 * (imm >> 4 & 3);
     let mut r = (xmm(cpu, op, 0) & !(0xffff_ffffu128 << at)) | (v as u128) << at;
     r = select(r, 0, 4, imm & 15);

@@ -20,7 +20,9 @@ pub(super) fn handler(ins: &Instruction) -> Option<Handler> {
         return None;
     }
     Some(match ins.mnemonic() {
-        M::Pcmpestri | M::Pcmpestrm | M::Pcmpestri64 | M::Pcmpestrm64 | M::Pcmpistri | M::Pcmpistrm => pcmpstr,
+        M::Pcmpestri | M::Pcmpestrm | M::Pcmpestri64 | M::Pcmpestrm64 | M::Pcmpistri | M::Pcmpistrm => {
+            pcmpstr
+        }
         M::Pcmpgtq => pcmpgtq,
         M::Crc32 => crc32,
         _ => return None,

@@ -286,9 +286,11 @@ fn dot_product(cpu: &mut Cpu, op: &Op) -> Ex {
     cpu.require(crate::cpuid::SSE41)?;
     sse_check(cpu)?;
     let imm = op.ins.immediate(2) as u32;
-    let (f, bits, lanes): (HostOp, u32, u32) = if op.ins.mnemonic() == M::Dpps { (dpps_all, 32, 4) } else { (dppd_all, 64, 2) };
+    let (f, bits, lanes): (HostOp, u32, u32) =
+        if op.ins.mnemonic() == M::Dpps { (dpps_all, 32, 4) } else { (dppd_all, 64, 2) };
     let lane_mask = |sel: u32| {
-        (0..lanes).fold(0u128, |m, i| m | if sel >> i & 1 != 0 { ((1u128 << bits) - 1) << (bits * i) } else { 0 })
+        (0..lanes)
+            .fold(0u128, |m, i| m | if sel >> i & 1 != 0 { ((1u128 << bits) - 1) << (bits * i) } else { 0 })
     };
     let keep = lane_mask(imm >> 4);
     let b = src(cpu, op, 1, true)? & keep;

@@ -269,6 +269,24 @@ impl Rng {
     }
 }
 
+/// Checks that `fuzz/seeds/cpu/NAME` holds exactly each generated seed; with
+/// `VMR_WRITE_FUZZ_SEEDS` set, writes them first (regeneration).
+pub fn check_seed_files(seeds: impl IntoIterator<Item = (&'static str, Vec<u8>)>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cpu");
+    for (name, data) in seeds {
+        let path = dir.join(name);
+        if std::env::var_os("VMR_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &data).unwrap();
+        }
+        assert!(
+            std::fs::read(&path).unwrap_or_default() == data,
+            "{} differs from the generator",
+            path.display()
+        );
+    }
+}
+
 /// Random cases per form in the differential tests: `VMR_EMU_DIFF_CASES`, default 2000.
 pub fn diff_cases() -> usize {
     std::env::var("VMR_EMU_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
