@@ -2,7 +2,9 @@
 //! `-march=x86-64-v2` (`tests/guest-programs/isa_v2.c`: glibc's string functions, whose
 //! IFUNCs pick SSE4.2/SSSE3 variants by CPUID, and SSE3/SSSE3/SSE4.1/SSE4.2/CRC32/POPCNT/
 //! CMPXCHG16B/LAHF code) runs in the default guest under `--accel emu` and prints exactly what
-//! it prints on the host. The program reaches the guest as a read-only virtio-blk disk.
+//! it prints on the host. The program reaches the guest as a read-only virtio-blk disk. The
+//! guest runs with two vCPUs in x2APIC mode (Linux switches to it when CPUID offers x2APIC
+//! under a KVM-signature hypervisor), which the same boot checks.
 
 mod common;
 
@@ -60,11 +62,11 @@ fn x86_64_v2_program_gives_the_hosts_results_on_the_software_cpu() {
     assert!(pull.success(), "vmr image pull failed");
     let start = Instant::now();
     let mut cmd = Command::new(vmr);
-    cmd.args(["run", "--accel", "emu", "--cpus", "1", "--memory", "256M", "--disk"])
+    cmd.args(["run", "--accel", "emu", "--cpus", "2", "--memory", "256M", "--disk"])
         .arg(format!("path={},readonly=on", disk.display()));
     let mut con = Console::spawn(&mut cmd);
     let mut seen = Vec::new();
-    let (mut marker_at, mut ran_at) = (None, None);
+    let (mut marker_at, mut ran_at, mut apic) = (None, None, None);
     while start.elapsed() < DEADLINE {
         let Some(line) = con.line() else {
             if con.exited() {
@@ -75,8 +77,15 @@ fn x86_64_v2_program_gives_the_hosts_results_on_the_software_cpu() {
         if line.contains(MARKER) && marker_at.is_none() {
             marker_at = Some(start.elapsed());
             con.stdin
-                .write_all(b"cat /dev/vda > /tmp/v2 && chmod +x /tmp/v2 && /tmp/v2; poweroff -f\n")
+                .write_all(
+                    b"echo VMR-APIC=$(dmesg | grep -c -e 'Switched APIC routing to physical x2apic' \
+                      -e 'unchecked MSR') $(grep -c ^processor /proc/cpuinfo); \
+                      cat /dev/vda > /tmp/v2 && chmod +x /tmp/v2 && /tmp/v2; poweroff -f\n",
+                )
                 .unwrap();
+        }
+        if let Some(v) = line.strip_prefix("VMR-APIC=") {
+            apic = Some(v.trim().to_string());
         }
         if line == "isa-v2 done" {
             ran_at = Some(start.elapsed());
@@ -90,6 +99,8 @@ fn x86_64_v2_program_gives_the_hosts_results_on_the_software_cpu() {
     if let Some(ran) = ran_at {
         eprintln!("init after {marker_at:?}, the program done after {:?} more", ran - marker_at);
     }
+    // One line: x2APIC routing, and no MSR access the guest expected to work faulted.
+    assert_eq!(apic.as_deref(), Some("1 2"), "x2APIC lines in dmesg and CPUs; console:\n{tail}");
     let got = program_lines(&seen.join("\n"));
     assert_eq!(got, want, "guest output differs from the host's; console:\n{tail}\nstderr:\n{stderr}");
     assert_eq!(code, Some(0), "exit after poweroff; stderr:\n{stderr}\nconsole:\n{tail}");

@@ -145,7 +145,9 @@ impl Vm for EmuVm {
         let memory = Memory::new(&mem, Some(ops))?;
         let mut cpu = Cpu::new(memory, id);
         cpu.tsc_origin = core.clock.origin;
-        crate::irqchip::add_cpuid(&mut cpu.cpuid);
+        let mut table = std::mem::take(&mut cpu.cpuid);
+        crate::irqchip::add_cpuid(&mut table);
+        cpu.set_cpuid(table);
         cpu.msr.apic = Some(ApicMsrs { lapic: lapic.clone(), core: core.clone() });
         cpu.msr.restore(IA32_APIC_BASE, lapic.apic_base());
         let mut vcpu = EmuVcpu::new(cpu, id);

@@ -289,3 +289,101 @@ fn cr8_is_the_task_priority() {
     let r = vcpus[0].regs().unwrap();
     assert_eq!((r.r12, r.r13), (0x30, 5));
 }
+
+/// `wrmsr` of `msr` with EDX:EAX = `v`.
+fn wrmsr(a: &mut CodeAssembler, msr: u32, v: u64) {
+    a.mov(ecx, msr).unwrap();
+    a.mov(eax, v as u32).unwrap();
+    a.mov(edx, (v >> 32) as u32).unwrap();
+    a.wrmsr().unwrap();
+}
+
+/// x2APIC mode: entered through IA32_APIC_BASE, registers as MSRs (32-bit ID, derived LDR,
+/// 64-bit ICR, SELF IPI, EOI), the MMIO page no longer decoded, the forbidden accesses and
+/// mode changes #GP, and INIT/SIPI to the AP through the 64-bit ICR.
+#[test]
+fn x2apic_msrs_ipis_and_ap_start() {
+    let (g, _vm, mut vcpus, ops) = setup(2);
+    g.write(0x8000, &AP_CODE);
+    // Vector 0x41: count in R12, EOI by MSR. #GP (13): count in R15, skip the 2-byte
+    // RDMSR/WRMSR (the error code is popped first).
+    let (h41, h13) = (CODE + 0x1000, CODE + 0x1100);
+    g.set_gate64(0x41, h41, 0, 0);
+    g.asm(64, h41, |a| {
+        a.inc(r12).unwrap();
+        a.push(rax).unwrap();
+        a.push(rcx).unwrap();
+        a.push(rdx).unwrap();
+        wrmsr(a, 0x80b, 0);
+        a.pop(rdx).unwrap();
+        a.pop(rcx).unwrap();
+        a.pop(rax).unwrap();
+        a.iretq().unwrap();
+    });
+    g.set_gate64(13, h13, 0, 0);
+    g.asm(64, h13, |a| {
+        a.inc(r15).unwrap();
+        a.add(rsp, 8).unwrap();
+        a.add(qword_ptr(rsp), 2).unwrap();
+        a.iretq().unwrap();
+    });
+    g.asm(64, CODE, |a| {
+        a.mov(rbx, APIC).unwrap();
+        a.xor(r12d, r12d).unwrap();
+        a.xor(r15d, r15d).unwrap();
+        // Not in x2APIC mode yet: the MSRs #GP.
+        a.mov(ecx, 0x802u32).unwrap();
+        a.rdmsr().unwrap();
+        // Enter x2APIC mode (EN stays set).
+        a.mov(ecx, 0x1bu32).unwrap();
+        a.rdmsr().unwrap();
+        a.or(eax, 0x400).unwrap();
+        a.wrmsr().unwrap();
+        a.mov(r14d, dword_ptr(rbx + 0x30)).unwrap(); // the page now reads as plain MMIO
+        a.mov(ecx, 0x802u32).unwrap();
+        a.rdmsr().unwrap();
+        a.mov(r13d, eax).unwrap(); // ID
+        a.mov(ecx, 0x80du32).unwrap();
+        a.rdmsr().unwrap();
+        a.shl(rax, 32).unwrap();
+        a.or(r13, rax).unwrap(); // LDR in the high half
+                                 // STI before a WRMSR (which ends the block): the interrupt shadow is over by the SELF IPI.
+        a.sti().unwrap();
+        wrmsr(a, 0x80f, 0x1ff); // SVR: enabled
+        wrmsr(a, 0x83f, 0x41); // SELF IPI
+        a.nop().unwrap();
+        a.mov(r11, r12).unwrap();
+        wrmsr(a, 0x830, 0x41); // ICR: fixed 0x41 to APIC 0, physical
+        a.nop().unwrap();
+        a.cli().unwrap();
+        wrmsr(a, 0x1b, APIC | 0x900); // back to xAPIC: #GP
+        a.mov(ecx, 0x80eu32).unwrap();
+        a.rdmsr().unwrap(); // DFR: #GP
+        wrmsr(a, 0x80b, 1); // EOI with a non-zero value: #GP
+        wrmsr(a, 0x830, 1 << 32 | 0x4500); // INIT to APIC 1
+        wrmsr(a, 0x830, 1 << 32 | 0x8500); // INIT de-assert
+        wrmsr(a, 0x830, 1 << 32 | 0x0608); // SIPI, vector 8
+        let mut wait = a.create_label();
+        a.set_label(&mut wait).unwrap();
+        a.pause().unwrap();
+        a.cmp(word_ptr(0x20000), 0).unwrap();
+        a.je(wait).unwrap();
+        done(a);
+    });
+    let mut ap = vcpus.pop().unwrap();
+    let ap_kick = ap.kicker();
+    let ap_thread = std::thread::spawn(move || ap.run().unwrap());
+    assert_eq!(vcpus[0].run().unwrap(), VcpuExit::Interrupted);
+    std::thread::sleep(Duration::from_millis(50));
+    ap_kick.kick();
+    assert_eq!(ap_thread.join().unwrap(), VcpuExit::Interrupted);
+    let r = vcpus[0].regs().unwrap();
+    assert_eq!(r.r15, 4, "#GP: MSR before x2APIC mode, x2APIC to xAPIC, DFR, EOI of 1");
+    assert_eq!(r.r11, 1, "the SELF IPI was taken");
+    assert_eq!(r.r12, 2, "the SELF IPI and the ICR IPI were taken");
+    assert_eq!(r.r13, 1 << 32, "ID 0, LDR cluster 0 bit 0");
+    assert_eq!(r.r14 as u32, u32::MAX, "the xAPIC page is not decoded in x2APIC mode");
+    assert_eq!(g.read_u64(0x20000) & 0xffff, 1, "the AP started by INIT/SIPI through the x2APIC ICR");
+    assert_eq!(vcpus[0].sregs().unwrap().apic_base & 0xc00, 0xc00, "still in x2APIC mode");
+    assert_eq!(ops.times(DONE_PORT).len(), 1);
+}

@@ -167,6 +167,11 @@ impl Cpu {
             IA32_GS_BASE => self.seg[GS].base,
             IA32_TSC => self.tsc(),
             IA32_APIC_BASE => self.msr_apic_base(),
+            i if crate::irqchip::lapic::X2APIC_MSRS.contains(&i) => {
+                let a = self.msr.apic.as_ref().filter(|a| a.lapic.x2apic())?;
+                let now = a.core.clock.now();
+                return a.lapic.with(|m| m.x2apic_read(i, now));
+            }
             _ => return self.msr.get(index),
         })
     }
@@ -180,6 +185,19 @@ impl Cpu {
         }
     }
 
+    /// IA32_APIC_BASE by WRMSR: with a LAPIC, the SDM's mode-change rules (#GP otherwise), and
+    /// x2APIC mode only when CPUID advertises it.
+    fn write_apic_base(&mut self, v: u64) -> Ex {
+        if let Some(a) = &self.msr.apic {
+            let x2 = v & crate::irqchip::APIC_BASE_EXTD != 0;
+            if (x2 && !self.isa.has(crate::irqchip::CPUID_1_ECX_X2APIC)) || !a.lapic.write_apic_base(v) {
+                return Err(Exc::gp(0));
+            }
+        }
+        self.msr.restore(IA32_APIC_BASE, v);
+        Ok(())
+    }
+
     /// WRMSR semantics.
     pub fn write_msr(&mut self, index: u32, v: u64) -> Ex {
         match index {
@@ -190,8 +208,12 @@ impl Cpu {
             IA32_FS_BASE => self.seg[FS].base = v,
             IA32_GS_BASE => self.seg[GS].base = v,
             IA32_TSC => self.set_tsc(v),
-            IA32_APIC_BASE => {
-                self.msr.restore(IA32_APIC_BASE, v);
+            IA32_APIC_BASE => self.write_apic_base(v)?,
+            i if crate::irqchip::lapic::X2APIC_MSRS.contains(&i) => {
+                let a = self.msr.apic.as_ref().filter(|a| a.lapic.x2apic()).ok_or(Exc::gp(0))?;
+                let now = a.core.clock.now();
+                let effect = a.lapic.with(|m| m.x2apic_write(i, v, now)).ok_or(Exc::gp(0))?;
+                a.core.apply(&a.lapic, effect);
             }
             _ => {
                 if !self.msr.set(index, v) {

@@ -41,7 +41,7 @@ fn message(entry: u64) -> Msi {
         logical: entry & (1 << 11) != 0,
         level_triggered: entry & LEVEL != 0,
         deassert: false,
-        dest: (entry >> 56) as u8,
+        dest: (entry >> 56) as u32,
         shorthand: Shorthand::None,
     }
 }

@@ -1,5 +1,6 @@
-//! The local APIC register model (xAPIC MMIO layout): priorities, IRR/ISR/TMR, EOI, the ICR, the
-//! LVT entries and the timer in one-shot, periodic and TSC-deadline modes.
+//! The local APIC register model (xAPIC MMIO layout, and the x2APIC MSR interface at
+//! 0x800-0x8ff): priorities, IRR/ISR/TMR, EOI, the ICR, the LVT entries and the timer in
+//! one-shot, periodic and TSC-deadline modes.
 //!
 //! Pure state: time comes in as `now` (nanoseconds on the VM clock, which is also the TSC at
 //! [`super::TSC_HZ`] minus the vCPU's TSC offset), so every rule is unit-testable with a fake
@@ -32,6 +33,10 @@ pub const REG_LVT_ERROR: u32 = 0x370;
 pub const REG_TMICT: u32 = 0x380;
 pub const REG_TMCCT: u32 = 0x390;
 pub const REG_TDCR: u32 = 0x3e0;
+/// x2APIC only: SELF IPI (MSR 0x83f).
+pub const REG_SELF_IPI: u32 = 0x3f0;
+/// The x2APIC MSRs: register `offset` of the xAPIC page is MSR `X2APIC_MSRS.start + offset/16`.
+pub const X2APIC_MSRS: std::ops::RangeInclusive<u32> = 0x800..=0x8ff;
 
 /// Version 0x14 (integrated APIC), max LVT entry 5 (timer..error, CMCI absent).
 pub const VERSION: u32 = 0x14 | (5 << 16);
@@ -74,7 +79,8 @@ pub struct Msi {
     pub level_triggered: bool,
     /// INIT level de-assert (ICR level bit clear with level trigger): ignored by targets.
     pub deassert: bool,
-    pub dest: u8,
+    /// 8 bits from xAPIC senders and the IOAPIC, 32 from an x2APIC ICR.
+    pub dest: u32,
     pub shorthand: Shorthand,
 }
 
@@ -117,6 +123,10 @@ pub struct LapicRegs {
     pub pending_init: bool,
     pub pending_sipi: Option<u8>,
     pub pending_nmi: bool,
+    /// x2APIC mode (IA32_APIC_BASE.EXTD): registers are MSRs, the ID is 32 bits, the LDR is
+    /// derived from it, the ICR destination is 32 bits.
+    #[serde(default)]
+    pub x2apic: bool,
 }
 
 impl LapicRegs {
@@ -143,6 +153,7 @@ impl LapicRegs {
             pending_init: false,
             pending_sipi: None,
             pending_nmi: false,
+            x2apic: false,
         }
     }
 }
@@ -423,13 +434,29 @@ impl Lapic {
             logical: lo & (1 << 11) != 0,
             level_triggered,
             deassert: level_triggered && lo & (1 << 14) == 0,
-            dest: (self.r.icr_hi >> 24) as u8,
+            dest: if self.r.x2apic { self.r.icr_hi } else { self.r.icr_hi >> 24 },
             shorthand,
         }
     }
 
+    /// The x2APIC logical ID: cluster (ID[31:4]) in bits 31:16, one bit of 16 for ID[3:0].
+    fn x2apic_ldr(&self) -> u32 {
+        ((self.r.id >> 4) << 16) | (1 << (self.r.id & 0xf))
+    }
+
     /// Whether a message with destination `dest` (physical or logical) targets this APIC.
-    pub fn matches(&self, dest: u8, logical: bool) -> bool {
+    pub fn matches(&self, dest: u32, logical: bool) -> bool {
+        if self.r.x2apic {
+            // 0xffffffff is the broadcast; logical destinations are cluster + bitmap.
+            let ldr = self.x2apic_ldr();
+            return dest == u32::MAX
+                || if logical {
+                    dest >> 16 == ldr >> 16 && dest & ldr & 0xffff != 0
+                } else {
+                    dest == self.r.id
+                };
+        }
+        let dest = dest as u8;
         if !logical {
             return dest == 0xff || dest as u32 == self.r.id & 0xff;
         }
@@ -444,10 +471,59 @@ impl Lapic {
         }
     }
 
-    /// INIT: every register back to its reset value except the APIC id.
+    /// INIT: every register back to its reset value except the APIC id and the mode (an INIT
+    /// leaves IA32_APIC_BASE alone).
     pub fn init_reset(&mut self) {
-        let id = self.r.id;
+        let (id, x2apic) = (self.r.id, self.r.x2apic);
         self.r = LapicRegs::new(id);
+        self.r.x2apic = x2apic;
+    }
+
+    /// RDMSR of x2APIC register `msr`; `None` (#GP) for write-only, absent and reserved ones
+    /// (EOI, SELF IPI, DFR, APR, the ICR's old high half, CMCI).
+    pub fn x2apic_read(&self, msr: u32, now: u64) -> Option<u64> {
+        let off = msr.checked_sub(*X2APIC_MSRS.start())? << 4;
+        Some(match off {
+            REG_ID => self.r.id as u64,
+            REG_LDR => self.x2apic_ldr() as u64,
+            REG_ICR_LO => (self.r.icr_lo & !(1 << 12)) as u64 | (self.r.icr_hi as u64) << 32,
+            REG_VERSION | REG_TPR | REG_PPR | REG_SVR | REG_ESR | REG_TMICT | REG_TMCCT | REG_TDCR => {
+                self.read(off, now) as u64
+            }
+            0x100..=0x270 | 0x320..=0x370 => self.read(off, now) as u64,
+            _ => return None,
+        })
+    }
+
+    /// WRMSR of x2APIC register `msr`; `None` (#GP) for read-only and absent registers, a
+    /// non-zero high half (except the ICR), a non-zero EOI or ESR write, and reserved bits of
+    /// TPR and SELF IPI. LVT, SVR and TDCR reserved bits are dropped as on the xAPIC page.
+    pub fn x2apic_write(&mut self, msr: u32, v: u64, now: u64) -> Option<WriteEffect> {
+        let off = msr.checked_sub(*X2APIC_MSRS.start())? << 4;
+        let lo = v as u32;
+        if off != REG_ICR_LO && v >> 32 != 0 {
+            return None;
+        }
+        Some(match off {
+            REG_TPR if lo <= 0xff => self.write(off, lo, now),
+            REG_EOI | REG_ESR if lo == 0 => self.write(off, lo, now),
+            REG_SVR | REG_TMICT | REG_TDCR | 0x320..=0x370 => self.write(off, lo, now),
+            REG_ICR_LO => {
+                self.r.icr_lo = lo & !(1 << 12);
+                self.r.icr_hi = (v >> 32) as u32;
+                WriteEffect::Ipi(self.icr_message())
+            }
+            REG_SELF_IPI if lo <= 0xff => WriteEffect::Ipi(Msi {
+                vector: lo as u8,
+                mode: DM_FIXED,
+                logical: false,
+                level_triggered: false,
+                deassert: false,
+                dest: self.r.id,
+                shorthand: Shorthand::SelfOnly,
+            }),
+            _ => return None,
+        })
     }
 
     /// The register page in the layout `LapicState` (and KVM) use.
@@ -609,6 +685,48 @@ mod tests {
         t.write(REG_DFR, 0x0fff_ffff, 0); // cluster model
         t.write(REG_LDR, 0x2100_0000, 0);
         assert!(t.matches(0x23, true) && !t.matches(0x13, true) && !t.matches(0x22, true));
+    }
+
+    #[test]
+    fn x2apic_msr_interface() {
+        let msr = |off: u32| 0x800 + (off >> 4);
+        let mut l = Lapic::new(0x25);
+        l.r.x2apic = true;
+        assert_eq!(l.x2apic_write(msr(REG_SVR), 0x1ff, 0), Some(WriteEffect::None));
+        assert_eq!(l.x2apic_read(msr(REG_ID), 0), Some(0x25));
+        assert_eq!(l.x2apic_read(msr(REG_LDR), 0), Some(0x2_0020), "cluster 2, bit 5");
+        assert_eq!(l.x2apic_write(msr(REG_LDR), 1, 0), None, "LDR is read-only");
+        assert_eq!(l.x2apic_write(msr(REG_ID), 1, 0), None, "ID is read-only");
+        assert_eq!(l.x2apic_read(msr(REG_DFR), 0), None, "no DFR");
+        assert_eq!(l.x2apic_read(msr(REG_ICR_HI), 0), None, "no ICR high half");
+        assert_eq!(l.x2apic_read(msr(REG_EOI), 0), None, "EOI is write-only");
+        assert_eq!(l.x2apic_read(msr(REG_SELF_IPI), 0), None, "SELF IPI is write-only");
+        assert_eq!(l.x2apic_read(0x82f, 0), None, "no CMCI");
+        assert_eq!(l.x2apic_write(msr(REG_EOI), 1, 0), None, "EOI takes 0 only");
+        assert_eq!(l.x2apic_write(msr(REG_TPR), 0x100, 0), None, "TPR reserved bits");
+        assert_eq!(l.x2apic_write(msr(REG_TPR), 1 << 32, 0), None, "high half of a 32-bit register");
+        assert_eq!(l.x2apic_write(msr(REG_TPR), 0x30, 0), Some(WriteEffect::None));
+        assert_eq!(l.x2apic_read(msr(REG_PPR), 0), Some(0x30));
+        // A 64-bit ICR: 32-bit destination, fixed, physical.
+        let Some(WriteEffect::Ipi(m)) = l.x2apic_write(msr(REG_ICR_LO), 0x0000_0123_0000_0041, 0) else {
+            panic!("no IPI")
+        };
+        assert_eq!((m.vector, m.dest, m.logical, m.shorthand), (0x41, 0x123, false, Shorthand::None));
+        assert_eq!(l.x2apic_read(msr(REG_ICR_LO), 0), Some(0x0000_0123_0000_0041));
+        let Some(WriteEffect::Ipi(m)) = l.x2apic_write(msr(REG_SELF_IPI), 0x52, 0) else { panic!("no IPI") };
+        assert_eq!((m.vector, m.shorthand), (0x52, Shorthand::SelfOnly));
+        assert_eq!(l.x2apic_write(msr(REG_SELF_IPI), 0x152, 0), None);
+        // Destinations: exact 32-bit ID, 0xffffffff broadcast, cluster logical.
+        assert!(l.matches(0x25, false) && l.matches(u32::MAX, false) && !l.matches(0xff, false));
+        assert!(l.matches(0x2_0020, true) && l.matches(0x2_ffff, true));
+        assert!(!l.matches(0x3_0020, true) && !l.matches(0x2_0010, true));
+        // The timer through MSRs; INIT keeps the mode.
+        assert_eq!(l.x2apic_write(msr(REG_TMICT), 500, 0), Some(WriteEffect::Timer));
+        assert_eq!(l.x2apic_read(msr(REG_TMICT), 0), Some(500));
+        assert_eq!(l.x2apic_write(msr(REG_TMCCT), 1, 0), None, "current count is read-only");
+        l.init_reset();
+        assert!(l.r.x2apic);
+        assert_eq!(l.x2apic_read(msr(REG_TMICT), 0), Some(0));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmr_hypervisor::CpuidEntry;
 
 use ioapic::{Ioapic, IOAPIC_PINS};
-use lapic::{Lapic, Msi, Shorthand, DM_FIXED, DM_INIT, DM_LOWEST, DM_NMI, DM_SIPI};
+use lapic::{Lapic, Msi, Shorthand, WriteEffect, DM_FIXED, DM_INIT, DM_LOWEST, DM_NMI, DM_SIPI};
 use pic::Pic;
 use pit::Pit;
 
@@ -54,6 +54,12 @@ pub const FLAG_NMI_INIT: u8 = 2;
 
 /// CPUID leaf-1 ECX bit: TSC-deadline timer.
 pub const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// CPUID leaf-1 ECX bit: x2APIC (IA32_APIC_BASE.EXTD and the MSRs at 0x800-0x8ff).
+pub const CPUID_1_ECX_X2APIC: u32 = 1 << 21;
+/// IA32_APIC_BASE: APIC global enable.
+pub const APIC_BASE_EN: u64 = 1 << 11;
+/// IA32_APIC_BASE: x2APIC mode.
+pub const APIC_BASE_EXTD: u64 = 1 << 10;
 /// CPUID leaf-1 EDX bit: on-chip APIC.
 pub const CPUID_1_EDX_APIC: u32 = 1 << 9;
 /// CPUID leaf-6 EAX bit: APIC timer always running (ARAT).
@@ -66,7 +72,7 @@ pub const CPUID_E7_EDX_INVARIANT_TSC: u32 = 1 << 8;
 /// The CPUID leaves the interrupt/timer model needs: 0x6 (ARAT), 0x15 (TSC/crystal ratio and
 /// crystal frequency, which Linux also takes as the LAPIC timer rate) and 0x16 (nominal MHz).
 /// Leaf 0's maximum must be raised to at least 0x16 and leaf 1 must carry
-/// [`CPUID_1_EDX_APIC`] and [`CPUID_1_ECX_TSC_DEADLINE`].
+/// [`CPUID_1_EDX_APIC`], [`CPUID_1_ECX_TSC_DEADLINE`] and [`CPUID_1_ECX_X2APIC`].
 pub fn cpuid_leaves() -> Vec<CpuidEntry> {
     let leaf = |function, eax, ebx, ecx, edx| CpuidEntry { function, index: 0, flags: 0, eax, ebx, ecx, edx };
     let mhz = (TSC_HZ / 1_000_000) as u32;
@@ -90,7 +96,7 @@ pub fn add_cpuid(table: &mut Vec<CpuidEntry>) {
             0 => e.eax = e.eax.max(0x16),
             1 => {
                 e.edx |= CPUID_1_EDX_APIC;
-                e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+                e.ecx |= CPUID_1_ECX_TSC_DEADLINE | CPUID_1_ECX_X2APIC;
             }
             7 if e.index == 0 => e.ebx |= CPUID_7_EBX_TSC_ADJUST,
             0x8000_0007 => e.edx |= CPUID_E7_EDX_INVARIANT_TSC,
@@ -151,7 +157,7 @@ impl LocalApic {
             model: Mutex::new(Lapic::new(id)),
             flag: Arc::new(AtomicU8::new(0)),
             extint: AtomicBool::new(false),
-            apic_base: AtomicU64::new(LAPIC_BASE | (1 << 11) | bsp),
+            apic_base: AtomicU64::new(LAPIC_BASE | APIC_BASE_EN | bsp),
             waiting_sipi: AtomicBool::new(false),
             waiter,
         }
@@ -161,15 +167,40 @@ impl LocalApic {
         self.apic_base.load(Ordering::Acquire)
     }
 
-    /// IA32_APIC_BASE write (x2APIC mode is not offered: bit 10 is dropped).
+    /// Loads IA32_APIC_BASE (state restore, the VMM's setup): base, enable (bit 11), x2APIC
+    /// mode (EXTD, bit 10, only with enable) and BSP (bit 8).
     pub fn set_apic_base(&self, v: u64) {
-        let v = v & (0x000f_ffff_ffff_f000 | (1 << 11) | (1 << 8));
+        let mut v = v & (0x000f_ffff_ffff_f000 | APIC_BASE_EN | APIC_BASE_EXTD | (1 << 8));
+        if v & APIC_BASE_EN == 0 {
+            v &= !APIC_BASE_EXTD;
+        }
         self.apic_base.store(v, Ordering::Release);
-        self.with(|_| ());
+        self.with(|m| m.r.x2apic = v & APIC_BASE_EXTD != 0);
+    }
+
+    /// WRMSR of IA32_APIC_BASE by the guest: false (#GP) for reserved bits and the mode changes
+    /// the SDM forbids (x2APIC to xAPIC, disabled to x2APIC, EXTD without enable).
+    pub fn write_apic_base(&self, v: u64) -> bool {
+        let (old, new) =
+            (self.apic_base() & (APIC_BASE_EN | APIC_BASE_EXTD), v & (APIC_BASE_EN | APIC_BASE_EXTD));
+        let reserved = v & !(0x000f_ffff_ffff_f000 | APIC_BASE_EN | APIC_BASE_EXTD | (1 << 8)) != 0;
+        let x2 = APIC_BASE_EN | APIC_BASE_EXTD;
+        let forbidden =
+            new == APIC_BASE_EXTD || (old == x2 && new == APIC_BASE_EN) || (old == 0 && new == x2);
+        if reserved || forbidden {
+            return false;
+        }
+        self.set_apic_base(v);
+        true
     }
 
     pub fn hw_enabled(&self) -> bool {
-        self.apic_base() & (1 << 11) != 0
+        self.apic_base() & APIC_BASE_EN != 0
+    }
+
+    /// In x2APIC mode the registers are MSRs and the MMIO page is not decoded.
+    pub fn x2apic(&self) -> bool {
+        self.apic_base() & APIC_BASE_EXTD != 0
     }
 
     /// Runs `f` on the register model, then republishes the flag (waking the vCPU if something
@@ -326,6 +357,16 @@ impl IrqChipCore {
     fn route_intr(&self, intr: bool) {
         if let Some(bsp) = self.bsp() {
             bsp.set_extint(intr);
+        }
+    }
+
+    /// Carries out what a register write of `lapic` asked for.
+    pub fn apply(&self, lapic: &LocalApic, effect: WriteEffect) {
+        match effect {
+            WriteEffect::None => {}
+            WriteEffect::LevelEoi(vector) => self.eoi_level(vector),
+            WriteEffect::Ipi(msg) => self.deliver(&msg, Some(lapic.id)),
+            WriteEffect::Timer => self.timers_changed(),
         }
     }
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use vmr_hypervisor::VmOps;
 
-use super::lapic::WriteEffect;
 use super::{IrqChipCore, LocalApic, IOAPIC_BASE, MMIO_SIZE};
 
 pub struct ChipOps {
@@ -25,7 +24,7 @@ fn reg_of(offset: u64) -> (u64, usize) {
 
 impl ChipOps {
     fn lapic_offset(&self, addr: u64) -> Option<u64> {
-        if !self.lapic.hw_enabled() {
+        if !self.lapic.hw_enabled() || self.lapic.x2apic() {
             return None;
         }
         let base = self.lapic.apic_base() & !0xfff;
@@ -34,12 +33,8 @@ impl ChipOps {
 
     fn lapic_write(&self, offset: u64, v: u32) {
         let now = self.core.clock.now();
-        match self.lapic.with(|m| m.write(offset as u32, v, now)) {
-            WriteEffect::None => {}
-            WriteEffect::LevelEoi(vector) => self.core.eoi_level(vector),
-            WriteEffect::Ipi(msg) => self.core.deliver(&msg, Some(self.lapic.id)),
-            WriteEffect::Timer => self.core.timers_changed(),
-        }
+        let effect = self.lapic.with(|m| m.write(offset as u32, v, now));
+        self.core.apply(&self.lapic, effect);
     }
 }
 
