@@ -10,6 +10,9 @@ for t in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils busybox:busybox-
     command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
 [ -x /bin/busybox ] || need+=(busybox-static)
+# gcc with a static glibc: tests/emu_isa_v2.rs builds a static x86-64-v2 guest program.
+command -v gcc >/dev/null || need+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: missing packages: ${need[*]}; run as root or install them" >&2
@@ -25,4 +28,4 @@ v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
 pins=(qemu-system-x86="$v" qemu-utils="$v")
 dpkg -s qemu-block-extra >/dev/null 2>&1 && pins+=(qemu-block-extra="$v")
 apt-get install -y -qq --allow-downgrades "${pins[@]}" busybox-static cpio xz-utils lz4 e2fsprogs tmux \
-    socat fio iperf3 >/dev/null
+    socat fio iperf3 gcc libc6-dev >/dev/null
