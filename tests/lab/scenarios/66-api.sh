@@ -3,8 +3,9 @@
 # real tap, InstanceStart); GET / says Running; pause stops the guest's ticks and uses no CPU,
 # resume goes on at the next tick; a tx rate limiter set live slows the guest's sends to L1; a
 # swapped drive's new size reaches the guest; FlushMetrics writes a line; the ACPI power button
-# powers the guest off and vmr exits 0. Then a VM booted by `vmr run --api-sock` ends on
-# `vmr ctl ctrl-alt-del` (guest restart: exit 2, as Firecracker).
+# powers the guest off and vmr exits 0. Then Kata's Go runtime's start (config file + API socket,
+# placeholder drive PATCHed after start) and `vmr ctl ctrl-alt-del` (guest restart: exit 2, as
+# Firecracker).
 [ "$LAB_VMM" = qemu ] && skip "drives vmr's API"
 if [ ! -c /dev/net/tun ]; then
     (cd "$LAB_OUT" && zcat "$LAB_L2/initramfs.cpio.gz" | cpio -id lib/modules/tun.ko 2>/dev/null)
@@ -93,15 +94,25 @@ has "VMR-LAB power-button" || fail "the guest did not act on the power button"
 [ "$RC" = 0 ] || fail "exit code $RC after the power button (want 0)"
 [ -e "$SOCK" ] && fail "the API socket is left behind"
 
-# `vmr run --api-sock` + `vmr ctl ctrl-alt-del`: the guest restarts, vmr exits 2.
+# Kata's Go runtime (fc.go): `--api-sock` with `--config-file` (placeholder drives, vsock), a
+# drive PATCHed in after start, then `vmr ctl ctrl-alt-del`: the guest restarts, vmr exits 2.
 SOCK=$LAB_OUT/api2.sock
+: > "$LAB_OUT/drive_0"
+cat > "$LAB_OUT/fc.json" <<JSON
+{"boot-source": {"kernel_image_path": "$LAB_L2/generic-vmlinux", "initrd_path": "$LAB_L2/initramfs.cpio.gz",
+  "boot_args": "$L2_CMDLINE_BASE vmr.test=hold"},
+ "drives": [{"drive_id": "drive_0", "path_on_host": "$LAB_OUT/drive_0", "is_root_device": false, "is_read_only": false}],
+ "machine-config": {"vcpu_count": 1, "mem_size_mib": 256, "smt": false},
+ "vsock": {"guest_cid": 3, "uds_path": "$LAB_OUT/kata.hvsock", "vsock_id": "root"}}
+JSON
 BOOTS=2; OUT=$LAB_OUT/serial.2.log
-"$VMR" run --kernel "$LAB_L2/generic-vmlinux" --initrd "$LAB_L2/initramfs.cpio.gz" --accel kvm \
-    --cmdline "$L2_CMDLINE_BASE vmr.test=hold" --api-sock "$SOCK" < /dev/null > "$OUT" 2>&1 &
+"$VMR" --api-sock "$SOCK" --config-file "$LAB_OUT/fc.json" < /dev/null > "$OUT" 2>&1 &
 pid=$!
-wait_for "VMR-LAB holding" "$LAB_BOOT_TIMEOUT" || { kill -9 $pid; fail "second guest never held"; }
+wait_for "VMR-LAB holding" "$LAB_BOOT_TIMEOUT" || { kill -9 $pid; fail "the config-file guest never held"; }
+api GET / > /dev/null; grep -q '"state":"Running"' "$REPLY_FILE" || fail "GET / (config file): $(tail -c 200 "$REPLY_FILE")"
+ok PATCH /drives/drive_0 "{\"drive_id\":\"drive_0\",\"path_on_host\":\"$LAB_OUT/large.img\"}"
 "$VMR" ctl --api-sock "$SOCK" ctrl-alt-del > /dev/null || fail "vmr ctl ctrl-alt-del failed"
 i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 300 ]; do sleep 0.2; i=$((i + 1)); done
 kill -9 $pid 2>/dev/null; wait $pid; RC=$?
 [ "$RC" = 2 ] || fail "exit code $RC after Ctrl-Alt-Del (want 2: guest restart)"
-pass "go-sdk sequence on KVM; pause held ticks at $last with $used CPU ticks; 1 MiB in ${free} cs free, ${limited} cs at 256 KiB/s; drive swap seen; power button -> 0; ctrl-alt-del -> 2"
+pass "go-sdk sequence on KVM; pause held ticks at $last with $used CPU ticks; 1 MiB in ${free} cs free, ${limited} cs at 256 KiB/s; drive swap seen; power button -> 0; Kata config-file boot + drive PATCH; ctrl-alt-del -> 2"
