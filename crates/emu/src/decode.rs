@@ -269,12 +269,21 @@ pub struct Block {
     next: [(u64, u32); 2],
     /// Some op is a locked read-modify-write: the run loop sets up `Cpu::locked` around it.
     pub locked: bool,
+    /// Hotness and translation (`crate::jit`); the translation dies with the block.
+    pub jit: crate::jit::Slot,
 }
 
 impl Block {
     fn new(ops: Vec<Op>, bytes: Box<[u8]>) -> Block {
         let locked = ops.iter().any(|o| o.locked);
-        Block { ops, bytes, next: [(0, u32::MAX); 2], locked, checked: std::cell::Cell::new(u64::MAX) }
+        Block {
+            ops,
+            bytes,
+            next: [(0, u32::MAX); 2],
+            locked,
+            checked: std::cell::Cell::new(u64::MAX),
+            jit: Default::default(),
+        }
     }
 
     /// True if guest memory at `host` (host address of the block's first byte, whose page

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::cpu::{Cpu, CS};
 use crate::decode::{decode_block, Block, BlockCache, Key};
+use crate::jit::Jit;
 use crate::mem::Access;
 
 /// Why [`Engine::run`] returned.
@@ -67,6 +68,8 @@ pub struct Engine {
     /// Slab index of the block executed last (u32::MAX if none): its successor hints are
     /// tried before the jump cache.
     last: u32,
+    /// The translator tier (`VMR_EMU_JIT=1`, or [`Engine::set_jit`]); None: interpret only.
+    pub jit: Option<Box<Jit>>,
     /// `VMR_EMU_PROFILE=FILE`: guest RIP samples (one per 256 blocks), written at drop to FILE
     /// (BSP) or FILE.N (APIC id N).
     profile: Option<Box<Profile>>,
@@ -110,9 +113,19 @@ impl Engine {
             irq_flag: None,
             init_pending: false,
             last: u32::MAX,
+            jit: Jit::from_env(),
             profile: std::env::var_os("VMR_EMU_PROFILE")
                 .map(|p| Box::new(Profile { path: p.into(), samples: Default::default(), tick: 0 })),
         }
+    }
+
+    /// Turns the translator tier on (hot blocks translated after `hot` executions) or off.
+    pub fn set_jit(&mut self, hot: Option<u32>) -> Result<(), crate::jit::JitError> {
+        self.jit = match hot {
+            Some(hot) => Some(Box::new(Jit::new(hot, 16 << 20)?)),
+            None => None,
+        };
+        Ok(())
     }
 
     /// Runs until HLT, shutdown, a kick, or about `budget` more instructions.
@@ -220,10 +233,12 @@ impl Engine {
         match self.cache.block(idx) {
             // Its code was compared with guest memory in this epoch (the CPU's own writes to
             // code pages invalidate blocks at once; see `Cpu::serialize` for the rest).
-            Some(block) if block.checked.get() == self.cpu.code_epoch => run_block(&mut self.cpu, block),
+            Some(block) if block.checked.get() == self.cpu.code_epoch => {
+                exec_block(&mut self.cpu, self.jit.as_deref_mut(), block)
+            }
             Some(block) if host == 0 || block.matches(code) => {
                 block.checked.set(self.cpu.code_epoch);
-                run_block(&mut self.cpu, block)
+                exec_block(&mut self.cpu, self.jit.as_deref_mut(), block)
             }
             Some(_) => {
                 // Written behind the CPU's back (DMA, another vCPU): decode afresh.
@@ -269,6 +284,17 @@ fn build(host: usize, key: &Key) -> Option<Block> {
     // `off + n == 4096`; the copy reads only that page.
     unsafe { std::ptr::copy_nonoverlapping((host + off) as *const u8, buf.as_mut_ptr(), n) };
     decode_block(&buf[..n], key)
+}
+
+/// Runs `block` on the translator tier if there is one and the block is hot, else interprets it.
+#[inline(always)]
+fn exec_block(cpu: &mut Cpu, jit: Option<&mut Jit>, block: &Block) {
+    if let Some(j) = jit {
+        if j.run(cpu, block) {
+            return;
+        }
+    }
+    run_block(cpu, block)
 }
 
 /// Runs the ops of `block` until the end, a taken branch, an exception or a block break.

@@ -9,6 +9,7 @@
 //! - [`exec`]: instruction handlers, one file per area.
 //! - [`interrupt`]: exception and interrupt delivery, IRET, double/triple faults.
 //! - [`engine`]: the run loop tying cache and CPU together.
+//! - [`jit`]: the translator tier (hot blocks to host code), off unless `VMR_EMU_JIT=1`.
 //! - [`backend`]: the `Hypervisor`/`Vm`/`Vcpu` implementation ("emu").
 
 pub mod backend;
@@ -21,6 +22,7 @@ pub mod exec;
 pub mod flags;
 pub mod interrupt;
 pub mod irqchip;
+pub mod jit;
 pub mod mem;
 pub mod msr;
 pub mod segment;

@@ -17,7 +17,9 @@ const ENTRIES: usize = 1024;
 const VALID: u64 = 1;
 
 /// One cached translation.
+/// `repr(C)`: translated code probes entries inline (`crate::jit`).
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 pub struct TlbEntry {
     /// (linear page number << 1) | VALID.
     pub tag: u64,
@@ -64,6 +66,11 @@ impl Tlb {
 
     pub fn insert(&mut self, lin: u64, gpa: u64, host: usize, perm: u8) {
         self.entries[Self::slot(lin)] = TlbEntry { tag: Self::tag(lin), gpa: gpa & !0xfff, host, perm };
+    }
+
+    /// The entries, for the translator's inline probe (the table is never reallocated).
+    pub(crate) fn entries_ptr(&self) -> *const TlbEntry {
+        self.entries.as_ptr()
     }
 
     /// INVLPG.
