@@ -91,6 +91,9 @@ impl Drop for Engine {
             "# icount {} code_epoch {} blocks_built {}\n",
             self.cpu.icount, self.cpu.code_epoch, self.cache.built
         );
+        if let Some(j) = &self.jit {
+            out.push_str(&format!("# jit {}\n", j.stats()));
+        }
         for (rip, n) in v {
             out.push_str(&format!("{rip:#x} {n}\n"));
         }

@@ -9,7 +9,7 @@ use std::mem::offset_of;
 use iced_x86::code_asm::*;
 use iced_x86::Mnemonic as Mn;
 
-use super::{jit_op, jit_read, jit_write, CodeCache, Ctx, JitError, BREAK, FAULT};
+use super::{jit_cf, jit_op, jit_read, jit_write, CodeCache, Ctx, JitError, BREAK, FAULT};
 use crate::cpu::{Cpu, FS, GS};
 use crate::decode::{Op, Opnd};
 use crate::flags::{FlagOp, Flags, Lazy};
@@ -117,6 +117,11 @@ enum Form {
         s: u8,
         jcc: Option<(u8, u64)>,
     },
+    /// `INC/DEC reg` (CF kept: read from the lazy flags), with a fused Jcc that does not read
+    /// CF, if any.
+    IncDec { dec: bool, d: u8, s: u8, jcc: Option<(u8, u64)> },
+    /// A direct `JMP rel` (the block goes on at the target, or leaves for it if last).
+    Jmp { target: u64 },
     /// A call of the interpreter handler.
     Call,
 }
@@ -126,6 +131,11 @@ impl Form {
     /// 16-bit destinations merge into the register and stay with the interpreter).
     fn of(op: &Op) -> Form {
         let s = op.size;
+        if op.ins.mnemonic() == Mn::Jmp && !op.locked {
+            if let (Opnd::Imm(target), iced_x86::FlowControl::UnconditionalBranch) = (op.o[0], op.ins.flow_control()) {
+                return Form::Jmp { target };
+            }
+        }
         if op.locked || op.ins.has_rep_prefix() || op.ins.has_repne_prefix() || !matches!(s, 4 | 8) {
             return Form::Call;
         }
@@ -150,6 +160,15 @@ impl Form {
                 _ => None,
             },
             (Mn::Lea, false) if two && op.o[1] == Opnd::Mem => reg(0).map(|d| Form::Lea { d, s }),
+            (Mn::Inc | Mn::Dec, _) if op.ins.op_count() == 1 => {
+                let jcc = match (fused, op.o[2]) {
+                    (false, _) => None,
+                    // CF comes from before the INC/DEC: the host's is not the guest's.
+                    (true, Opnd::Imm(t)) if op.cc <= 15 && !matches!(op.cc >> 1, 1 | 3) => Some((op.cc, t)),
+                    _ => return Form::Call,
+                };
+                reg(0).map(|d| Form::IncDec { dec: m == Mn::Dec, d, s, jcc })
+            }
             (m, _) if two => {
                 let jcc = match (fused, op.o[2]) {
                     (false, _) => None,
@@ -173,7 +192,7 @@ impl Form {
     fn quiet(self) -> bool {
         match self {
             Form::Mov { src, .. } => src != Src::Mem,
-            Form::Lea { .. } => true,
+            Form::Lea { .. } | Form::Jmp { .. } => true,
             _ => false,
         }
     }
@@ -260,7 +279,11 @@ impl Emitter {
         }
         // The block ran to its end.
         let last = ops.len() - 1;
-        let rip = (forms[last] != Form::Call).then(|| ops[last].ins.next_ip());
+        let rip = match forms[last] {
+            Form::Call => None,
+            Form::Jmp { target } => Some(target),
+            _ => Some(ops[last].ins.next_ip()),
+        };
         self.leave(rip, retired)?;
         self.tails()?;
         Ok(())
@@ -290,6 +313,16 @@ impl Emitter {
             Form::Lea { d, s } => {
                 self.ea(op)?;
                 self.put(d, s)?;
+            }
+            // Nothing to do: the next op is the target's (or the block ends there).
+            Form::Jmp { .. } => return Ok(1),
+            Form::IncDec { dec, d, s, jcc } => {
+                self.incdec(dec, d, s, flags_dead && jcc.is_none())?;
+                if let Some((cc, target)) = jcc {
+                    let taken = self.exit_leave(Some(target), retired + 2);
+                    self.jcc(cc, taken)?;
+                    return Ok(2);
+                }
             }
             Form::Store { src, s } => {
                 // Like the interpreter: source, then address, then the write.
@@ -391,6 +424,46 @@ impl Emitter {
                 a.mov(qword_ptr(rbx + L_A), rax)?;
                 a.mov(qword_ptr(rbx + L_B), rcx)?;
             }
+        }
+        Ok(())
+    }
+
+    /// `INC/DEC reg d` at size `s`, recording the flags as `incdec_r` does (CF from the
+    /// current lazy flags) unless they are `dead`.
+    fn incdec(&mut self, dec: bool, d: u8, s: u8, dead: bool) -> Result<(), IcedError> {
+        let a = &mut self.a;
+        if !dead {
+            a.mov(rdi, rbx)?;
+            a.mov(rax, jit_cf as *const () as u64)?;
+            a.call(rax)?;
+            a.mov(r8d, eax)?;
+        }
+        if s == 4 {
+            a.mov(eax, dword_ptr(rbx + gpr(d)))?;
+            a.mov(edx, eax)?;
+            if dec {
+                a.dec(edx)?
+            } else {
+                a.inc(edx)?
+            }
+        } else {
+            a.mov(rax, qword_ptr(rbx + gpr(d)))?;
+            a.mov(rdx, rax)?;
+            if dec {
+                a.dec(rdx)?
+            } else {
+                a.inc(rdx)?
+            }
+        }
+        a.mov(qword_ptr(rbx + gpr(d)), rdx)?;
+        if !dead {
+            let fop = if dec { FlagOp::Dec } else { FlagOp::Inc };
+            a.mov(byte_ptr(rbx + L_OP), fop as u32)?;
+            a.mov(byte_ptr(rbx + L_SIZE), s as u32)?;
+            a.mov(byte_ptr(rbx + L_CIN), r8b)?;
+            a.mov(qword_ptr(rbx + L_A), rax)?;
+            a.mov(qword_ptr(rbx + L_B), 1)?;
+            a.mov(qword_ptr(rbx + L_RES), rdx)?;
         }
         Ok(())
     }

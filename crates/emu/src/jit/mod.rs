@@ -128,6 +128,19 @@ impl Jit {
         }
     }
 
+    /// One line of statistics (for `VMR_EMU_PROFILE`).
+    pub fn stats(&self) -> String {
+        format!(
+            "translated {} native_ops {} called_ops {} cache_used {} cache_size {} flushes {}",
+            self.translated,
+            self.native_ops,
+            self.called_ops,
+            self.code.used(),
+            self.code.capacity(),
+            self.code.flushes
+        )
+    }
+
     /// The code cache (size and use are the VMM's memory overhead).
     pub fn cache(&self) -> &CodeCache {
         &self.code
@@ -216,6 +229,11 @@ extern "C" fn jit_op(cpu: &mut Cpu, ctx: &mut Ctx, op: &Op) -> u64 {
             FAULT
         }
     }
+}
+
+/// CF of the current lazy flags (for INC/DEC, which keep it).
+extern "C" fn jit_cf(cpu: &Cpu) -> u64 {
+    cpu.flags.cf() as u64
 }
 
 /// The slow path of a translated read: `Cpu::read_lin` (walk, MMIO, page crossing).
