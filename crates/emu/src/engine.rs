@@ -140,6 +140,9 @@ impl Engine {
         // Blocks that fault before retiring anything (an exception handler that faults again
         // is an endless loop on real hardware too) still use up the budget.
         let mut steps = 0u64;
+        if let Some(j) = self.jit.as_deref_mut() {
+            j.set_limits(limit, &self.kick, self.irq_flag.as_deref(), self.irq.is_some());
+        }
         loop {
             // A plain load first: the locked swap only when a kick is pending.
             if self.kick.load(Ordering::Relaxed) && self.kick.swap(false, Ordering::AcqRel) {

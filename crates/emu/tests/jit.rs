@@ -472,3 +472,72 @@ fn protected_mode_segment_bases() {
     // [base + 0x200000 + 4*c] = [.. 4*c + 4] + c, from zeroed memory: [.. + 4] = 1 + .. + 500.
     assert_eq!(j.0, vec![(1..=500u64).sum::<u64>() & 0xff]);
 }
+
+/// Delivers vector 0x30 once, when the CPU polls with IF set, and clears the flag it raised.
+struct Once(std::sync::Arc<std::sync::atomic::AtomicU8>, bool);
+
+impl InterruptSource for Once {
+    fn pending(&self) -> bool {
+        !self.1
+    }
+    fn acknowledge(&mut self) -> Option<u8> {
+        self.1 = true;
+        self.0.store(0, std::sync::atomic::Ordering::SeqCst);
+        Some(0x30)
+    }
+}
+
+/// A translated loop that never leaves its block still stops for the instruction budget, a
+/// kick from another thread and an interrupt raised from another thread (the engine's checks
+/// between blocks, which such a loop makes inline).
+#[test]
+fn endless_translated_loop_stops_for_budget_kick_and_interrupt() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Arc;
+    let mut g = Guest::new();
+    g.long_mode();
+    g.engine.set_jit(Some(1)).unwrap();
+    let flag = Arc::new(AtomicU8::new(0));
+    g.engine.irq = Some(Box::new(Once(flag.clone(), false)));
+    g.engine.irq_flag = Some(flag.clone());
+    g.set_gate64(0x30, CODE + 0x1000, 0, 0);
+    g.asm(64, CODE + 0x1000, |a| {
+        a.mov(al, 0x30u32).unwrap();
+        out(a, 0xf1);
+        out(a, DONE_PORT as u8);
+        a.hlt().unwrap();
+    });
+    g.asm(64, CODE, |a| {
+        let mut top = a.create_label();
+        a.sti().unwrap();
+        a.set_label(&mut top).unwrap();
+        a.add(rax, 1).unwrap();
+        a.jmp(top).unwrap();
+    });
+    // Budget: the loop stops within one iteration of it.
+    assert_eq!(g.engine.run(1_000_000), StopReason::Budget);
+    let n = g.cpu().icount;
+    assert!((1_000_000..=1_000_002).contains(&n), "retired {n}");
+    assert!(g.engine.jit.as_ref().unwrap().translated > 0);
+    // Kick from another thread.
+    let kick = g.engine.kick.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        kick.store(true, Ordering::SeqCst);
+    });
+    assert_eq!(g.engine.run(u64::MAX), StopReason::Kicked);
+    t.join().unwrap();
+    assert!(g.port_writes(0xf1).is_empty());
+    // An interrupt raised from another thread is taken: its handler ends the run.
+    let f = flag.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        f.store(1, Ordering::SeqCst);
+    });
+    assert_eq!(g.engine.run(u64::MAX), StopReason::Kicked);
+    t.join().unwrap();
+    assert_eq!(g.port_writes(0xf1), vec![0x30]);
+    // RAX counted every retired ADD of the loop, which kept running until the interrupt.
+    let (sum, icount) = (g.engine.cpu.gpr[0], g.engine.cpu.icount);
+    assert!(sum > 1_000_000 && sum * 2 <= icount, "rax {sum} icount {icount}");
+}

@@ -9,7 +9,7 @@ use std::mem::offset_of;
 use iced_x86::code_asm::*;
 use iced_x86::Mnemonic as Mn;
 
-use super::{jit_cf, jit_op, jit_read, jit_write, CodeCache, Ctx, JitError, BREAK, FAULT};
+use super::{jit_cf, jit_cond, jit_op, jit_read, jit_write, CodeCache, Ctx, JitError, BREAK, FAULT};
 use crate::cpu::{Cpu, FS, GS};
 use crate::decode::{Op, Opnd};
 use crate::flags::{FlagOp, Flags, Lazy};
@@ -36,6 +36,11 @@ const C_TLB: i32 = offset_of!(Ctx, tlb) as i32;
 const C_NEED_R: i32 = offset_of!(Ctx, need_r) as i32;
 const C_NEED_W: i32 = offset_of!(Ctx, need_w) as i32;
 const C_VAL: i32 = offset_of!(Ctx, val) as i32;
+const C_CHAIN: i32 = offset_of!(Ctx, chain) as i32;
+const C_KICK: i32 = offset_of!(Ctx, kick) as i32;
+const C_IRQ: i32 = offset_of!(Ctx, irq) as i32;
+const C_LIMIT: i32 = offset_of!(Ctx, limit) as i32;
+const INT_SHADOW: i32 = offset_of!(Cpu, int_shadow) as i32;
 const E_TAG: i32 = offset_of!(TlbEntry, tag) as i32;
 const E_HOST: i32 = offset_of!(TlbEntry, host) as i32;
 const E_PERM: i32 = offset_of!(TlbEntry, perm) as i32;
@@ -119,9 +124,21 @@ enum Form {
     },
     /// `INC/DEC reg` (CF kept: read from the lazy flags), with a fused Jcc that does not read
     /// CF, if any.
-    IncDec { dec: bool, d: u8, s: u8, jcc: Option<(u8, u64)> },
+    IncDec {
+        dec: bool,
+        d: u8,
+        s: u8,
+        jcc: Option<(u8, u64)>,
+    },
     /// A direct `JMP rel` (the block goes on at the target, or leaves for it if last).
-    Jmp { target: u64 },
+    Jmp {
+        target: u64,
+    },
+    /// A `Jcc rel` not fused with the op before it: the condition from the lazy flags.
+    Jcc {
+        cc: u8,
+        target: u64,
+    },
     /// A call of the interpreter handler.
     Call,
 }
@@ -132,8 +149,15 @@ impl Form {
     fn of(op: &Op) -> Form {
         let s = op.size;
         if op.ins.mnemonic() == Mn::Jmp && !op.locked {
-            if let (Opnd::Imm(target), iced_x86::FlowControl::UnconditionalBranch) = (op.o[0], op.ins.flow_control()) {
+            if let (Opnd::Imm(target), iced_x86::FlowControl::UnconditionalBranch) =
+                (op.o[0], op.ins.flow_control())
+            {
                 return Form::Jmp { target };
+            }
+        }
+        if op.ins.is_jcc_short_or_near() && op.ins.len() == op.len as usize && op.cc <= 15 {
+            if let Opnd::Imm(target) = op.o[0] {
+                return Form::Jcc { cc: op.cc, target };
             }
         }
         if op.locked || op.ins.has_rep_prefix() || op.ins.has_repne_prefix() || !matches!(s, 4 | 8) {
@@ -214,8 +238,9 @@ pub struct Translation {
 enum Exit {
     /// Op at `ip` faulted after `retired` instructions: RIP = ip, status FAULT.
     Fault { at: CodeLabel, ip: u64, retired: u64 },
-    /// Leave with RIP = `rip` (or `Cpu::next_rip` if None) after `retired` instructions.
-    Leave { at: CodeLabel, rip: Option<u64>, retired: u64 },
+    /// Leave with RIP = `rip` (or `Cpu::next_rip` if None) after `retired` instructions; a
+    /// branch (`chain`, not a block break) to the block's start may go round again instead.
+    Leave { at: CodeLabel, rip: Option<u64>, retired: u64, chain: bool },
     /// Status in eax from `jit_op`: FAULT or BREAK.
     Status { at: CodeLabel, fault: CodeLabel, brk: CodeLabel },
     /// A slow memory access: rax = linear address, r8 = value to write (writes); on success the
@@ -227,6 +252,10 @@ struct Emitter {
     a: CodeAssembler,
     exits: Vec<Exit>,
     epilogue: CodeLabel,
+    /// The block's first op (after the prologue) and its RIP: a branch back to it goes round
+    /// again in translated code (see `Ctx::chain`).
+    top: CodeLabel,
+    start: u64,
 }
 
 fn asm_err(e: IcedError) -> JitError {
@@ -260,8 +289,8 @@ pub fn translate(ops: &[Op], cache: &mut CodeCache) -> Result<Translation, JitEr
 impl Emitter {
     fn new() -> Result<Emitter, JitError> {
         let mut a = CodeAssembler::new(64).map_err(asm_err)?;
-        let epilogue = a.create_label();
-        Ok(Emitter { a, exits: Vec::new(), epilogue })
+        let (epilogue, top) = (a.create_label(), a.create_label());
+        Ok(Emitter { a, exits: Vec::new(), epilogue, top, start: 0 })
     }
 
     fn body(&mut self, ops: &[Op], forms: &[Form]) -> Result<(), IcedError> {
@@ -272,6 +301,9 @@ impl Emitter {
         a.mov(rbx, rdi)?;
         a.mov(r12, rsi)?;
         a.mov(r13, qword_ptr(r12 + C_TLB))?;
+        self.start = ops[0].ins.ip();
+        let mut top = self.top;
+        self.a.set_label(&mut top)?;
         let mut retired = 0u64;
         for (i, (op, &form)) in ops.iter().zip(forms).enumerate() {
             let flags_dead = forms[i + 1..].iter().find(|f| !f.quiet()).is_some_and(|f| f.kills_flags());
@@ -284,7 +316,7 @@ impl Emitter {
             Form::Jmp { target } => Some(target),
             _ => Some(ops[last].ins.next_ip()),
         };
-        self.leave(rip, retired)?;
+        self.leave(rip, retired, true)?;
         self.tails()?;
         Ok(())
     }
@@ -300,7 +332,7 @@ impl Emitter {
                 a.mov(rdx, op as *const Op as u64)?;
                 a.mov(rax, jit_op as *const () as u64)?;
                 a.call(rax)?;
-                let (st, brk) = (a.create_label(), self.exit_leave(None, retired + 1));
+                let (st, brk) = (a.create_label(), self.exit_leave(None, retired + 1, false));
                 self.exits.push(Exit::Status { at: st, fault, brk });
                 self.a.test(eax, eax)?;
                 self.a.jnz(st)?;
@@ -316,10 +348,21 @@ impl Emitter {
             }
             // Nothing to do: the next op is the target's (or the block ends there).
             Form::Jmp { .. } => return Ok(1),
+            Form::Jcc { cc, target } => {
+                let taken = self.exit_leave(Some(target), retired + 1, true);
+                let a = &mut self.a;
+                a.mov(rdi, rbx)?;
+                a.mov(esi, cc as u32)?;
+                a.mov(rax, jit_cond as *const () as u64)?;
+                a.call(rax)?;
+                a.test(eax, eax)?;
+                a.jnz(taken)?;
+                return Ok(1);
+            }
             Form::IncDec { dec, d, s, jcc } => {
                 self.incdec(dec, d, s, flags_dead && jcc.is_none())?;
                 if let Some((cc, target)) = jcc {
-                    let taken = self.exit_leave(Some(target), retired + 2);
+                    let taken = self.exit_leave(Some(target), retired + 2, true);
                     self.jcc(cc, taken)?;
                     return Ok(2);
                 }
@@ -340,7 +383,7 @@ impl Emitter {
                 self.load_src(op, src, s, retired)?;
                 self.alu(k, d, s, flags_dead, jcc)?;
                 if let Some((cc, target)) = jcc {
-                    let taken = self.exit_leave(Some(target), retired + 2);
+                    let taken = self.exit_leave(Some(target), retired + 2, true);
                     self.jcc(cc, taken)?;
                     return Ok(2);
                 }
@@ -351,7 +394,7 @@ impl Emitter {
             Form::Store { .. } | Form::Mov { src: Src::Mem, .. } | Form::Alu { src: Src::Mem, .. }
         ) {
             // A slow access to MMIO or to a page holding code asks to leave the block.
-            let brk = self.exit_leave(Some(op.ins.next_ip()), retired + 1);
+            let brk = self.exit_leave(Some(op.ins.next_ip()), retired + 1, false);
             self.a.cmp(byte_ptr(rbx + BLOCK_BREAK), 0)?;
             self.a.jne(brk)?;
         }
@@ -575,14 +618,18 @@ impl Emitter {
         at
     }
 
-    fn exit_leave(&mut self, rip: Option<u64>, retired: u64) -> CodeLabel {
+    fn exit_leave(&mut self, rip: Option<u64>, retired: u64, chain: bool) -> CodeLabel {
         let at = self.a.create_label();
-        self.exits.push(Exit::Leave { at, rip, retired });
+        self.exits.push(Exit::Leave { at, rip, retired, chain });
         at
     }
 
-    /// Sets RIP and the retired count, status OK, and returns.
-    fn leave(&mut self, rip: Option<u64>, retired: u64) -> Result<(), IcedError> {
+    /// Sets RIP and the retired count, status OK, and returns; with `chain`, a branch to the
+    /// block's start goes round again if the engine would run this block next anyway.
+    fn leave(&mut self, rip: Option<u64>, retired: u64, chain: bool) -> Result<(), IcedError> {
+        if chain && rip.is_none_or(|r| r == self.start) {
+            return self.leave_or_loop(rip, retired);
+        }
         let a = &mut self.a;
         match rip {
             Some(r) => a.mov(rax, r)?,
@@ -592,6 +639,43 @@ impl Emitter {
         if retired > 0 {
             a.add(qword_ptr(rbx + ICOUNT), retired as i32)?;
         }
+        a.xor(eax, eax)?;
+        a.jmp(self.epilogue)
+    }
+
+    /// The engine's checks between blocks, inline: if the kick and interrupt flags are clear,
+    /// the instruction limit is not reached and no interrupt shadow is pending, go round again.
+    fn leave_or_loop(&mut self, rip: Option<u64>, retired: u64) -> Result<(), IcedError> {
+        let mut out = self.a.create_label();
+        let a = &mut self.a;
+        if retired > 0 {
+            a.add(qword_ptr(rbx + ICOUNT), retired as i32)?;
+        }
+        if rip.is_none() {
+            a.mov(rax, self.start)?;
+            a.cmp(qword_ptr(rbx + NEXT_RIP), rax)?;
+            a.jne(out)?;
+        }
+        a.cmp(byte_ptr(r12 + C_CHAIN), 0)?;
+        a.je(out)?;
+        a.mov(rax, qword_ptr(r12 + C_KICK))?;
+        a.cmp(byte_ptr(rax), 0)?;
+        a.jne(out)?;
+        a.mov(rax, qword_ptr(r12 + C_IRQ))?;
+        a.cmp(byte_ptr(rax), 0)?;
+        a.jne(out)?;
+        a.mov(rax, qword_ptr(r12 + C_LIMIT))?;
+        a.cmp(qword_ptr(rbx + ICOUNT), rax)?;
+        a.jae(out)?;
+        a.cmp(byte_ptr(rbx + INT_SHADOW), 0)?;
+        a.jne(out)?;
+        a.jmp(self.top)?;
+        a.set_label(&mut out)?;
+        match rip {
+            Some(r) => a.mov(rax, r)?,
+            None => a.mov(rax, qword_ptr(rbx + NEXT_RIP))?,
+        }
+        a.mov(qword_ptr(rbx + RIP), rax)?;
         a.xor(eax, eax)?;
         a.jmp(self.epilogue)
     }
@@ -610,9 +694,9 @@ impl Emitter {
                     self.a.mov(eax, FAULT as u32)?;
                     self.a.jmp(self.epilogue)?;
                 }
-                Exit::Leave { mut at, rip, retired } => {
+                Exit::Leave { mut at, rip, retired, chain } => {
                     self.a.set_label(&mut at)?;
-                    self.leave(rip, retired)?;
+                    self.leave(rip, retired, chain)?;
                 }
                 Exit::Status { mut at, fault, brk } => {
                     self.a.set_label(&mut at)?;

@@ -25,6 +25,7 @@ mod code;
 mod emit;
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 
 use thiserror::Error;
 
@@ -68,10 +69,21 @@ pub struct Ctx {
     val: u64,
     /// The exception of an exit with status [`FAULT`].
     exc: Option<Exc>,
+    /// A block that ends by branching to its own start runs again without returning to the
+    /// engine while `chain` is set, the kick flag and the interrupt flag (`irq`) read zero, and
+    /// fewer than `limit` instructions retired: the engine's own checks between blocks.
+    chain: u8,
+    kick: *const u8,
+    irq: *const u8,
+    limit: u64,
 }
 
-// SAFETY: `tlb` points into the TLB of the CPU this context serves; it is refreshed from that
-// CPU on every entry and only dereferenced by translated code running for it.
+/// What `Ctx::irq` points at when the engine has no interrupt flag.
+static NO_IRQ: u8 = 0;
+
+// SAFETY: `tlb` points into the TLB of the CPU this context serves, refreshed from that CPU on
+// every entry; `kick` and `irq` point at the engine's flags (or a static), set at the start of
+// every `Engine::run`; all are only dereferenced by translated code running for that engine.
 unsafe impl Send for Ctx {}
 
 impl Ctx {
@@ -105,7 +117,17 @@ pub struct Jit {
 impl Jit {
     /// A translator with a code cache of `cache` bytes.
     pub fn new(hot: u32, cache: usize) -> Result<Jit, JitError> {
-        let ctx = Ctx { tlb: std::ptr::null(), need_r: 0, need_w: 0, val: 0, exc: None };
+        let ctx = Ctx {
+            tlb: std::ptr::null(),
+            need_r: 0,
+            need_w: 0,
+            val: 0,
+            exc: None,
+            chain: 0,
+            kick: &NO_IRQ,
+            irq: &NO_IRQ,
+            limit: 0,
+        };
         Ok(Jit { code: CodeCache::new(cache)?, ctx, hot, translated: 0, native_ops: 0, called_ops: 0 })
     }
 
@@ -126,6 +148,17 @@ impl Jit {
                 None
             }
         }
+    }
+
+    /// The engine's stop conditions for one `Engine::run` call, checked by translated loops
+    /// before they go round again: the kick flag, the interrupt flag (with an interrupt source
+    /// but no flag, every block returns to the engine so that it polls), the instruction limit.
+    /// The flags are owned by the engine, which outlives every translated run.
+    pub fn set_limits(&mut self, limit: u64, kick: &AtomicBool, irq: Option<&AtomicU8>, has_source: bool) {
+        self.ctx.limit = limit;
+        self.ctx.kick = kick.as_ptr() as *const u8;
+        self.ctx.irq = irq.map_or(&NO_IRQ as *const u8, |f| f.as_ptr() as *const u8);
+        self.ctx.chain = (irq.is_some() || !has_source) as u8;
     }
 
     /// One line of statistics (for `VMR_EMU_PROFILE`).
@@ -229,6 +262,11 @@ extern "C" fn jit_op(cpu: &mut Cpu, ctx: &mut Ctx, op: &Op) -> u64 {
             FAULT
         }
     }
+}
+
+/// Condition `cc` (0..=15) of the current flags, as 0 or 1.
+extern "C" fn jit_cond(cpu: &Cpu, cc: u64) -> u64 {
+    cpu.flags.cond(cc as u8) as u64
 }
 
 /// CF of the current lazy flags (for INC/DEC, which keep it).
