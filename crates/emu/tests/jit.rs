@@ -147,7 +147,7 @@ fn random_ins(a: &mut CodeAssembler, r: &mut Rng, faults: bool) {
     let (d, s) = (r.below(12) as usize, r.below(12) as usize);
     let m = rbp + (r.below(24) as i32 - 8);
     let imm = r.next();
-    match r.below(if faults { 25 } else { 24 }) {
+    match r.below(if faults { 30 } else { 29 }) {
         0 => a.mov(R64[d], R64[s]).unwrap(),
         1 => a.mov(R32[d], R32[s]).unwrap(),
         2 => a.mov(R64[d], imm).unwrap(),
@@ -182,6 +182,38 @@ fn random_ins(a: &mut CodeAssembler, r: &mut Rng, faults: bool) {
             a.nop().unwrap();
         }
         23 => a.add(ax, cx).unwrap(),
+        24 => {
+            if imm & 1 == 0 {
+                a.push(R64[s]).unwrap();
+                a.pop(R64[d]).unwrap();
+            } else {
+                a.pop(R64[d]).unwrap();
+                a.push(R64[s]).unwrap();
+            }
+        }
+        25 => match imm % 4 {
+            0 => a.movzx(R32[d], word_ptr(m)).unwrap(),
+            1 => a.movsx(R64[d], byte_ptr(m)).unwrap(),
+            2 => a.movsxd(R64[d], dword_ptr(m)).unwrap(),
+            _ => a.movsx(R32[d], word_ptr(m)).unwrap(),
+        },
+        26 => match imm % 3 {
+            0 => a.movzx(R32[d], [al, cl, dl, bl][s % 4]).unwrap(),
+            1 => a.movsx(R64[d], [ax, cx, dx, bx][s % 4]).unwrap(),
+            _ => a.movsxd(R64[d], R32[s]).unwrap(),
+        },
+        27 | 28 => {
+            let c = [0, 1, 1, 2, 31, 63, (imm >> 8) as u32 % 64][(imm % 7) as usize];
+            match (imm >> 4) % 6 {
+                0 => a.shl(R64[d], c),
+                1 => a.shr(R64[d], c),
+                2 => a.sar(R64[d], c),
+                3 => a.shl(R32[d], c),
+                4 => a.shr(R32[d], c),
+                _ => a.sar(R32[d], c),
+            }
+            .unwrap()
+        }
         _ => match imm % 3 {
             0 => a.mov(R64[d], qword_ptr(r14 + 8)).unwrap(),
             1 => a.mov(dword_ptr(r14), R32[s]).unwrap(),

@@ -9,7 +9,9 @@ use std::mem::offset_of;
 use iced_x86::code_asm::*;
 use iced_x86::Mnemonic as Mn;
 
-use super::{jit_cf, jit_cond, jit_op, jit_read, jit_write, CodeCache, Ctx, JitError, BREAK, FAULT};
+use super::{
+    jit_cf, jit_cond, jit_op, jit_op_locked, jit_read, jit_write, CodeCache, Ctx, JitError, BREAK, FAULT,
+};
 use crate::cpu::{Cpu, FS, GS};
 use crate::decode::{Op, Opnd};
 use crate::flags::{FlagOp, Flags, Lazy};
@@ -139,6 +141,28 @@ enum Form {
         cc: u8,
         target: u64,
     },
+    /// `PUSH reg` / `POP reg` of a 64-bit register in 64-bit code.
+    Push {
+        r: u8,
+    },
+    Pop {
+        d: u8,
+    },
+    /// `MOVZX/MOVSX/MOVSXD reg, src` from `from` bytes (src a register or memory).
+    Ext {
+        d: u8,
+        src: Src,
+        from: u8,
+        s: u8,
+        signed: bool,
+    },
+    /// `SHL/SHR/SAR reg, imm` (`k` 0, 1, 2), count already masked.
+    Shift {
+        k: u8,
+        d: u8,
+        c: u8,
+        s: u8,
+    },
     /// A call of the interpreter handler.
     Call,
 }
@@ -176,6 +200,39 @@ impl Form {
         };
         let m = op.ins.mnemonic();
         let two = op.ins.op_count() == 2;
+        let code64 = op.ins.code_size() == iced_x86::CodeSize::Code64;
+        match m {
+            Mn::Push | Mn::Pop if code64 && s == 8 && op.ins.op_count() == 1 => {
+                return match (m, reg(0)) {
+                    (Mn::Push, Some(r)) => Form::Push { r },
+                    (Mn::Pop, Some(d)) => Form::Pop { d },
+                    _ => Form::Call,
+                };
+            }
+            Mn::Movzx | Mn::Movsx | Mn::Movsxd if two && !fused => {
+                let (src, from) = match op.o[1] {
+                    Opnd::Gpr { idx, size } => (Src::Reg(idx & 15), size),
+                    Opnd::Mem => (Src::Mem, op.msize),
+                    _ => return Form::Call,
+                };
+                return match (reg(0), from) {
+                    (Some(d), 1 | 2 | 4) if from < s => Form::Ext { d, src, from, s, signed: m != Mn::Movzx },
+                    _ => Form::Call,
+                };
+            }
+            Mn::Shl | Mn::Sal | Mn::Shr | Mn::Sar if two && !fused => {
+                let k = match m {
+                    Mn::Shr => 1,
+                    Mn::Sar => 2,
+                    _ => 0,
+                };
+                return match (reg(0), op.o[1]) {
+                    (Some(d), Opnd::Imm(c)) => Form::Shift { k, d, c: (c & (s as u64 * 8 - 1)) as u8, s },
+                    _ => Form::Call,
+                };
+            }
+            _ => {}
+        }
         let form = match (m, fused) {
             (Mn::Mov, false) if two => match (op.o[0], src(1)) {
                 (Opnd::Mem, Some(Src::Reg(r))) => Some(Form::Store { src: Ok(r), s }),
@@ -215,15 +272,15 @@ impl Form {
     /// Never faults and never reads the flags.
     fn quiet(self) -> bool {
         match self {
-            Form::Mov { src, .. } => src != Src::Mem,
-            Form::Lea { .. } | Form::Jmp { .. } => true,
+            Form::Mov { src, .. } | Form::Ext { src, .. } => src != Src::Mem,
+            Form::Lea { .. } | Form::Jmp { .. } | Form::Shift { c: 0, .. } => true,
             _ => false,
         }
     }
 
     /// Overwrites every arithmetic flag before it can fault or leave the block.
     fn kills_flags(self) -> bool {
-        matches!(self, Form::Alu { src: Src::Reg(_) | Src::Imm(_), .. })
+        matches!(self, Form::Alu { src: Src::Reg(_) | Src::Imm(_), .. } | Form::Shift { .. })
     }
 }
 
@@ -316,7 +373,10 @@ impl Emitter {
             Form::Jmp { target } => Some(target),
             _ => Some(ops[last].ins.next_ip()),
         };
-        self.leave(rip, retired, true)?;
+        // After an interpreted op only a conditional branch (a fused compare with memory, say)
+        // goes round again: other control transfers may change CPL and with it `Ctx::need_*`.
+        let chain = rip.is_some() || ops[last].ins.flow_control() == iced_x86::FlowControl::ConditionalBranch;
+        self.leave(rip, retired, chain)?;
         self.tails()?;
         Ok(())
     }
@@ -330,7 +390,8 @@ impl Emitter {
                 a.mov(rdi, rbx)?;
                 a.mov(rsi, r12)?;
                 a.mov(rdx, op as *const Op as u64)?;
-                a.mov(rax, jit_op as *const () as u64)?;
+                let f = if op.locked { jit_op_locked as *const () } else { jit_op as *const () };
+                a.mov(rax, f as u64)?;
                 a.call(rax)?;
                 let (st, brk) = (a.create_label(), self.exit_leave(None, retired + 1, false));
                 self.exits.push(Exit::Status { at: st, fault, brk });
@@ -348,6 +409,42 @@ impl Emitter {
             }
             // Nothing to do: the next op is the target's (or the block ends there).
             Form::Jmp { .. } => return Ok(1),
+            Form::Push { r } => {
+                // Like `Cpu::push`: the value (RSP's old value for PUSH RSP), the write, RSP.
+                let fault = self.exit_fault(op.ins.ip(), retired);
+                self.a.mov(r8, qword_ptr(rbx + gpr(r)))?;
+                self.a.mov(rax, qword_ptr(rbx + gpr(4)))?;
+                self.a.sub(rax, 8)?;
+                self.access(8, true, fault)?;
+                self.a.sub(qword_ptr(rbx + gpr(4)), 8)?;
+            }
+            Form::Pop { d } => {
+                // Like `pop_r`: the read, RSP, then the register (POP RSP keeps the value).
+                let fault = self.exit_fault(op.ins.ip(), retired);
+                self.a.mov(rax, qword_ptr(rbx + gpr(4)))?;
+                self.access(8, false, fault)?;
+                self.a.add(qword_ptr(rbx + gpr(4)), 8)?;
+                self.a.mov(qword_ptr(rbx + gpr(d)), rcx)?;
+            }
+            Form::Ext { d, src, from, s, signed } => {
+                match src {
+                    Src::Reg(r) => match from {
+                        1 => self.a.movzx(ecx, byte_ptr(rbx + gpr(r)))?,
+                        2 => self.a.movzx(ecx, word_ptr(rbx + gpr(r)))?,
+                        _ => self.a.mov(ecx, dword_ptr(rbx + gpr(r)))?,
+                    },
+                    _ => self.load_src(op, src, from, retired)?,
+                }
+                if signed {
+                    match from {
+                        1 => self.a.movsx(rcx, cl)?,
+                        2 => self.a.movsx(rcx, cx)?,
+                        _ => self.a.movsxd(rcx, ecx)?,
+                    }
+                }
+                self.put(d, s)?;
+            }
+            Form::Shift { k, d, c, s } => self.shift(k, d, c, s, flags_dead)?,
             Form::Jcc { cc, target } => {
                 let taken = self.exit_leave(Some(target), retired + 1, true);
                 let a = &mut self.a;
@@ -391,7 +488,12 @@ impl Emitter {
         }
         if matches!(
             form,
-            Form::Store { .. } | Form::Mov { src: Src::Mem, .. } | Form::Alu { src: Src::Mem, .. }
+            Form::Store { .. }
+                | Form::Push { .. }
+                | Form::Pop { .. }
+                | Form::Mov { src: Src::Mem, .. }
+                | Form::Alu { src: Src::Mem, .. }
+                | Form::Ext { src: Src::Mem, .. }
         ) {
             // A slow access to MMIO or to a page holding code asks to leave the block.
             let brk = self.exit_leave(Some(op.ins.next_ip()), retired + 1, false);
@@ -399,6 +501,45 @@ impl Emitter {
             self.a.jne(brk)?;
         }
         Ok(1)
+    }
+
+    /// `SHL/SHR/SAR reg d, c` like `shift_ri`: CF the last bit out (the host's), OF only for
+    /// a count of 1 (the host's then), recorded as `FlagOp::Explicit` unless `dead`.
+    fn shift(&mut self, k: u8, d: u8, c: u8, s: u8, dead: bool) -> Result<(), IcedError> {
+        let a = &mut self.a;
+        if s == 4 {
+            a.mov(eax, dword_ptr(rbx + gpr(d)))?;
+        } else {
+            a.mov(rax, qword_ptr(rbx + gpr(d)))?;
+        }
+        if c != 0 {
+            let c = c as u32;
+            match (k, s) {
+                (0, 4) => a.shl(eax, c)?,
+                (1, 4) => a.shr(eax, c)?,
+                (_, 4) => a.sar(eax, c)?,
+                (0, _) => a.shl(rax, c)?,
+                (1, _) => a.shr(rax, c)?,
+                _ => a.sar(rax, c)?,
+            }
+            if !dead {
+                a.setc(r8b)?;
+                if c == 1 {
+                    a.seto(r9b)?;
+                } else {
+                    a.mov(r9d, 0u32)?;
+                }
+                a.mov(byte_ptr(rbx + L_OP), FlagOp::Explicit as u32)?;
+                a.mov(byte_ptr(rbx + L_SIZE), s as u32)?;
+                a.mov(byte_ptr(rbx + L_CIN), r8b)?;
+                a.movzx(r9d, r9b)?;
+                a.mov(qword_ptr(rbx + L_A), 0)?;
+                a.mov(qword_ptr(rbx + L_B), r9)?;
+                a.mov(qword_ptr(rbx + L_RES), rax)?;
+            }
+        }
+        // A 32-bit destination is zero-extended, even for a count of 0.
+        a.mov(qword_ptr(rbx + gpr(d)), rax)
     }
 
     /// Loads source `src` of `op` (masked to `s` bytes) into rcx; memory goes through the TLB.
@@ -604,6 +745,8 @@ impl Emitter {
         match (write, s) {
             (true, 4) => a.mov(dword_ptr(rdx + rcx), r8d)?,
             (true, _) => a.mov(qword_ptr(rdx + rcx), r8)?,
+            (false, 1) => a.movzx(ecx, byte_ptr(rdx + rcx))?,
+            (false, 2) => a.movzx(ecx, word_ptr(rdx + rcx))?,
             (false, 4) => a.mov(ecx, dword_ptr(rdx + rcx))?,
             (false, _) => a.mov(rcx, qword_ptr(rdx + rcx))?,
         }

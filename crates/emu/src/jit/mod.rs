@@ -243,17 +243,28 @@ impl Jit {
 }
 
 /// Runs one op through its interpreter handler, as the interpreter's op loop does.
+///
+/// `Ctx::need_*` is not refreshed here: what it depends on (CPL, CR0.WP) changes only in ops
+/// that end the block (control transfers) or ask to leave it (MOV to CR0 serializes), and the
+/// next entry refreshes it.
 extern "C" fn jit_op(cpu: &mut Cpu, ctx: &mut Ctx, op: &Op) -> u64 {
     cpu.next_rip = op.ins.next_ip();
-    if op.locked {
-        cpu.locked = true;
-    }
     let r = (op.exec)(cpu, op);
-    if op.locked {
-        cpu.locked = false;
-        cpu.rmw = None;
-    }
-    ctx.refresh(cpu);
+    status(cpu, ctx, r)
+}
+
+/// [`jit_op`] for a locked read-modify-write (LOCK prefix, XCHG with memory).
+extern "C" fn jit_op_locked(cpu: &mut Cpu, ctx: &mut Ctx, op: &Op) -> u64 {
+    cpu.next_rip = op.ins.next_ip();
+    cpu.locked = true;
+    let r = (op.exec)(cpu, op);
+    cpu.locked = false;
+    cpu.rmw = None;
+    status(cpu, ctx, r)
+}
+
+#[inline(always)]
+fn status(cpu: &Cpu, ctx: &mut Ctx, r: crate::cpu::Ex) -> u64 {
     match r {
         Ok(()) if cpu.block_break => BREAK,
         Ok(()) => OK,
