@@ -87,8 +87,8 @@ def one_run(cmd, env, args):
         # `$((...))` is expanded by the guest: the echoed command line does not match.
         loop, _ = g.timed(f"i=0; while [ $i -lt {n} ]; do i=$((i+1)); done; echo VMR-LOOP-$((i*3))",
                           f"VMR-LOOP-{n * 3}")
-        md5, line = g.timed(f"echo VMR-MD5-$(dd if=/dev/zero bs=1M count={mib} 2>/dev/null | md5sum)",
-                            "VMR-MD5-")
+        md5, line = g.timed(f"echo VMR-MD5-$((1+1))-$(dd if=/dev/zero bs=1M count={mib} 2>/dev/null | md5sum)",
+                            "VMR-MD5-2-")
         if ZERO_MD5[mib] not in line:
             raise EOFError(f"wrong digest: {line}")
         return loop, md5
