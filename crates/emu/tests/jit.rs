@@ -330,47 +330,58 @@ fn self_modifying_code_in_a_hot_loop() {
     assert_eq!(j.gpr[7], 1 + (2..=300).sum::<u64>());
 }
 
+/// Stores a function returning `v` at `gpa`.
+fn returns(g: &Guest, gpa: u64, v: u32) {
+    g.asm(64, gpa, |a| {
+        a.mov(eax, v).unwrap();
+        a.ret().unwrap();
+    });
+}
+
+/// Code that calls the function at `f` 200 times (R8 counting down), summing its results in
+/// RDI, and runs `change` once, right after the call with R8 = 100.
+fn call_loop(g: &Guest, f: u64, change: impl FnOnce(&mut CodeAssembler)) {
+    g.asm(64, CODE, |a| {
+        let (mut top, mut skip) = (a.create_label(), a.create_label());
+        a.mov(rsi, f).unwrap();
+        a.xor(edi, edi).unwrap();
+        a.mov(r8d, 200u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.call(rsi).unwrap();
+        a.add(rdi, rax).unwrap();
+        a.cmp(r8d, 100).unwrap();
+        a.jne(skip).unwrap();
+        change(a);
+        a.set_label(&mut skip).unwrap();
+        a.dec(r8d).unwrap();
+        a.jne(top).unwrap();
+        out(a, DONE_PORT as u8);
+    });
+}
+
+/// Calls with R8 = 200..=100 return 1 (the change comes after the call at 100), 99..=1 return 2.
+const CHANGED_SUM: u64 = 101 + 2 * 99;
+
 /// Code a device writes behind the CPU's back (DMA) is seen after the next serializing
 /// instruction, on the translator as on the interpreter.
 #[test]
 fn dma_written_code_is_never_run_stale() {
     let f = CODE + 0x2000;
     let setup = |g: &mut Guest| {
-        let f_new = {
-            let mut a = CodeAssembler::new(64).unwrap();
-            a.mov(eax, 2u32).unwrap();
-            a.ret().unwrap();
-            a.assemble(f).unwrap()
-        };
-        g.asm(64, f, |a| {
-            a.mov(eax, 1u32).unwrap();
-            a.ret().unwrap();
-        });
-        g.asm(64, CODE, |a| {
-            let mut top = a.create_label();
-            a.mov(rsi, f).unwrap();
-            a.xor(edi, edi).unwrap();
-            a.mov(r8d, 200u32).unwrap();
-            a.set_label(&mut top).unwrap();
-            a.call(rsi).unwrap();
-            a.add(rdi, rax).unwrap();
-            a.cmp(r8d, 100).unwrap();
-            let mut skip = a.create_label();
-            a.jne(skip).unwrap();
+        let mut a = CodeAssembler::new(64).unwrap();
+        a.mov(eax, 2u32).unwrap();
+        a.ret().unwrap();
+        *g.ops.dma.lock().unwrap() = Some((0xf5, f, a.assemble(f).unwrap()));
+        returns(g, f, 1);
+        call_loop(g, f, |a| {
             out(a, 0xf5); // the device rewrites F
             a.xor(eax, eax).unwrap();
             a.cpuid().unwrap();
-            a.set_label(&mut skip).unwrap();
-            a.dec(r8d).unwrap();
-            a.jne(top).unwrap();
-            out(a, DONE_PORT as u8);
         });
-        *g.ops.dma.lock().unwrap() = Some((0xf5, f, f_new));
     };
     let (i, j, _) = both(1, &setup);
     assert_eq!(i, j);
-    // Calls with R8 = 200..=100 return 1 (the device writes after the call at 100), 99..=1 return 2.
-    assert_eq!(j.gpr[7], 101 + 2 * 99);
+    assert_eq!(j.gpr[7], CHANGED_SUM);
 }
 
 /// A page remapped under running code (PDE rewritten, INVLPG): the translation made for the
@@ -380,38 +391,17 @@ fn page_remapped_under_running_code() {
     // Virtual 2 MiB + 512 KiB is physical 2.5 MiB, then 512 KiB (PD entry 1 rebased to 0).
     let (virt, old, new) = (0x28_0000u64, 0x28_0000u64, 0x8_0000u64);
     let setup = |g: &mut Guest| {
-        g.asm(64, old, |a| {
-            a.mov(eax, 1u32).unwrap();
-            a.ret().unwrap();
-        });
-        g.asm(64, new, |a| {
-            a.mov(eax, 2u32).unwrap();
-            a.ret().unwrap();
-        });
-        g.asm(64, CODE, |a| {
-            let mut top = a.create_label();
-            a.mov(rsi, virt).unwrap();
-            a.xor(edi, edi).unwrap();
-            a.mov(r8d, 200u32).unwrap();
-            a.set_label(&mut top).unwrap();
-            a.call(rsi).unwrap();
-            a.add(rdi, rax).unwrap();
-            a.cmp(r8d, 100).unwrap();
-            let mut skip = a.create_label();
-            a.jne(skip).unwrap();
-            // PD entry 1 (virtual 2 MiB) now maps physical 4 MiB.
+        returns(g, old, 1);
+        returns(g, new, 2);
+        call_loop(g, virt, |a| {
             a.mov(eax, 0x83u32).unwrap();
             a.mov(qword_ptr(0x3008u64), rax).unwrap();
             a.invlpg(ptr(rsi)).unwrap();
-            a.set_label(&mut skip).unwrap();
-            a.dec(r8d).unwrap();
-            a.jne(top).unwrap();
-            out(a, DONE_PORT as u8);
         });
     };
     let (i, j, _) = both(1, &setup);
     assert_eq!(i, j);
-    assert_eq!(j.gpr[7], 101 + 2 * 99);
+    assert_eq!(j.gpr[7], CHANGED_SUM);
 }
 
 /// Raises vector 0x30 at every `k`-th block boundary the CPU polls at.
