@@ -26,6 +26,10 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     service: ServiceArgs,
+    /// vmrd's socket, for the VM, pool and volume commands (default: $VMRD_SOCKET, else
+    /// vmrd.sock in the state directory).
+    #[arg(long, global = true, value_name = "PATH")]
+    connect: Option<PathBuf>,
     /// Print the version in Firecracker's form and exit: `vmr v<Firecracker API level>+vmr.<vmr version>`.
     #[arg(short = 'V', long)]
     version: bool,
@@ -69,6 +73,11 @@ enum Command {
     Image(ImageCommand),
     /// Control a running vmr through its API socket.
     Ctl(crate::ctl::CtlArgs),
+    /// Run vmrd: keep VM definitions and storage pools, run each VM as its own vmr process.
+    #[command(alias = "vmrd")]
+    Daemon(crate::manage::DaemonArgs),
+    #[command(flatten)]
+    Manage(crate::manage::Verb),
 }
 
 #[derive(Subcommand)]
@@ -164,7 +173,12 @@ use vmr_vmm::DEFAULT_CMDLINE;
 
 /// Parses the command line, runs the command, returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    // Installed as `vmrd` (a link to vmr): the daemon.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "vmrd") {
+        argv.insert(1, "daemon".into());
+    }
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -181,6 +195,8 @@ pub fn main() -> i32 {
         Some(Command::Image(ImageCommand::Pull(args))) => image_pull(args),
         Some(Command::Image(ImageCommand::Create(args))) => image_create(args),
         Some(Command::Ctl(args)) => crate::ctl::run(args),
+        Some(Command::Daemon(args)) => crate::manage::daemon(args),
+        Some(Command::Manage(verb)) => crate::manage::run(verb, cli.connect),
         None => service(cli.service),
     };
     match result {

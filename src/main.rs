@@ -2,6 +2,8 @@
 
 mod cli;
 mod ctl;
+mod manage;
+mod manage_pools;
 
 use std::process::ExitCode;
 

@@ -26,10 +26,23 @@ impl Reply {
     }
 }
 
-/// Sends `method path` with an optional JSON body to the socket at `socket`.
+/// Sends `method path` with an optional JSON body to the socket at `socket`; waits up to 30 s
+/// for the answer.
 pub fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Reply> {
+    request_within(socket, method, path, body, Some(Duration::from_secs(30)))
+}
+
+/// [`request`] with its own answer timeout (`None`: wait as long as the server works, e.g. for
+/// vmrd's `shutdown`, which waits for the guest).
+pub fn request_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Option<Duration>,
+) -> std::io::Result<Reply> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(timeout)?;
     let body = body.unwrap_or("");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\

@@ -1,0 +1,412 @@
+//! vmrd on the host: the daemon in a temporary state directory, driven by the `vmr` CLI as a
+//! user would. Pools and volumes and every refusal; VMs as their own processes that outlive a
+//! SIGKILLed vmrd and are found again; autostart; console viewers; the default Debian guest on
+//! the software CPU for the guest-visible parts (console input, reboot, poweroff).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tiny_pvh_kernel_with;
+
+const VMR: &str = env!("CARGO_BIN_EXE_vmr");
+
+fn test_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A vmrd on `dir/state`; killed on drop, and every VM it started with it (so a failed
+/// assertion leaves nothing running).
+struct Vmrd {
+    child: Option<Child>,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Vmrd {
+    fn start(dir: &Path, extra: &[&str]) -> Vmrd {
+        let mut d = Vmrd {
+            child: None,
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.respawn();
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("state/vmrd.sock")
+    }
+
+    fn respawn(&mut self) {
+        let child = Command::new(VMR)
+            .args(["daemon", "--accel", "emu", "--state-dir"])
+            .arg(self.dir.join("state"))
+            .args(&self.extra)
+            .stderr(std::fs::File::create(self.dir.join("vmrd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while !self.vmr(&["list"]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(10), "vmrd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&mut self, sig: i32) {
+        let mut child = self.child.take().expect("vmrd runs");
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        child.wait().unwrap();
+    }
+
+    fn vmr(&self, args: &[&str]) -> Output {
+        Command::new(VMR).args(args).env("VMRD_SOCKET", self.socket()).output().unwrap()
+    }
+
+    /// Runs a verb that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.vmr(args);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "vmr {args:?} failed: {stderr}{stdout}");
+        stdout.into_owned()
+    }
+
+    /// Runs a verb that must fail with one line on stderr; that line.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.vmr(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "vmr {args:?} should fail: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    }
+
+    fn info_field(&self, vm: &str, field: &str) -> Option<String> {
+        let info = self.ok(&["info", vm]);
+        info.lines().find_map(|l| l.strip_prefix(field)).map(|v| v.trim().to_string())
+    }
+}
+
+impl Drop for Vmrd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for entry in std::fs::read_dir(self.dir.join("state/run")).into_iter().flatten().flatten() {
+            if let Some(pid) =
+                std::fs::read_to_string(entry.path().join("pid")).ok().and_then(|p| p.trim().parse().ok())
+            {
+                // SAFETY: a VM this test started (its pid file in the test's own state dir).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+}
+
+fn write(path: &Path, text: &str) -> String {
+    std::fs::write(path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn pools_volumes_and_bad_input() {
+    let dir = test_dir("vmrd-pools");
+    let pool = dir.join("pool");
+    // Before vmrd runs: one line saying so.
+    let absent = Vmrd { child: None, dir: dir.clone(), extra: vec![] };
+    assert!(absent.fails(&["list"]).contains("vmrd is not running"));
+    drop(absent);
+    let d = Vmrd::start(&dir, &[]);
+
+    d.ok(&["pool-define", "default", pool.to_str().unwrap()]);
+    assert!(d.fails(&["pool-define", "default", "/tmp/elsewhere"]).contains("already exists"));
+    assert!(d.fails(&["vol-list"]).contains("pool default is not started"));
+    assert!(d.fails(&["pool-start", "default"]).contains("pool-build"));
+    d.ok(&["pool-build", "default"]);
+    d.ok(&["pool-start", "default"]);
+    assert!(d.ok(&["pool-list"]).contains("default          active   0"));
+    assert!(d.ok(&["pool-info", "default"]).contains("built      yes"));
+    assert!(d.fails(&["pool-info", "nope"]).contains("no pool named 'nope'"));
+
+    d.ok(&["vol-create", "a.raw", "64M"]);
+    d.ok(&["vol-create", "b.qcow2", "1G", "--format", "qcow2"]);
+    assert!(d.fails(&["vol-create", "a.raw", "1M"]).contains("already exists"));
+    assert!(d.fails(&["vol-create", "c", "12Q"]).contains("size '12Q'"));
+    d.ok(&["vol-clone", "b.qcow2", "c.qcow2", "--overlay"]);
+    d.ok(&["vol-clone", "a.raw", "d.raw"]);
+    d.ok(&["vol-resize", "d.raw", "128M"]);
+    assert!(d.fails(&["vol-resize", "d.raw", "1M"]).contains("shrinking"));
+    let info = d.ok(&["vol-info", "c.qcow2"]);
+    assert!(
+        info.contains("format      qcow2")
+            && info.contains("capacity    1 GiB")
+            && info.contains("backing     b.qcow2"),
+        "{info}"
+    );
+    assert!(d.ok(&["vol-info", "d.raw"]).contains("capacity    128 MiB (134217728 bytes)"));
+    let import = write(&dir.join("seed.img"), "seed data");
+    d.ok(&["vol-import", &import, "--name", "seed"]);
+    assert_eq!(std::fs::read(pool.join("seed")).unwrap(), b"seed data");
+    assert!(d.fails(&["vol-info", "nope"]).contains("no volume 'nope' in pool default"));
+    assert!(d.fails(&["vol-delete", "b.qcow2"]).contains("is the base of c.qcow2"));
+    let list = d.ok(&["vol-list"]);
+    assert_eq!(list.lines().count(), 6, "{list}");
+    if Command::new("qemu-img").arg("--version").output().is_ok() {
+        for vol in ["b.qcow2", "c.qcow2"] {
+            let check = Command::new("qemu-img").args(["check", "-U"]).arg(pool.join(vol)).output().unwrap();
+            assert!(
+                check.status.success(),
+                "qemu-img check {vol}: {}",
+                String::from_utf8_lossy(&check.stdout)
+            );
+        }
+    }
+
+    // VM definitions: errors name the line and field; a VM using a volume protects it.
+    let bad = write(&dir.join("bad.toml"), "name = \"v\"\nvcpus = 2\nmemroy = \"1G\"\n");
+    let err = d.fails(&["define", &bad]);
+    assert!(err.contains("bad.toml: line 3, column 1: unknown field `memroy`"), "{err}");
+    let bad = write(&dir.join("bad2.toml"), "name = \"v\"\n[[disk]]\nvolume = \"default/none\"\n");
+    assert!(d
+        .fails(&["define", &bad])
+        .contains("no volume 'none' in pool default (give a size to create it)"));
+    let kernel =
+        write(&dir.join("missing-kernel.toml"), "name = \"broken\"\nkernel = \"/nonexistent/vmlinux\"\n");
+    let def = write(
+        &dir.join("v.toml"),
+        "name = \"v\"\nmemory = \"64M\"\nkernel = \"/nonexistent/vmlinux\"\n[[disk]]\nvolume = \"default/a.raw\"\n[[disk]]\nvolume = \"default/v-data\"\nsize = \"8M\"\nformat = \"qcow2\"\n",
+    );
+    d.ok(&["define", &def]);
+    assert!(d.fails(&["define", &def]).contains("a VM named 'v' is already defined"));
+    assert!(pool.join("v-data").exists(), "the definition created its volume");
+    assert!(d.fails(&["vol-delete", "a.raw"]).contains("volume default/a.raw is used by VM v"));
+    assert!(d.fails(&["pool-delete", "default"]).contains("still holds"));
+    // A VM that cannot start: vmr's own error line comes back.
+    d.ok(&["define", &kernel]);
+    let err = d.fails(&["start", "broken"]);
+    assert!(err.contains("VM broken failed to start:") && err.contains("/nonexistent/vmlinux"), "{err}");
+    assert!(d.fails(&["start", "ghost"]).contains("no VM named 'ghost'"));
+    assert!(d.fails(&["suspend", "v"]).contains("VM v is not running"));
+    assert!(d.fails(&["autostart", "ghost", "on"]).contains("no VM named 'ghost'"));
+    // undefine removes the volume the definition created, never one it only used.
+    let out = d.ok(&["undefine", "v"]);
+    assert!(out.contains("removed volume") && out.contains("v-data"), "{out}");
+    assert!(!pool.join("v-data").exists() && pool.join("a.raw").exists());
+    d.ok(&["vol-delete", "a.raw"]);
+    d.ok(&["undefine", "broken"]);
+    assert_eq!(d.ok(&["list", "--all"]).lines().count(), 1, "only the header is left");
+    for vol in ["c.qcow2", "b.qcow2", "d.raw", "seed"] {
+        d.ok(&["vol-delete", vol]);
+    }
+    d.ok(&["pool-delete", "default"]);
+    assert!(!pool.exists(), "pool-delete removes the empty folder");
+}
+
+/// Prints '.' on COM1 every few million instructions: output a console viewer can watch.
+fn ticking_kernel(dir: &Path) -> PathBuf {
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xb9]; // mov dx,0x3f8; mov al,'.'; out; mov ecx,
+    code.extend_from_slice(&200_000u32.to_le_bytes());
+    code.extend_from_slice(&[0x49, 0x75, 0xfd, 0xeb, 0xef]); // dec ecx; jnz; jmp back to out
+    let path = dir.join("ticking");
+    tiny_pvh_kernel_with(&path, &code, &[]);
+    path
+}
+
+fn log_len(d: &Vmrd, vm: &str) -> u64 {
+    std::fs::metadata(d.dir.join(format!("state/run/{vm}/console.log"))).map(|m| m.len()).unwrap_or(0)
+}
+
+/// A console viewer: reads `vmr console` output on a thread.
+struct Viewer {
+    child: Child,
+    out: std::sync::mpsc::Receiver<u8>,
+}
+
+impl Viewer {
+    fn attach(d: &Vmrd, vm: &str) -> Viewer {
+        let mut child = Command::new(VMR)
+            .args(["console", vm])
+            .env("VMRD_SOCKET", d.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, out) = std::sync::mpsc::channel();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            while stdout.read(&mut b).is_ok_and(|n| n == 1) && tx.send(b[0]).is_ok() {}
+        });
+        Viewer { child, out }
+    }
+
+    /// Output until `needle` shows up (panics after `within`).
+    fn wait_for(&self, needle: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        let mut seen = Vec::new();
+        while Instant::now() < end {
+            if let Ok(b) = self.out.recv_timeout(Duration::from_millis(100)) {
+                seen.push(b);
+                if String::from_utf8_lossy(&seen).contains(needle) {
+                    return String::from_utf8_lossy(&seen).into_owned();
+                }
+            }
+        }
+        panic!("no '{needle}' on the console; saw: {}", String::from_utf8_lossy(&seen));
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.child.stdin.as_mut().unwrap().write_all(bytes).unwrap();
+    }
+
+    /// Ctrl-]: the viewer ends with 0 and says so.
+    fn detach(mut self) {
+        self.send(&[0x1d]);
+        let out = self.child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Detached"));
+    }
+}
+
+#[test]
+fn vms_outlive_a_killed_vmrd_autostart_and_share_their_console() {
+    let dir = test_dir("vmrd-vms");
+    let kernel = ticking_kernel(&dir);
+    let mut d = Vmrd::start(&dir, &["--console-log-max", "4K"]);
+    d.ok(&["pool-define", "default", dir.join("pool").to_str().unwrap()]);
+    d.ok(&["pool-build", "default"]);
+    d.ok(&["pool-start", "default"]);
+    let def = write(
+        &dir.join("t.toml"),
+        &format!(
+            "# a ticking test VM\nname = \"t\"\nmemory = \"64M\"\nkernel = \"{}\"\n[[disk]]\nvolume = \"default/t-root\"\nsize = \"16M\"\n",
+            kernel.display()
+        ),
+    );
+    d.ok(&["define", &def]);
+    assert_eq!(d.ok(&["dumpconfig", "t"]), std::fs::read_to_string(&def).unwrap(), "comments kept");
+    assert!(d.ok(&["list"]).lines().count() == 1, "list without --all shows running VMs only");
+    d.ok(&["start", "t"]);
+    assert!(d.fails(&["start", "t"]).contains("already running"));
+    let pid: i32 = d.info_field("t", "pid").unwrap().parse().unwrap();
+    assert!(d.ok(&["list"]).contains("t                        running  off"));
+
+    // Two viewers at once see the same output; Ctrl-] detaches one, the VM runs on.
+    let v1 = Viewer::attach(&d, "t");
+    let v2 = Viewer::attach(&d, "t");
+    v1.wait_for("...", Duration::from_secs(30));
+    v2.wait_for("...", Duration::from_secs(30));
+    v1.detach();
+    v2.detach();
+
+    d.ok(&["suspend", "t"]);
+    assert_eq!(d.info_field("t", "state").as_deref(), Some("paused"));
+    let paused_at = log_len(&d, "t");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(log_len(&d, "t"), paused_at, "no console output while suspended");
+    d.ok(&["resume", "t"]);
+    assert_eq!(d.info_field("t", "state").as_deref(), Some("running"));
+
+    // SIGKILL of vmrd: the VM runs on, and the next vmrd finds it.
+    d.signal(libc::SIGKILL);
+    assert!(alive(pid), "the VM survives vmrd");
+    d.respawn();
+    assert_eq!(d.info_field("t", "pid"), Some(pid.to_string()));
+    assert!(d.ok(&["list"]).contains("t                        running"));
+    assert!(d.fails(&["vol-delete", "t-root"]).contains("used by running VM t"));
+    assert!(d.fails(&["vol-resize", "t-root", "32M"]).contains("used by running VM t"));
+    assert!(d.fails(&["undefine", "t"]).contains("VM t is running"));
+    // The console log is rotated past --console-log-max.
+    let start = Instant::now();
+    while !dir.join("state/run/t/console.log.1").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "console log not rotated ({} bytes)",
+            log_len(&d, "t")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(log_len(&d, "t") < 64 << 10);
+
+    // The ticking guest has no ACPI: shutdown says so after its timeout; --force stops it.
+    let err = d.fails(&["shutdown", "t", "--timeout", "1"]);
+    assert!(err.contains("did not shut down within 1 s") && err.contains("--force"), "{err}");
+    assert!(d.ok(&["shutdown", "t", "--timeout", "1", "--force"]).contains("destroyed"));
+    assert!(!alive(pid));
+    assert_eq!(d.info_field("t", "state").as_deref(), Some("stopped"));
+
+    // edit: validated before saving; a good edit is saved.
+    let edit = |d: &Vmrd, script: &str| {
+        Command::new(VMR)
+            .args(["edit", "t"])
+            .env("VMRD_SOCKET", d.socket())
+            .env("EDITOR", script)
+            .output()
+            .unwrap()
+    };
+    let out = edit(&d, "sed -i s/memory/memroy/");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown field `memroy`"));
+    assert!(d.ok(&["dumpconfig", "t"]).contains("memory = \"64M\""), "a refused edit changes nothing");
+    assert!(edit(&d, "sed -i s/64M/96M/").status.success());
+    assert!(d.ok(&["info", "t"]).contains("memory     96 MiB"));
+
+    // Autostart: the next vmrd starts it.
+    d.ok(&["autostart", "t", "on"]);
+    d.signal(libc::SIGTERM);
+    assert!(!dir.join("state/vmrd.sock").exists(), "a stopped vmrd removes its socket");
+    d.respawn();
+    let start = Instant::now();
+    while d.info_field("t", "state").as_deref() != Some("running") {
+        assert!(start.elapsed() < Duration::from_secs(20), "autostart did not start t");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.ok(&["destroy", "t"]);
+    assert_eq!(d.info_field("t", "last exit").as_deref(), Some("143"));
+    d.ok(&["undefine", "t"]);
+    assert!(!dir.join("pool/t-root").exists());
+}
+
+/// The default Debian guest (software CPU): console input reaches its shell, reboot boots it
+/// again in the same process, `poweroff` in the guest stops the VM with exit 0.
+#[test]
+fn default_guest_console_reboot_and_poweroff() {
+    let pull = Command::new(VMR).args(["image", "pull"]).output().unwrap();
+    assert!(pull.status.success(), "vmr image pull failed");
+    let dir = test_dir("vmrd-guest");
+    let d = Vmrd::start(&dir, &[]);
+    let def = write(&dir.join("g.toml"), "name = \"g\"\nmemory = \"256M\"\n");
+    d.ok(&["define", &def]);
+    let mut viewer = {
+        d.ok(&["start", "g"]);
+        Viewer::attach(&d, "g")
+    };
+    let marker = "vmr-guest: init reached";
+    viewer.wait_for(marker, Duration::from_secs(600));
+    viewer.send(b"echo VMR-CONSOLE-$((6*7))\n");
+    viewer.wait_for("VMR-CONSOLE-42", Duration::from_secs(60));
+    let pid = d.info_field("g", "pid").unwrap();
+    d.ok(&["reboot", "g"]);
+    viewer.wait_for(marker, Duration::from_secs(600));
+    assert_eq!(d.info_field("g", "pid"), Some(pid), "vmr boots the guest again in the same process");
+    viewer.send(b"poweroff -f\n");
+    let out = viewer.child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VM stopped"), "the viewer ends with the VM");
+    assert_eq!(d.info_field("g", "state").as_deref(), Some("stopped"));
+    assert_eq!(d.info_field("g", "last exit").as_deref(), Some("0"));
+    let log = std::fs::read_to_string(dir.join("state/run/g/console.log")).unwrap();
+    assert_eq!(log.matches(marker).count(), 2, "two boots in the console log");
+}
