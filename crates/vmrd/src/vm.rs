@@ -137,8 +137,8 @@ pub struct Launch<'a> {
 /// How long a starting VM has to serve its API (the default guest is assembled on first use).
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Spawns the VM in its own session and waits until its API answers; a VM that ends first is
-/// an error carrying its stderr tail.
+/// Spawns the VM in its own session and records its pid; [`wait_for_api`] then waits until it
+/// serves its API.
 pub fn spawn(launch: &Launch) -> Result<i32, DaemonError> {
     let rt = launch.runtime;
     fs::create_dir_all(&rt.dir)?;
@@ -174,11 +174,11 @@ pub fn spawn(launch: &Launch) -> Result<i32, DaemonError> {
             let _ = atomic_write(&exit_file, code.as_bytes());
         }
     });
-    wait_for_api(launch.name, rt, pid)?;
     Ok(pid)
 }
 
-fn wait_for_api(name: &str, rt: &Runtime, pid: i32) -> Result<(), DaemonError> {
+/// Waits until the VM's API answers; a VM that ends first is an error carrying its stderr tail.
+pub fn wait_for_api(name: &str, rt: &Runtime, pid: i32) -> Result<(), DaemonError> {
     let end = Instant::now() + START_TIMEOUT;
     loop {
         if rt.api_sock().exists() && request(&rt.api_sock(), "GET", "/", None).is_ok() {

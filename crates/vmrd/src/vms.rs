@@ -265,8 +265,15 @@ impl Daemon {
         self.define(&text, Some(name)).map(drop)
     }
 
-    /// Starts a defined VM; its pid.
+    /// Starts a defined VM; its pid. The state lock is held until the process exists (a second
+    /// start then sees it running), not while it comes up.
     pub fn start(&self, name: &str) -> Result<i32, DaemonError> {
+        let pid = self.spawn_vm(name)?;
+        vm::wait_for_api(name, &self.runtime(name), pid)?;
+        Ok(pid)
+    }
+
+    fn spawn_vm(&self, name: &str) -> Result<i32, DaemonError> {
         let _guard = self.locked();
         let (_, def) = self.load(name)?;
         let rt = self.runtime(name);
