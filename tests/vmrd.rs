@@ -410,3 +410,137 @@ fn default_guest_console_reboot_and_poweroff() {
     let log = std::fs::read_to_string(dir.join("state/run/g/console.log")).unwrap();
     assert_eq!(log.matches(marker).count(), 2, "two boots in the console log");
 }
+
+/// Many clients at once: each name is defined exactly once, duplicates are refused, and the
+/// state is whole afterwards (no journal entries, no temporary files).
+#[test]
+fn concurrent_clients_do_not_corrupt_state() {
+    let dir = test_dir("vmrd-concurrent");
+    let d = Vmrd::start(&dir, &[]);
+    let defs: Vec<String> =
+        (0..6).map(|i| write(&dir.join(format!("c{i}.toml")), &format!("name = \"c{i}\"\n"))).collect();
+    let socket = d.socket();
+    let outcomes: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..18)
+            .map(|n| {
+                let (def, socket) = (defs[n % 6].clone(), socket.clone());
+                s.spawn(move || {
+                    Command::new(VMR)
+                        .args(["define", &def])
+                        .env("VMRD_SOCKET", socket)
+                        .output()
+                        .unwrap()
+                        .status
+                        .success()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 6, "each of 6 names defined once: {outcomes:?}");
+    assert_eq!(d.ok(&["list", "--all"]).lines().count(), 7);
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let socket = socket.clone();
+            s.spawn(move || {
+                let out = Command::new(VMR)
+                    .args(["undefine", &format!("c{i}")])
+                    .env("VMRD_SOCKET", socket)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+            });
+        }
+    });
+    assert_eq!(std::fs::read_dir(dir.join("state/journal")).unwrap().count(), 0);
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.join("state/vms")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Figures for docs/BENCHMARKS.md:
+/// `cargo test --release --test vmrd bench_vmrd -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_vmrd() {
+    let dir = test_dir("vmrd-bench");
+    // Prints '.' once, then halts for ever (no host CPU).
+    let kernel = dir.join("dot-halt");
+    tiny_pvh_kernel_with(&kernel, &[0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xf4, 0xeb, 0xfd], &[]);
+    let d = Vmrd::start(&dir, &[]);
+    for i in 0..100 {
+        let def = write(
+            &dir.join("v.toml"),
+            &format!("name = \"v{i}\"\nmemory = \"64M\"\nkernel = \"{}\"\n", kernel.display()),
+        );
+        d.ok(&["define", &def]);
+    }
+    let mut list = Vec::new();
+    let mut api = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        d.ok(&["list", "--all"]);
+        list.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let r = vmr_vmm::api::client::request(&d.socket(), "GET", "/vms?all=true", None).unwrap();
+        assert!(r.body.matches("\"name\"").count() == 100);
+        api.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "vmr list --all, 100 defined VMs: median {:.1} ms (GET /vms alone {:.1} ms)",
+        median(list),
+        median(api)
+    );
+
+    // Start until the VM's API answers (what `vmr start` waits for): through vmrd (the CLI
+    // process included) against `vmr run --api-sock` polled directly.
+    let (mut via_vmrd, mut direct) = (Vec::new(), Vec::new());
+    for run in 0..7 {
+        let t = Instant::now();
+        d.ok(&["start", "v0"]);
+        via_vmrd.push(t.elapsed().as_secs_f64() * 1e3);
+        d.ok(&["destroy", "v0"]);
+        let sock = dir.join(format!("direct{run}.sock"));
+        let t = Instant::now();
+        let mut child = Command::new(VMR)
+            .args(["run", "--accel", "emu", "--memory", "64M", "--reboot", "restart", "--kernel"])
+            .arg(&kernel)
+            .arg("--api-sock")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while !(sock.exists() && vmr_vmm::api::client::request(&sock, "GET", "/", None).is_ok()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        direct.push(t.elapsed().as_secs_f64() * 1e3);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    println!(
+        "start until the VM's API answers: vmr start (via vmrd) median {:.1} ms, vmr run --api-sock median {:.1} ms",
+        median(via_vmrd),
+        median(direct)
+    );
+
+    for i in 0..20 {
+        d.ok(&["start", &format!("v{i}")]);
+    }
+    let pid = d.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap().to_string();
+    println!("vmrd with 100 defined and 20 running VMs: {rss}");
+    let t = Instant::now();
+    d.ok(&["list"]);
+    println!("vmr list with 20 running: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    for i in 0..20 {
+        d.ok(&["destroy", &format!("v{i}")]);
+    }
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use vmr_vmm::api::client::request;
 
-use crate::state::atomic_write;
+use crate::state::{atomic_replace, atomic_write};
 use crate::DaemonError;
 
 /// A VM's run folder and the files in it.
@@ -165,13 +165,13 @@ pub fn spawn(launch: &Launch) -> Result<i32, DaemonError> {
         .spawn()
         .map_err(|e| DaemonError::Internal(format!("cannot run {}: {e}", launch.vmr.display())))?;
     let pid = child.id() as i32;
-    atomic_write(&rt.pid_file(), pid.to_string().as_bytes())?;
+    atomic_replace(&rt.pid_file(), pid.to_string().as_bytes())?;
     let exit_file = rt.exit_file();
     // vmrd reaps its own children (a later vmrd's init does it for VMs it inherited).
     std::thread::spawn(move || {
         if let Ok(status) = child.wait() {
             let code = status.code().map_or_else(|| "signal".to_string(), |c| c.to_string());
-            let _ = atomic_write(&exit_file, code.as_bytes());
+            let _ = atomic_replace(&exit_file, code.as_bytes());
         }
     });
     Ok(pid)
@@ -198,7 +198,8 @@ pub fn wait_for_api(name: &str, rt: &Runtime, pid: i32) -> Result<(), DaemonErro
                 rt.stderr_tail()
             )));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // vmr serves its API within milliseconds: poll finely, so vmrd adds little to a start.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
