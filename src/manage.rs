@@ -117,7 +117,7 @@ pub enum Verb {
         #[arg(long, default_value = "default")]
         pool: String,
     },
-    /// Grow a raw volume to SIZE.
+    /// Grow a volume (raw or qcow2) to SIZE.
     VolResize {
         name: String,
         size: String,

@@ -12,17 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tiny_pvh_kernel_with;
 use vmr_vmm::api::client::{request, Reply};
 
 /// Prints '.' on COM1 about every few million instructions, for ever: a counter the host can
 /// watch.
 fn ticking_kernel(dir: &Path) -> PathBuf {
-    let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xb9]; // mov dx,0x3f8; mov al,'.'; out; mov ecx,
-    code.extend_from_slice(&200_000u32.to_le_bytes());
-    code.extend_from_slice(&[0x49, 0x75, 0xfd, 0xeb, 0xef]); // dec ecx; jnz; jmp back to out
     let path = dir.join("ticking");
-    tiny_pvh_kernel_with(&path, &code, &[]);
+    common::ticking_kernel(&path, 200_000);
     path
 }
 

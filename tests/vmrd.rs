@@ -149,10 +149,12 @@ fn pools_volumes_and_bad_input() {
     d.ok(&["vol-clone", "a.raw", "d.raw"]);
     d.ok(&["vol-resize", "d.raw", "128M"]);
     assert!(d.fails(&["vol-resize", "d.raw", "1M"]).contains("shrinking"));
+    d.ok(&["vol-resize", "c.qcow2", "2G"]);
+    assert!(d.ok(&["vol-info", "c.qcow2"]).contains("capacity    2 GiB"));
     let info = d.ok(&["vol-info", "c.qcow2"]);
     assert!(
         info.contains("format      qcow2")
-            && info.contains("capacity    1 GiB")
+            && info.contains("capacity    2 GiB")
             && info.contains("backing     b.qcow2"),
         "{info}"
     );
@@ -215,13 +217,9 @@ fn pools_volumes_and_bad_input() {
     assert!(!pool.exists(), "pool-delete removes the empty folder");
 }
 
-/// Prints '.' on COM1 every few million instructions: output a console viewer can watch.
 fn ticking_kernel(dir: &Path) -> PathBuf {
-    let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xb9]; // mov dx,0x3f8; mov al,'.'; out; mov ecx,
-    code.extend_from_slice(&200_000u32.to_le_bytes());
-    code.extend_from_slice(&[0x49, 0x75, 0xfd, 0xeb, 0xef]); // dec ecx; jnz; jmp back to out
     let path = dir.join("ticking");
-    tiny_pvh_kernel_with(&path, &code, &[]);
+    common::ticking_kernel(&path, 200_000);
     path
 }
 

@@ -103,3 +103,12 @@ pub fn tiny_pvh_kernel_with(path: &Path, code: &[u8], data: &[u8]) {
     put(&mut f, 0x1100, data);
     std::fs::write(path, f).unwrap();
 }
+
+/// A kernel that prints '.' on COM1, spins `spin` iterations, and again, for ever: output the
+/// host can watch (a counter that stops while the VM is paused).
+pub fn ticking_kernel(path: &Path, spin: u32) {
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xb9]; // mov dx,0x3f8; mov al,'.'; out; mov ecx,
+    code.extend_from_slice(&spin.to_le_bytes());
+    code.extend_from_slice(&[0x49, 0x75, 0xfd, 0xeb, 0xef]); // dec ecx; jnz; jmp back to out
+    tiny_pvh_kernel_with(path, &code, &[]);
+}

@@ -34,6 +34,7 @@ mod durability;
 mod lock;
 mod qcow2;
 mod raw;
+mod resize;
 
 use std::fmt;
 use std::io;
@@ -46,6 +47,7 @@ pub use create::create;
 pub use direct::{AlignedBuf, DIRECT_ALIGN};
 pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
+pub use resize::grow;
 
 /// Sector size of the virtio-blk protocol and the unit of disk sizes here.
 pub const SECTOR_SIZE: u64 = 512;
@@ -90,6 +92,12 @@ pub enum BlockError {
     Io {
         op: &'static str,
         offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot resize image {path}: {source}")]
+    Resize {
+        path: PathBuf,
         #[source]
         source: io::Error,
     },

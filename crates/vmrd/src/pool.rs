@@ -258,24 +258,15 @@ pub fn create_volume(
     Ok(path)
 }
 
-/// Grows a raw volume (qcow2 volumes and shrinking are refused in one line).
+/// Grows a volume, raw or qcow2 (shrinking is refused in one line: it would lose data).
 pub fn resize_volume(def: &PoolDef, vol: &str, size: u64) -> Result<(), DaemonError> {
-    let info = volume_info(def, vol)?;
-    if info.format != "raw" {
-        return Err(DaemonError::Invalid(format!(
-            "volume {vol}: resizing {} volumes is not supported yet",
-            info.format
-        )));
-    }
-    if size < info.capacity {
-        return Err(DaemonError::Invalid(format!(
-            "volume {vol}: {size} bytes is smaller than its {} bytes; shrinking would lose data",
-            info.capacity
-        )));
-    }
-    let file = fs::OpenOptions::new().write(true).open(&info.path)?;
-    file.set_len(size)?;
-    Ok(file.sync_all()?)
+    let path = existing_volume(def, vol)?;
+    vmr_block::grow(&path, size).map_err(|e| match e {
+        vmr_block::BlockError::InUse { .. } => {
+            DaemonError::Conflict(format!("volume {}/{vol} is in use", def.name))
+        }
+        other => DaemonError::Invalid(format!("volume {vol}: {}", vmr_vmm::error_chain(&other))),
+    })
 }
 
 /// A full copy of `src` as `new`, or with `overlay` a qcow2 overlay whose backing file is `src`.
@@ -380,6 +371,8 @@ mod tests {
         resize_volume(&def, "d.raw", 128 << 20).unwrap();
         assert_eq!(volume_info(&def, "d.raw").unwrap().capacity, 128 << 20);
         assert!(resize_volume(&def, "d.raw", 1 << 20).unwrap_err().to_string().contains("shrinking"));
+        resize_volume(&def, "c.qcow2", 2 << 30).unwrap();
+        assert_eq!(volume_info(&def, "c.qcow2").unwrap().capacity, 2 << 30);
         assert_eq!(volume_names(&def).unwrap(), ["a.raw", "b.qcow2", "c.qcow2", "d.raw"]);
         let err = delete(&state, "p").unwrap_err().to_string();
         assert!(err.contains("still holds 4 volume(s)"), "{err}");
