@@ -542,3 +542,80 @@ fn bench_vmrd() {
         d.ok(&["destroy", &format!("v{i}")]);
     }
 }
+
+/// Every vmr process whose command line mentions `dir` (the VMs of one test's state dir).
+fn vm_processes(dir: &Path) -> Vec<i32> {
+    let needle = dir.join("state/run").display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            alive(*pid) && String::from_utf8_lossy(&cmdline).contains(&needle)
+        })
+        .collect()
+}
+
+/// A start/stop storm from concurrent clients on 10 VMs: every answer is a success or a
+/// one-line refusal of the state ("already running", "not running"); afterwards a start of
+/// all makes exactly one process each, a destroy of all leaves none.
+#[test]
+fn start_stop_storm_ends_in_the_state_asked_for() {
+    let dir = test_dir("vmrd-storm");
+    let kernel = dir.join("dot-halt");
+    tiny_pvh_kernel_with(&kernel, &[0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xf4, 0xeb, 0xfd], &[]);
+    let d = Vmrd::start(&dir, &[]);
+    const VMS: usize = 10;
+    for i in 0..VMS {
+        let def = write(
+            &dir.join("s.toml"),
+            &format!("name = \"s{i}\"\nmemory = \"32M\"\nkernel = \"{}\"\n", kernel.display()),
+        );
+        d.ok(&["define", &def]);
+    }
+    let run = |verb: &str, vm: usize| {
+        let out = Command::new(VMR)
+            .args([verb, &format!("s{vm}")])
+            .env("VMRD_SOCKET", d.socket())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            // A start racing a destroy of the same VM reports the VM's end.
+            out.status.success()
+                || err.contains("already running")
+                || err.contains("is not running")
+                || err.contains("stopped by signal"),
+            "{verb} s{vm}: {err}"
+        );
+    };
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            s.spawn(move || {
+                for n in 0..12usize {
+                    let vm = (t * 7 + n * 3) % VMS;
+                    run(if (t + n) % 2 == 0 { "start" } else { "destroy" }, vm);
+                }
+            });
+        }
+    });
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            s.spawn(move || (0..VMS).for_each(|vm| run("start", (vm + t) % VMS)));
+        }
+    });
+    let list = d.ok(&["list"]);
+    assert_eq!(list.matches(" running ").count(), VMS, "{list}");
+    assert_eq!(vm_processes(&dir).len(), VMS, "one process per VM");
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            s.spawn(move || (0..VMS).for_each(|vm| run("destroy", (vm + t) % VMS)));
+        }
+    });
+    assert_eq!(d.ok(&["list"]).lines().count(), 1, "none running");
+    assert!(vm_processes(&dir).is_empty(), "no VM process left");
+    for i in 0..VMS {
+        assert!(!dir.join(format!("state/run/s{i}/api.sock")).exists(), "vmr removes its API socket");
+    }
+}

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vmr_vmm::api::client::request;
+use vmr_vmm::api::client::{request, request_within};
 
 use crate::state::{atomic_replace, atomic_write};
 use crate::DaemonError;
@@ -77,7 +77,8 @@ impl Runtime {
         if self.running_pid().is_none() {
             return VmState::Stopped;
         }
-        match request(&self.api_sock(), "GET", "/", None) {
+        // A VM whose API hangs must not hang `list`: a short timeout, then "running".
+        match request_within(&self.api_sock(), "GET", "/", None, Some(Duration::from_secs(2))) {
             Ok(r) if r.body.contains("\"Paused\"") => VmState::Paused,
             _ => VmState::Running,
         }
