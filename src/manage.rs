@@ -139,6 +139,28 @@ pub enum Verb {
         #[arg(long, default_value = "default")]
         pool: String,
     },
+    /// Define a network: --type nat|isolated --address 10.77.0.1/24, or --type bridge --bridge BR.
+    NetDefine {
+        name: String,
+        #[arg(long = "type", value_parser = ["nat", "isolated", "bridge"])]
+        kind: String,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        bridge: Option<String>,
+    },
+    /// Start a network (bridge, dnsmasq, firewall rules).
+    NetStart { name: String },
+    /// Stop a network.
+    NetStop { name: String },
+    /// List networks.
+    NetList,
+    /// A network's definition and state.
+    NetInfo { name: String },
+    /// DHCP leases on a network.
+    NetLeases { name: String },
+    /// Remove a stopped network's definition.
+    NetDelete { name: String },
     /// Copy a host file into a pool as a volume.
     VolImport {
         file: PathBuf,

@@ -94,7 +94,56 @@ pub fn run(socket: &Path, verb: Verb) -> Result<i32, Box<dyn Error>> {
             let v = c("POST", &format!("/pools/{pool}/import"), Some(json!({ "file": file, "name": name })))?;
             println!("volume {pool}/{} imported", s(&v, "name"));
         }
-        _ => return Err("not a pool or volume command".into()),
+        Verb::NetDefine { name, kind, address, bridge } => {
+            c(
+                "POST",
+                "/networks",
+                Some(json!({ "name": name, "type": kind, "address": address, "bridge": bridge })),
+            )?;
+            println!("network {name} defined");
+        }
+        Verb::NetStart { name } => {
+            c("POST", &format!("/networks/{name}/start"), None)?;
+            println!("network {name} started");
+        }
+        Verb::NetStop { name } => {
+            c("POST", &format!("/networks/{name}/stop"), None)?;
+            println!("network {name} stopped");
+        }
+        Verb::NetDelete { name } => {
+            c("DELETE", &format!("/networks/{name}"), None)?;
+            println!("network {name} deleted");
+        }
+        Verb::NetList => {
+            println!("{:<16} {:<9} {:<8} {:<16} {}", "NAME", "TYPE", "STATE", "BRIDGE", "ADDRESS");
+            for n in c("GET", "/networks", None)?.as_array().into_iter().flatten() {
+                let state = if n["active"].as_bool() == Some(true) { "active" } else { "inactive" };
+                println!(
+                    "{:<16} {:<9} {state:<8} {:<16} {}",
+                    s(n, "name"),
+                    s(n, "type"),
+                    s(n, "bridge"),
+                    s(n, "address")
+                );
+            }
+        }
+        Verb::NetInfo { name } => {
+            let n = c("GET", &format!("/networks/{name}"), None)?;
+            for key in ["name", "type", "bridge", "address"] {
+                println!("{key:<9}  {}", s(&n, key));
+            }
+            println!(
+                "state      {}",
+                if n["active"].as_bool() == Some(true) { "active" } else { "inactive" }
+            );
+        }
+        Verb::NetLeases { name } => {
+            println!("{:<17} {:<15} {}", "MAC", "IP", "HOSTNAME");
+            for l in c("GET", &format!("/networks/{name}/leases"), None)?.as_array().into_iter().flatten() {
+                println!("{:<17} {:<15} {}", s(l, "mac"), s(l, "ip"), s(l, "hostname"));
+            }
+        }
+        _ => return Err("not a pool, volume or network command".into()),
     }
     Ok(0)
 }

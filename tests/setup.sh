@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need (idempotent; needs root when something is missing).
 # QEMU (the lab's L1 machine and the benchmark peer), busybox (guest userland), cpio/xz/lz4
-# (image assembly), e2fsprogs (disk images), and clang's runtime for the fuzzers.
+# (image assembly), e2fsprogs (disk images), dnsmasq and nftables (vmrd's networks), and clang's
+# runtime for the fuzzers.
 set -euo pipefail
 need=()
 for t in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils busybox:busybox-static cpio:cpio \
          xz:xz-utils lz4:lz4 mkfs.ext4:e2fsprogs debugfs:e2fsprogs tmux:tmux socat:socat fio:fio \
-         iperf3:iperf3; do
+         iperf3:iperf3 dnsmasq:dnsmasq-base nft:nftables; do
     command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
 [ -x /bin/busybox ] || need+=(busybox-static)
@@ -28,4 +29,4 @@ v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
 pins=(qemu-system-x86="$v" qemu-utils="$v")
 dpkg -s qemu-block-extra >/dev/null 2>&1 && pins+=(qemu-block-extra="$v")
 apt-get install -y -qq --allow-downgrades "${pins[@]}" busybox-static cpio xz-utils lz4 e2fsprogs tmux \
-    socat fio iperf3 gcc libc6-dev >/dev/null
+    socat fio iperf3 gcc libc6-dev dnsmasq-base nftables >/dev/null

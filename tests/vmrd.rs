@@ -27,6 +27,8 @@ struct Vmrd {
     child: Option<Child>,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Run in a network namespace of its own (`unshare -n`): networks never touch the host's.
+    netns: bool,
 }
 
 impl Vmrd {
@@ -35,9 +37,23 @@ impl Vmrd {
             child: None,
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: false,
         };
         d.respawn();
         d
+    }
+
+    fn start_in_netns(dir: &Path) -> Vmrd {
+        let mut d = Vmrd { child: None, dir: dir.to_path_buf(), extra: vec![], netns: true };
+        d.respawn();
+        d
+    }
+
+    /// Runs a command in vmrd's network namespace.
+    fn in_netns(&self, cmd: &str) -> String {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let out = Command::new("nsenter").args(["-t", &pid, "-n", "sh", "-c", cmd]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn socket(&self) -> PathBuf {
@@ -45,7 +61,14 @@ impl Vmrd {
     }
 
     fn respawn(&mut self) {
-        let child = Command::new(VMR)
+        let mut cmd = if self.netns {
+            let mut c = Command::new("unshare");
+            c.args(["-n", VMR]);
+            c
+        } else {
+            Command::new(VMR)
+        };
+        let child = cmd
             .args(["daemon", "--accel", "emu", "--state-dir"])
             .arg(self.dir.join("state"))
             .args(&self.extra)
@@ -126,7 +149,7 @@ fn pools_volumes_and_bad_input() {
     let dir = test_dir("vmrd-pools");
     let pool = dir.join("pool");
     // Before vmrd runs: one line saying so.
-    let absent = Vmrd { child: None, dir: dir.clone(), extra: vec![] };
+    let absent = Vmrd { child: None, dir: dir.clone(), extra: vec![], netns: false };
     assert!(absent.fails(&["list"]).contains("vmrd is not running"));
     drop(absent);
     let d = Vmrd::start(&dir, &[]);
@@ -618,4 +641,89 @@ fn start_stop_storm_ends_in_the_state_asked_for() {
     for i in 0..VMS {
         assert!(!dir.join(format!("state/run/s{i}/api.sock")).exists(), "vmr removes its API socket");
     }
+}
+
+/// A NAT network in a network namespace of the test's own: two default guests get DHCP leases
+/// from vmrd's dnsmasq, reach the gateway and each other; `net-leases` lists them; an isolated
+/// network's forwarding is dropped in vmr's table; stopping everything leaves no tap, bridge or
+/// dnsmasq behind.
+#[test]
+fn nat_network_gives_guests_leases_and_they_reach_each_other() {
+    for tool in ["dnsmasq", "nft", "unshare", "nsenter"] {
+        let found =
+            Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success();
+        assert!(found, "{tool} is missing: tests/setup.sh installs dnsmasq-base and nftables");
+    }
+    let pull = Command::new(VMR).args(["image", "pull"]).output().unwrap();
+    assert!(pull.status.success(), "vmr image pull failed");
+    let dir = test_dir("vmrd-net");
+    let d = Vmrd::start_in_netns(&dir);
+    assert!(d.fails(&["net-define", "n1", "--type", "nat"]).contains("needs --address"));
+    d.ok(&["net-define", "n1", "--type", "nat", "--address", "10.77.0.1/24"]);
+    assert!(d
+        .fails(&["net-define", "n2", "--type", "isolated", "--address", "10.77.0.129/25"])
+        .contains("overlaps network n1"));
+    d.ok(&["net-define", "iso", "--type", "isolated", "--address", "10.78.0.1/24"]);
+    d.ok(&["net-start", "n1"]);
+    d.ok(&["net-start", "iso"]);
+    // A bridge network attaches to an existing bridge, and only to one.
+    d.ok(&["net-define", "nosuch", "--type", "bridge", "--bridge", "nosuch0"]);
+    assert!(d.fails(&["net-start", "nosuch"]).contains("nosuch0 is not a bridge"));
+    d.ok(&["net-define", "shared", "--type", "bridge", "--bridge", "vmr-iso"]);
+    d.ok(&["net-start", "shared"]);
+    let table = d.in_netns("nft list table ip vmr");
+    assert!(table.contains("ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 masquerade"), "{table}");
+    assert!(
+        table.contains("iifname \"vmr-iso\" drop") && table.contains("oifname \"vmr-iso\" drop"),
+        "{table}"
+    );
+    for vm in ["g1", "g2"] {
+        let def = write(
+            &dir.join(format!("{vm}.toml")),
+            &format!("name = \"{vm}\"\nmemory = \"256M\"\n[[nic]]\nnetwork = \"n1\"\n"),
+        );
+        d.ok(&["define", &def]);
+        d.ok(&["start", vm]);
+    }
+    assert!(d.fails(&["net-stop", "n1"]).contains("used by running VM(s) g1, g2"));
+    let marker = "vmr-guest: init reached";
+    let mut viewers: Vec<Viewer> = ["g1", "g2"].iter().map(|vm| Viewer::attach(&d, vm)).collect();
+    let mut ips = Vec::new();
+    for v in viewers.iter_mut() {
+        v.wait_for(marker, Duration::from_secs(600));
+        // busybox udhcpc configures nothing itself: a two-line script does.
+        v.send(b"printf '#!/bin/sh\\n[ \"$1\" = bound ] && ip addr add $ip/$mask dev $interface && echo VMR-IP=$ip.\\n' > /tmp/dhcp; chmod +x /tmp/dhcp; ip link set eth0 up; udhcpc -i eth0 -n -q -s /tmp/dhcp\n");
+        let out = v.wait_for("VMR-IP=10.77.0.", Duration::from_secs(120));
+        let out = out + &v.wait_for(".\r", Duration::from_secs(10));
+        let ip = out.split("VMR-IP=").last().unwrap().split(".\r").next().unwrap().to_string();
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    for (v, other) in viewers.iter_mut().zip([ips[1].clone(), ips[0].clone()]) {
+        v.send(
+            format!("ping -c 1 -W 5 10.77.0.1 && ping -c 1 -W 5 {other} && echo VMR-PING-$((40+2))\n")
+                .as_bytes(),
+        );
+        v.wait_for("VMR-PING-42", Duration::from_secs(60));
+    }
+    let leases = d.ok(&["net-leases", "n1"]);
+    for ip in &ips {
+        assert!(leases.contains(ip.as_str()), "{ip} not in {leases}");
+    }
+    for v in viewers {
+        v.detach();
+    }
+    d.ok(&["destroy", "g1"]);
+    d.ok(&["destroy", "g2"]);
+    d.ok(&["net-stop", "n1"]);
+    d.ok(&["net-stop", "shared"]);
+    assert!(d.in_netns("ip -o link show").contains("vmr-iso"), "stopping a bridge network keeps the bridge");
+    d.ok(&["net-stop", "iso"]);
+    let links = d.in_netns("ip -o link show");
+    assert!(!links.contains("vmr"), "taps and bridges are gone: {links}");
+    assert!(!d.in_netns("nft list table ip vmr").contains("vmr-n1"));
+    let dnsmasq =
+        Command::new("pgrep").args(["-f", dir.join("state/nets").to_str().unwrap()]).output().unwrap();
+    assert!(dnsmasq.stdout.is_empty(), "dnsmasq stopped");
+    d.ok(&["net-delete", "n1"]);
 }

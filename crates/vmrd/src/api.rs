@@ -49,6 +49,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/pools/{pool}/volumes/{volume}"),
     ("POST", "/pools/{pool}/volumes/{volume}/resize"),
     ("POST", "/pools/{pool}/volumes/{volume}/clone"),
+    ("GET", "/networks"),
+    ("POST", "/networks"),
+    ("GET", "/networks/{network}"),
+    ("DELETE", "/networks/{network}"),
+    ("POST", "/networks/{network}/start"),
+    ("POST", "/networks/{network}/stop"),
+    ("GET", "/networks/{network}/leases"),
 ];
 
 type Shared = State<Arc<Daemon>>;
@@ -90,6 +97,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/vms/{name}/suspend", post(|s, n| vm_action(s, n, "suspend")))
         .route("/vms/{name}/resume", post(|s, n| vm_action(s, n, "resume")))
         .merge(crate::api_pools::routes())
+        .merge(crate::api_nets::routes())
         .fallback(|| async { DaemonError::NotFound("no such route (see docs/api/vmrd.yaml)".into()) })
         .with_state(daemon)
 }

@@ -66,7 +66,11 @@ fn openapi_document_matches_the_router() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         for (method, path) in &served {
-            let concrete = path.replace("{name}", "vm1").replace("{pool}", "p1").replace("{volume}", "v1");
+            let concrete = path
+                .replace("{name}", "vm1")
+                .replace("{pool}", "p1")
+                .replace("{volume}", "v1")
+                .replace("{network}", "n1");
             let (status, body) = status_and_body(&router, method, &concrete).await;
             // Served: the handler answered (an unknown VM or a bad body), not the fallback.
             assert!(!body.contains("no such route"), "{method} {path}: {status} {body}");

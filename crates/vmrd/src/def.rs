@@ -46,6 +46,18 @@ pub struct VmDef {
     pub autostart: bool,
     #[serde(default, rename = "disk", skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskDef>,
+    #[serde(default, rename = "nic", skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicDef>,
+}
+
+/// A network card on a vmrd network (vmrd makes its tap).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicDef {
+    pub network: String,
+    /// Default: derived from the VM's name and the card's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// One disk: a pool volume or a host path.
@@ -137,6 +149,14 @@ impl VmDef {
         if let Some(cid) = self.vsock_cid {
             if cid < 3 {
                 return bad(format!("vsock_cid = {cid}: guest CIDs start at 3"));
+            }
+        }
+        for (i, nic) in self.nics.iter().enumerate() {
+            check_name("network", &nic.network)
+                .map_err(|e| DaemonError::Invalid(format!("VM {}: nic {}: {e}", self.name, i + 1)))?;
+            if let Some(mac) = &nic.mac {
+                vmr_vmm::devices::options::parse_net(&format!("tap=x,mac={mac}"))
+                    .map_err(|e| DaemonError::Invalid(format!("VM {}: nic {}: {e}", self.name, i + 1)))?;
             }
         }
         for (i, disk) in self.disks.iter().enumerate() {

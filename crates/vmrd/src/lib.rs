@@ -3,8 +3,10 @@
 //! REST/JSON API (`docs/api/vmrd.yaml`); the `vmr` CLI's virsh-like verbs are its client.
 
 pub mod api;
+mod api_nets;
 mod api_pools;
 pub mod def;
+pub mod net;
 pub mod pool;
 pub mod state;
 pub mod vm;
@@ -89,6 +91,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let d = daemon.clone();
     std::thread::Builder::new().name("vmrd-logs".into()).spawn(move || loop {
         d.rotate_console_logs();
+        d.unplug_stopped();
         std::thread::sleep(Duration::from_secs(2));
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

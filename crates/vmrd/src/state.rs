@@ -91,7 +91,7 @@ impl StateDir {
     /// holds. Returns how many journal entries were recovered.
     pub fn open(root: &Path) -> io::Result<(StateDir, usize)> {
         let state = StateDir { root: root.to_path_buf() };
-        for sub in ["vms", "pools", "run", "journal"] {
+        for sub in ["vms", "pools", "nets", "run", "journal"] {
             fs::create_dir_all(root.join(sub))?;
         }
         let recovered = state.recover()?;
@@ -103,6 +103,9 @@ impl StateDir {
     }
     pub fn pools(&self) -> PathBuf {
         self.root.join("pools")
+    }
+    pub fn nets(&self) -> PathBuf {
+        self.root.join("nets")
     }
     pub fn run_dir(&self, vm: &str) -> PathBuf {
         self.root.join("run").join(vm)

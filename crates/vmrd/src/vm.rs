@@ -133,6 +133,8 @@ pub struct Launch<'a> {
     pub vmr: &'a Path,
     pub args: Vec<String>,
     pub runtime: &'a Runtime,
+    /// Taps made for the VM, removed when vmrd sees it end.
+    pub taps: Vec<String>,
 }
 
 /// How long a starting VM has to serve its API (the default guest is assembled on first use).
@@ -168,12 +170,15 @@ pub fn spawn(launch: &Launch) -> Result<i32, DaemonError> {
     let pid = child.id() as i32;
     atomic_replace(&rt.pid_file(), pid.to_string().as_bytes())?;
     let exit_file = rt.exit_file();
-    // vmrd reaps its own children (a later vmrd's init does it for VMs it inherited).
+    let taps = launch.taps.clone();
+    // vmrd reaps its own children (a later vmrd's init does it for VMs it inherited, and its
+    // tap sweep removes their taps).
     std::thread::spawn(move || {
         if let Ok(status) = child.wait() {
             let code = status.code().map_or_else(|| "signal".to_string(), |c| c.to_string());
             let _ = atomic_replace(&exit_file, code.as_bytes());
         }
+        taps.iter().for_each(|t| crate::net::unplug(t));
     });
     Ok(pid)
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::def::{check_name, parse_disk_size, split_volume, VmDef};
 use crate::state::{atomic_write, Intent};
 use crate::vm::{self, Runtime, VmState};
-use crate::{pool, Daemon, DaemonError};
+use crate::{net, pool, Daemon, DaemonError};
 
 /// A line of `vmr list`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -287,8 +287,9 @@ impl Daemon {
                 path.display()
             )));
         }
-        let args = self.run_args(&def, &paths, &rt)?;
-        vm::spawn(&vm::Launch { name, vmr: &self.opts.vmr, args, runtime: &rt })
+        let mut args = self.run_args(&def, &paths, &rt)?;
+        args.extend(self.plug_nics(&def)?);
+        vm::spawn(&vm::Launch { name, vmr: &self.opts.vmr, args, runtime: &rt, taps: self.taps(&def) })
     }
 
     fn run_args(&self, def: &VmDef, disks: &[PathBuf], rt: &Runtime) -> Result<Vec<String>, DaemonError> {
@@ -334,6 +335,47 @@ impl Daemon {
         Ok(args)
     }
 
+    /// The taps of a VM's network cards.
+    fn taps(&self, def: &VmDef) -> Vec<String> {
+        (0..def.nics.len()).map(|i| net::tap_and_mac(&def.name, i).0).collect()
+    }
+
+    /// Makes each card's tap on its network's bridge; the `--net` arguments.
+    fn plug_nics(&self, def: &VmDef) -> Result<Vec<String>, DaemonError> {
+        let mut args = Vec::new();
+        for (i, nic) in def.nics.iter().enumerate() {
+            let network = net::load(&self.state, &nic.network)?;
+            let (tap, mac) = net::tap_and_mac(&def.name, i);
+            net::plug(&network, &tap)
+                .map_err(|e| DaemonError::Invalid(format!("VM {}: nic {}: {e}", def.name, i + 1)))?;
+            args.extend(["--net".to_string(), format!("tap={tap},mac={}", nic.mac.clone().unwrap_or(mac))]);
+        }
+        Ok(args)
+    }
+
+    /// Removes the taps of VMs that are not running (VMs that ended while another vmrd, or
+    /// none, watched them).
+    pub fn unplug_stopped(&self) {
+        for name in self.vm_names().unwrap_or_default() {
+            let Ok((_, def)) = self.load(&name) else { continue };
+            if !def.nics.is_empty() && self.runtime(&name).running_pid().is_none() {
+                self.taps(&def).iter().for_each(|t| net::unplug(t));
+            }
+        }
+    }
+
+    /// Names of running VMs with a card on `network`.
+    pub fn network_users(&self, network: &str) -> Vec<String> {
+        self.vm_names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| {
+                self.load(n).is_ok_and(|(_, d)| d.nics.iter().any(|c| c.network == network))
+                    && self.runtime(n).running_pid().is_some()
+            })
+            .collect()
+    }
+
     fn running(&self, name: &str) -> Result<Runtime, DaemonError> {
         self.load(name)?;
         let rt = self.runtime(name);
@@ -371,6 +413,9 @@ impl Daemon {
             if !rt.wait_gone(Duration::from_secs(5)) {
                 return Err(DaemonError::Internal(format!("VM {name} survived SIGKILL")));
             }
+        }
+        if let Ok((_, def)) = self.load(name) {
+            self.taps(&def).iter().for_each(|t| net::unplug(t));
         }
         Ok(())
     }
