@@ -3,7 +3,8 @@
 //!
 //! Layout under the state directory:
 //! `vms/NAME.toml` (definitions), `vms/NAME.owned.json` (volumes a definition created),
-//! `pools/NAME.json` (pool definitions and whether started), `run/NAME/` (a VM's pid, API
+//! `pools/NAME.json` (pool definitions and whether started), `nets/` (network definitions,
+//! dnsmasq pid and leases, vmr.nft), `run/NAME/` (a VM's pid, API
 //! socket, console FIFO and logs), `journal/*.json` (operations in flight), `vmrd.sock`.
 
 use std::fs::{self, File, OpenOptions};
