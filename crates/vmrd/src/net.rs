@@ -138,7 +138,7 @@ fn host_subnets() -> Vec<(String, Subnet)> {
             let cidr = words.skip_while(|w| *w != "inet").nth(1)?;
             let (ip, prefix) = cidr.split_once('/')?;
             let prefix: u8 = prefix.parse().ok()?;
-            (prefix >= 1 && prefix < 32).then(|| Some((dev, Subnet { gateway: ip.parse().ok()?, prefix })))?
+            (1..32).contains(&prefix).then(|| Some((dev, Subnet { gateway: ip.parse().ok()?, prefix })))?
         })
         .filter(|(dev, _)| dev != "lo")
         .collect()

@@ -12,6 +12,9 @@ use crate::state::{atomic_write, Intent};
 use crate::vm::{self, Runtime, VmState};
 use crate::{net, pool, Daemon, DaemonError};
 
+/// A volume a definition creates: path, size, format.
+type NewVolume = (PathBuf, u64, Option<String>);
+
 /// A line of `vmr list`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmSummary {
