@@ -88,10 +88,7 @@ impl Daemon {
     }
 
     /// The host path of each disk; volumes to create (those with a size that do not exist).
-    fn resolve_disks(
-        &self,
-        def: &VmDef,
-    ) -> Result<(Vec<PathBuf>, Vec<(PathBuf, u64, Option<String>)>), DaemonError> {
+    fn resolve_disks(&self, def: &VmDef) -> Result<(Vec<PathBuf>, Vec<NewVolume>), DaemonError> {
         let mut paths = Vec::new();
         let mut create = Vec::new();
         for disk in &def.disks {
