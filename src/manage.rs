@@ -286,7 +286,7 @@ fn simple(c: &Client, name: &str, action: &str, done: &str) -> Result<(), Box<dy
 }
 
 fn print_list(list: &Value) {
-    println!("{:<24} {:<8} {}", "NAME", "STATE", "AUTOSTART");
+    println!("{:<24} {:<8} AUTOSTART", "NAME", "STATE");
     for vm in list.as_array().into_iter().flatten() {
         let autostart = if vm["autostart"].as_bool() == Some(true) { "on" } else { "off" };
         println!(

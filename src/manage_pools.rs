@@ -24,7 +24,7 @@ pub fn run(socket: &Path, verb: Verb) -> Result<i32, Box<dyn Error>> {
             println!("pool {name} started");
         }
         Verb::PoolList => {
-            println!("{:<16} {:<8} {:<8} {}", "NAME", "STATE", "VOLUMES", "PATH");
+            println!("{:<16} {:<8} {:<8} PATH", "NAME", "STATE", "VOLUMES");
             for p in c("GET", "/pools", None)?.as_array().into_iter().flatten() {
                 let state = if p["active"].as_bool() == Some(true) { "active" } else { "inactive" };
                 println!("{:<16} {state:<8} {:<8} {}", s(p, "name"), p["volumes"], s(p, "path"));
@@ -115,7 +115,7 @@ pub fn run(socket: &Path, verb: Verb) -> Result<i32, Box<dyn Error>> {
             println!("network {name} deleted");
         }
         Verb::NetList => {
-            println!("{:<16} {:<9} {:<8} {:<16} {}", "NAME", "TYPE", "STATE", "BRIDGE", "ADDRESS");
+            println!("{:<16} {:<9} {:<8} {:<16} ADDRESS", "NAME", "TYPE", "STATE", "BRIDGE");
             for n in c("GET", "/networks", None)?.as_array().into_iter().flatten() {
                 let state = if n["active"].as_bool() == Some(true) { "active" } else { "inactive" };
                 println!(
@@ -138,7 +138,7 @@ pub fn run(socket: &Path, verb: Verb) -> Result<i32, Box<dyn Error>> {
             );
         }
         Verb::NetLeases { name } => {
-            println!("{:<17} {:<15} {}", "MAC", "IP", "HOSTNAME");
+            println!("{:<17} {:<15} HOSTNAME", "MAC", "IP");
             for l in c("GET", &format!("/networks/{name}/leases"), None)?.as_array().into_iter().flatten() {
                 println!("{:<17} {:<15} {}", s(l, "mac"), s(l, "ip"), s(l, "hostname"));
             }
