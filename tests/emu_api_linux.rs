@@ -57,6 +57,33 @@ impl Drop for KillOnDrop {
     }
 }
 
+type Lines = Receiver<String>;
+type Stderr = std::thread::JoinHandle<Vec<String>>;
+
+/// Starts vmr with `args` then `sock`; its console lines arrive on the receiver, its stderr
+/// lines are collected by the thread.
+fn spawn(args: &[&str], sock: &Path, stdin: Stdio) -> (KillOnDrop, Lines, Stderr) {
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_vmr"))
+            .args(args)
+            .arg(sock)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
+    });
+    let err = child.0.stderr.take().unwrap();
+    let errs =
+        std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).collect::<Vec<_>>());
+    (child, rx, errs)
+}
+
 fn count(line: &str) -> Option<u64> {
     line.split("VMR-COUNT=").nth(1).and_then(|v| v.trim().parse().ok())
 }
@@ -80,25 +107,8 @@ fn default_guest_through_the_api_pauses_resumes_sees_a_drive_swap_and_powers_off
     std::fs::File::create(&small).unwrap().set_len(1 << 20).unwrap();
     std::fs::File::create(&large).unwrap().set_len(4 << 20).unwrap();
 
-    let mut child = KillOnDrop(
-        Command::new(vmr)
-            .args(["--accel", "emu", "--api-sock"])
-            .arg(&sock)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut child, rx, errs) = spawn(&["--accel", "emu", "--api-sock"], &sock, Stdio::piped());
     let child = &mut child.0;
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
-    });
-    let err = child.stderr.take().unwrap();
-    let errs =
-        std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).collect::<Vec<_>>());
     let mut stdin = child.stdin.take().unwrap();
     let start = Instant::now();
     while !sock.exists() {
@@ -236,25 +246,9 @@ fn ctrl_alt_del_through_vmr_ctl_ends_a_cli_booted_guest() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("api.sock");
-    let mut child = KillOnDrop(
-        Command::new(vmr)
-            .args(["run", "--accel", "emu", "--memory", "256M", "--api-sock"])
-            .arg(&sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut child, rx, errs) =
+        spawn(&["run", "--accel", "emu", "--memory", "256M", "--api-sock"], &sock, Stdio::null());
     let child = &mut child.0;
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
-    });
-    let err = child.stderr.take().unwrap();
-    let errs =
-        std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).collect::<Vec<_>>());
     let mut seen = Vec::new();
     let booted = wait_line(&rx, &mut seen, DEADLINE, |l| l.contains(MARKER).then_some(()));
     assert!(booted.is_some(), "no init marker; console:\n{}", seen.join("\n"));
