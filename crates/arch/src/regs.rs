@@ -205,7 +205,7 @@ pub fn boot_vcpu_state(protocol: BootProtocol, entry: GuestAddress) -> VcpuState
             regs.rsi = ZERO_PAGE_START;
         }
     }
-    VcpuState { regs, sregs, fpu: FpuState::default(), msrs: boot_msrs(), lapic: None }
+    VcpuState { regs, sregs, fpu: FpuState::default(), msrs: boot_msrs(), lapic: None, ..Default::default() }
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 use vmr_hypervisor::{
-    CpuidEntry, FpuState, GuestMemory, Hypervisor, HypervisorError, IoEventAddress, IrqChip, LapicState,
-    MsrEntry, Regs, Result, SpecialRegs, Vcpu, VcpuExit, VcpuKicker, Vm, VmConfig, VmOps,
+    CpuidEntry, FpuState, GuestMemory, Hypervisor, HypervisorError, IoEventAddress, IrqChip, IrqChipState,
+    LapicState, MsrEntry, Regs, Result, SpecialRegs, Vcpu, VcpuExit, VcpuKicker, VcpuState, Vm, VmConfig,
+    VmOps,
 };
 
 use crate::cpu::{real_mode_segment, Cpu, CR0_CD, CR0_ET, CR0_NW, CR4_PAE, CR4_PGE, CR4_PSE, CS};
@@ -18,6 +19,8 @@ use crate::irqchip::source::ApicSource;
 use crate::irqchip::{IrqChipCore, LocalApic, Waiter};
 use crate::mem::Memory;
 use crate::msr::{ApicMsrs, IA32_APIC_BASE, IA32_TSC};
+
+mod persist;
 
 /// Instructions per call of the engine between checks of the VMM-visible state.
 const SLICE: u64 = 1 << 20;
@@ -164,6 +167,14 @@ impl Vm for EmuVm {
 
     fn irqchip(&self) -> Arc<dyn IrqChip> {
         self.irqchip.clone()
+    }
+
+    fn irqchip_state(&self) -> Result<IrqChipState> {
+        Ok(self.irqchip.core.save_state())
+    }
+
+    fn set_irqchip_state(&self, state: &IrqChipState) -> Result<()> {
+        self.irqchip.core.load_state(state).map_err(|e| HypervisorError::Invalid(e.to_string()))
     }
 
     fn register_ioevent(&self, fd: &EventFd, addr: IoEventAddress, datamatch: Option<u64>) -> Result<()> {
@@ -546,6 +557,14 @@ impl Vcpu for EmuVcpu {
             }
             _ => Ok(self.lapic_page.clone()),
         }
+    }
+
+    fn save_state(&self) -> Result<VcpuState> {
+        self.save_full()
+    }
+
+    fn restore_state(&mut self, state: &VcpuState) -> Result<()> {
+        self.restore_full(state)
     }
 
     fn set_lapic(&mut self, lapic: &LapicState) -> Result<()> {

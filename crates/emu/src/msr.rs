@@ -204,6 +204,11 @@ impl MsrFile {
         true
     }
 
+    /// Every stored MSR and its value (snapshots).
+    pub fn stored(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.values.iter().map(|(&i, &v)| (i, v))
+    }
+
     #[inline]
     pub fn raw(&self, index: u32) -> u64 {
         self.values.get(&index).copied().unwrap_or(0)

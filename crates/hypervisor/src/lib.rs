@@ -9,11 +9,13 @@
 //! stays small.
 
 mod error;
+mod persist;
 mod state;
 pub mod thread_hooks;
 mod traits;
 
 pub use error::{HypervisorError, Result};
+pub use persist::Persist;
 pub use state::*;
 pub use traits::*;
 

@@ -175,6 +175,118 @@ pub struct VcpuState {
     pub fpu: FpuState,
     pub msrs: Vec<MsrEntry>,
     pub lapic: Option<LapicState>,
+    /// XCR0 (XSAVE feature mask).
+    #[serde(default)]
+    pub xcr0: u64,
+    /// DR0-DR7.
+    #[serde(default)]
+    pub debug_regs: [u64; 8],
+    /// Run state outside the registers.
+    #[serde(default)]
+    pub events: VcpuEvents,
+    /// The TSC; `None` where the caller does not set it (boot state).
+    #[serde(default)]
+    pub tsc: Option<TscState>,
+    /// CPUID the guest saw (it must see the same after a restore).
+    #[serde(default)]
+    pub cpuid: Vec<CpuidEntry>,
+}
+
+/// Time-stamp counter: its value when saved and the rate it counts at. A restore sets the
+/// value (guest time does not jump by the time the snapshot spent on disk) and checks the rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TscState {
+    pub value: u64,
+    pub hz: u64,
+}
+
+/// vCPU state that is neither a register nor in the LAPIC page: what KVM calls vCPU events
+/// and the MP state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuEvents {
+    /// Stopped in HLT until an interrupt.
+    pub halted: bool,
+    /// An application processor not started yet (waits for INIT/SIPI).
+    pub waiting_for_sipi: bool,
+    /// Interrupts inhibited for one instruction (after STI, MOV SS).
+    pub interrupt_shadow: bool,
+    pub nmi_pending: bool,
+    pub init_pending: bool,
+    /// A startup IPI received and not yet taken.
+    pub sipi_vector: Option<u8>,
+}
+
+/// One 8259A, with KVM's `kvm_pic_state` fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PicChipState {
+    pub last_irr: u8,
+    pub irr: u8,
+    pub imr: u8,
+    pub isr: u8,
+    pub priority_add: u8,
+    pub irq_base: u8,
+    pub read_reg_select: bool,
+    pub poll: bool,
+    pub special_mask: bool,
+    pub init_state: u8,
+    pub auto_eoi: bool,
+    pub rotate_on_auto_eoi: bool,
+    pub special_fully_nested_mode: bool,
+    pub init4: bool,
+    /// ICW1 SNGL (single PIC, no cascade).
+    pub single: bool,
+    pub elcr: u8,
+    pub elcr_mask: u8,
+}
+
+/// One 8254 counter, with KVM's `kvm_pit_channel_state` fields; its load time is given as
+/// time elapsed since (so it does not depend on a clock origin of the process that saved it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitChannelState {
+    /// Reload value; 0 is stored as 0x10000.
+    pub count: u32,
+    pub latched_count: u16,
+    pub count_latched: u8,
+    pub status_latched: bool,
+    pub status: u8,
+    pub read_state: u8,
+    pub write_state: u8,
+    pub write_latch: u8,
+    pub rw_mode: u8,
+    pub mode: u8,
+    pub bcd: bool,
+    pub gate: bool,
+    /// Nanoseconds since the count was loaded (or the gate restarted it).
+    pub elapsed_ns: u64,
+    /// Channel 0: nanoseconds until IRQ 0 is raised next.
+    pub irq_in_ns: Option<u64>,
+}
+
+/// The 8254 and port 0x61's speaker bit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitState {
+    pub channels: [PitChannelState; 3],
+    pub speaker: bool,
+}
+
+/// The IOAPIC: id, selected register, redirection table and input levels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoapicState {
+    pub id: u32,
+    pub ioregsel: u32,
+    /// One 64-bit entry per pin (24).
+    pub redirection: Vec<u64>,
+    /// Input levels, bit per pin.
+    pub levels: u32,
+}
+
+/// VM-wide interrupt controllers and timers (the LAPICs are per vCPU, in [`VcpuState`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IrqChipState {
+    /// Master, slave.
+    pub pic: [PicChipState; 2],
+    pub ioapic: IoapicState,
+    pub pit: PitState,
 }
 
 #[cfg(test)]

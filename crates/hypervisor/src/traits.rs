@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{CpuidEntry, FpuState, GuestMemory, LapicState, MsrEntry, Regs, Result, SpecialRegs, VcpuState};
+use crate::{
+    CpuidEntry, FpuState, GuestMemory, HypervisorError, IrqChipState, LapicState, MsrEntry, Regs, Result,
+    SpecialRegs, VcpuState,
+};
 
 /// Device access callbacks, called by the backend while it handles a guest access.
 ///
@@ -138,7 +141,19 @@ pub trait Vcpu: Send {
             fpu: self.fpu()?,
             msrs: self.msrs(msr_indices)?,
             lapic: Some(self.lapic()?),
+            ..Default::default()
         })
+    }
+
+    /// Everything a snapshot needs to put this vCPU back exactly: registers, FPU, every MSR
+    /// the backend keeps, LAPIC, TSC, run state and CPUID. The vCPU is not running.
+    fn save_state(&self) -> Result<VcpuState> {
+        Err(HypervisorError::Invalid("this backend cannot save vCPU state for a snapshot yet".into()))
+    }
+
+    /// Restores what [`Vcpu::save_state`] returned (possibly on another backend).
+    fn restore_state(&mut self, _state: &VcpuState) -> Result<()> {
+        Err(HypervisorError::Invalid("this backend cannot restore vCPU state from a snapshot yet".into()))
     }
 
     /// Restores state read by [`Vcpu::state`] or built by the machine model.
@@ -187,6 +202,14 @@ pub trait Vm: Send + Sync {
     fn register_ioevent(&self, fd: &EventFd, addr: IoEventAddress, datamatch: Option<u64>) -> Result<()>;
     /// Raises (edge) interrupt `gsi` whenever `fd` is written.
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
+    /// The VM-wide interrupt controllers and timers, for a snapshot (the VM is paused).
+    fn irqchip_state(&self) -> Result<IrqChipState> {
+        Err(HypervisorError::Invalid("this backend cannot save its interrupt controllers yet".into()))
+    }
+    /// Loads what [`Vm::irqchip_state`] returned, before any vCPU runs.
+    fn set_irqchip_state(&self, _state: &IrqChipState) -> Result<()> {
+        Err(HypervisorError::Invalid("this backend cannot restore its interrupt controllers yet".into()))
+    }
 }
 
 /// An execution backend (KVM, the software CPU).

@@ -4,13 +4,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::block::BlockState;
-use crate::net::NetState;
-use crate::rng::RngState;
-use crate::vsock::VsockState;
 use crate::{GuestMemory, Interrupt};
 
 /// Everything a device needs to start serving its queues.
@@ -56,15 +52,51 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving (joins the worker) and returns to the state before `activate`.
     fn reset(&mut self);
-    /// Plain serde state of the device (not of its in-flight queues).
-    fn state(&self) -> DeviceState;
+    /// Positions of the queues the active device serves, between two batches of its worker
+    /// (None while the device is not active).
+    fn queue_states(&self) -> Option<Vec<QueueState>>;
+    /// The device's own state for a snapshot: its `Persist::State` (see the device's
+    /// `persist.rs`), tagged with its kind so that a restore names a mismatch.
+    fn save_device(&self) -> SavedDevice;
 }
 
-/// Serializable state of one device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeviceState {
-    Block(BlockState),
-    Net(NetState),
-    Rng(RngState),
-    Vsock(VsockState),
+/// One device's state as a snapshot carries it; the VMM restores it with the `Persist` impl
+/// of the device its configuration names (no enum of every device here).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedDevice {
+    /// `virtio-blk`, `virtio-net`, `virtio-vsock`, `virtio-rng`.
+    pub kind: String,
+    pub state: serde_json::Value,
+}
+
+impl SavedDevice {
+    pub fn new(kind: &str, state: &impl Serialize) -> Self {
+        // Plain structs of strings and numbers: serializing them cannot fail.
+        SavedDevice {
+            kind: kind.into(),
+            state: serde_json::to_value(state).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// The state as `T`, if this is a `kind` device.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Result<T, RestoreError> {
+        if self.kind != kind {
+            return Err(RestoreError::Kind { expected: kind.into(), found: self.kind.clone() });
+        }
+        serde_json::from_value(self.state.clone())
+            .map_err(|e| RestoreError::Invalid(format!("{kind} state: {e}")))
+    }
+}
+
+/// Why a device cannot be restored from a snapshot (one line each).
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    #[error("the snapshot has a {found} device where the configuration has a {expected}")]
+    Kind { expected: String, found: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("{0}")]
+    Backend(String),
 }

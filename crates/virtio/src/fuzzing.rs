@@ -13,7 +13,7 @@ use vmr_devices::BusDevice;
 use vmr_hypervisor::vm_memory::{Bytes, GuestAddress};
 
 use crate::block::request::Executor;
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{ActivateContext, ActivateError, SavedDevice, VirtioDevice};
 use crate::queue::Drained;
 use crate::rng::RngState;
 use crate::{features, GuestMemory, Interrupt, IrqTrigger, MmioTransport};
@@ -211,8 +211,11 @@ impl VirtioDevice for SyncRng {
         Ok(())
     }
     fn reset(&mut self) {}
-    fn state(&self) -> DeviceState {
-        DeviceState::Rng(RngState::default())
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        None
+    }
+    fn save_device(&self) -> SavedDevice {
+        SavedDevice::new("virtio-rng", &RngState::default())
     }
 }
 

@@ -66,6 +66,11 @@ impl Interrupt {
         self.needs_reset.load(Ordering::SeqCst)
     }
 
+    /// Loads a saved InterruptStatus (snapshot restore; only the two defined bits).
+    pub(crate) fn restore_status(&self, bits: u32) {
+        self.status.store(bits & (INT_VRING | INT_CONFIG), Ordering::SeqCst);
+    }
+
     /// The InterruptStatus register.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)

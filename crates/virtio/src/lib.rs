@@ -76,9 +76,12 @@ mod testutil;
 pub mod vsock;
 mod worker;
 
-pub use device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+pub use device::{ActivateContext, ActivateError, RestoreError, SavedDevice, VirtioDevice};
 pub use interrupt::{Interrupt, IrqTrigger};
-pub use mmio::{cmdline_fragment, MmioState, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+pub use mmio::{
+    cmdline_fragment, MmioHost, MmioState, MmioTransport, QueueConfigState, MMIO_WINDOW_SIZE,
+    QUEUE_NOTIFY_OFFSET,
+};
 
 /// Disk images (raw, qcow2), re-exported for `vmr image create` and custom disks.
 pub use vmr_block;

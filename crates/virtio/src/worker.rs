@@ -2,7 +2,10 @@
 
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use virtio_queue::QueueState;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -21,12 +24,24 @@ pub(crate) trait QueueHandler: Send + 'static {
     fn process_fd(&mut self, _index: usize) -> bool {
         false
     }
+    /// Positions of the handler's queues (ring addresses, next available and used index).
+    fn queue_states(&self) -> Vec<QueueState>;
+}
+
+/// The queue positions a worker published after its last batch. The worker holds the lock for
+/// the whole batch, so a reader (a snapshot) waits for a batch in progress and then sees the
+/// positions every completion so far left, which is what the guest's rings hold.
+pub(crate) type Published = Arc<Mutex<Vec<QueueState>>>;
+
+fn lock(p: &Published) -> std::sync::MutexGuard<'_, Vec<QueueState>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A running worker thread. Dropping it stops and joins the thread.
 pub(crate) struct Worker<H: QueueHandler> {
     stop: EventFd,
     handle: Option<JoinHandle<H>>,
+    published: Published,
 }
 
 impl<H: QueueHandler> Worker<H> {
@@ -67,11 +82,20 @@ impl<H: QueueHandler> Worker<H> {
         }
         epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_TOKEN))?;
         let thread_stop = stop.try_clone()?;
+        let published: Published = Arc::new(Mutex::new(handler.queue_states()));
+        let thread_published = published.clone();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             vmr_hypervisor::thread_hooks::thread_started();
-            run(epoll, queue_evts, thread_stop, handler, &gate)
+            let ctx = RunContext { epoll, queue_evts, stop: thread_stop, published: thread_published };
+            run(ctx, handler, &gate)
         })?;
-        Ok(Worker { stop, handle: Some(handle) })
+        Ok(Worker { stop, handle: Some(handle), published })
+    }
+
+    /// The queue positions between batches (waits for a batch in progress to end). Called
+    /// while the VM is paused, so no notification starts another batch meanwhile.
+    pub(crate) fn queue_states(&self) -> Vec<QueueState> {
+        lock(&self.published).clone()
     }
 
     /// Stops the thread and returns its handler (None if the thread panicked).
@@ -92,20 +116,31 @@ impl<H: QueueHandler> Drop for Worker<H> {
     }
 }
 
-fn run<H: QueueHandler>(
-    epoll: Epoll,
+struct RunContext {
+    epoll: vmm_sys_util::epoll::Epoll,
     queue_evts: Vec<EventFd>,
     stop: EventFd,
-    mut handler: H,
-    gate: &WorkerGate,
-) -> H {
+    published: Published,
+}
+
+/// Runs one batch of token `t` (a queue, then the extra fds) with the published positions
+/// locked, and publishes the positions it leaves.
+fn batch<H: QueueHandler>(handler: &mut H, nq: usize, t: usize, published: &Published) -> bool {
+    let mut positions = lock(published);
+    let again = if t < nq { handler.process_queue(t) } else { handler.process_fd(t - nq) };
+    *positions = handler.queue_states();
+    again
+}
+
+fn run<H: QueueHandler>(ctx: RunContext, mut handler: H, gate: &WorkerGate) -> H {
+    let RunContext { epoll, queue_evts, stop, published } = ctx;
     let nq = queue_evts.len();
     if gate.park(&stop) {
         return handler;
     }
     // Buffers the driver made available before activation are served without a notification.
     // `again[t]`: token t (queue, then extra fd) had work left after its budget.
-    let mut again: Vec<bool> = (0..nq).map(|i| handler.process_queue(i)).collect();
+    let mut again: Vec<bool> = (0..nq).map(|i| batch(&mut handler, nq, i, &published)).collect();
     let mut events = vec![EpollEvent::default(); 16];
     loop {
         // Poll without sleeping while work is left, so a stop request is still seen.
@@ -133,18 +168,15 @@ fn run<H: QueueHandler>(
                 again.resize(t + 1, false);
                 handled.resize(t + 1, false);
             }
-            again[t] = match queue_evts.get(t) {
-                Some(evt) => {
-                    let _ = evt.read();
-                    handler.process_queue(t)
-                }
-                None => handler.process_fd(t - nq),
-            };
+            if let Some(evt) = queue_evts.get(t) {
+                let _ = evt.read();
+            }
+            again[t] = batch(&mut handler, nq, t, &published);
             handled[t] = true;
         }
         for t in 0..again.len() {
             if again[t] && !handled[t] {
-                again[t] = if t < nq { handler.process_queue(t) } else { handler.process_fd(t - nq) };
+                again[t] = batch(&mut handler, nq, t, &published);
             }
         }
     }
@@ -162,6 +194,9 @@ mod tests {
             let _ = self.0.send(index);
             false
         }
+        fn queue_states(&self) -> Vec<QueueState> {
+            vec![QueueState { next_avail: self.1 as u16, ..Default::default() }]
+        }
     }
 
     #[test]
@@ -175,6 +210,12 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), 1);
         kick.write(1).unwrap();
         assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(), 1);
+        // The positions after the third batch are published (a snapshot reads them).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while worker.queue_states()[0].next_avail != 3 {
+            assert!(std::time::Instant::now() < deadline, "positions not published");
+            std::thread::yield_now();
+        }
         let handler = worker.stop().unwrap();
         assert_eq!(handler.1, 3);
     }
@@ -184,6 +225,9 @@ mod tests {
         fn process_queue(&mut self, _index: usize) -> bool {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             true // always more work, like a guest that never stops feeding the queue
+        }
+        fn queue_states(&self) -> Vec<QueueState> {
+            Vec::new()
         }
     }
 

@@ -7,6 +7,7 @@
 //! 5, and resets by writing the FADT's RESET_VALUE to the reset register.
 
 mod cf9;
+mod persist;
 
 pub use cf9::{ResetControl, RESET_CONTROL_PORT};
 

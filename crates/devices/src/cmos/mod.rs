@@ -6,6 +6,8 @@
 //! and raises no interrupts. Bytes 0x15-0x18, 0x30-0x31, 0x34-0x35 and 0x5b-0x5d report the
 //! memory size as firmware does. Bit 7 of the index (NMI disable) is ignored.
 
+mod persist;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};

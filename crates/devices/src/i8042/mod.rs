@@ -6,6 +6,9 @@
 //! the PIO bus at [`I8042_PORT`] with length [`I8042_PORT_LEN`]: offset 0 is the data port
 //! (0x60), offset 4 the status/command port (0x64).
 
+mod persist;
+pub use persist::I8042Host;
+
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};

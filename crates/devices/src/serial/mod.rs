@@ -8,7 +8,9 @@
 //! discarding reads of the driver's start-up. Interrupts are edge pulses on the ISA line
 //! (IRQ 4 for COM1).
 
+mod persist;
 mod uart;
+pub use persist::SerialHost;
 
 use std::collections::VecDeque;
 use std::io::Write;

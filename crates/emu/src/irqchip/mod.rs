@@ -18,6 +18,7 @@
 pub mod ioapic;
 pub mod lapic;
 pub mod ops;
+pub mod persist;
 pub mod pic;
 pub mod pit;
 pub mod service;

@@ -5,6 +5,7 @@
 //! then fdatasync), so a write the guest flushed survives a SIGKILL of the VMM.
 
 mod config;
+mod persist;
 pub(crate) mod request;
 mod swap;
 #[cfg(test)]
@@ -20,9 +21,10 @@ use virtio_queue::{DescriptorChain, Queue};
 use vmr_block::{BlockError, DiskImage, OpenOptions, SECTOR_SIZE};
 
 pub use config::{DiskConfig, SERIAL_MAX_LEN};
+pub use persist::BlockHost;
 pub use swap::DiskSwap;
 
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{ActivateContext, ActivateError, SavedDevice, VirtioDevice};
 use crate::metrics::BlockMetrics;
 use crate::queue::Drained;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterHandle};
@@ -112,6 +114,10 @@ impl QueueHandler for BlockHandler {
     fn process_fd(&mut self, _index: usize) -> bool {
         self.limiter.timer_fired();
         self.process_queue(0)
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        vec![self.queue.state()]
     }
 }
 
@@ -295,13 +301,12 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
     }
 
-    fn state(&self) -> DeviceState {
-        DeviceState::Block(BlockState {
-            path: self.path.clone(),
-            read_only: self.read_only,
-            serial: String::from_utf8_lossy(&self.serial).trim_end_matches('\0').to_owned(),
-            capacity_sectors: self.swap.capacity_sectors(),
-            acked_features: self.acked_features,
-        })
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.worker.as_ref().map(|w| w.queue_states())
+    }
+
+    fn save_device(&self) -> SavedDevice {
+        use vmr_hypervisor::Persist;
+        SavedDevice::new(persist::KIND, &self.save())
     }
 }

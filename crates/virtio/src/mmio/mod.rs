@@ -18,7 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 use vmr_devices::BusDevice;
 
-use crate::device::{ActivateContext, DeviceState, VirtioDevice};
+use crate::device::{ActivateContext, SavedDevice, VirtioDevice};
 use crate::{features, status, GuestMemory, Interrupt};
 
 /// Size of the register window of one device.
@@ -46,11 +46,17 @@ pub struct QueueConfigState {
     pub desc_table: u64,
     pub avail_ring: u64,
     pub used_ring: u64,
+    /// Where the device goes on in the available ring (free-running, as in the ring).
+    #[serde(default)]
+    pub next_avail: u16,
+    /// Where the device writes its next used entry.
+    #[serde(default)]
+    pub next_used: u16,
 }
 
-/// Serializable transport state (register file). Queue positions of an activated device live
-/// in its worker and are not part of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Serializable transport state: the register file, each queue's configuration and, for an
+/// activated device, the positions its worker reached, and the device's own state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MmioState {
     pub device_type: u32,
     pub status: u32,
@@ -62,7 +68,7 @@ pub struct MmioState {
     pub config_generation: u32,
     pub activated: bool,
     pub queues: Vec<QueueConfigState>,
-    pub device: DeviceState,
+    pub device: SavedDevice,
 }
 
 /// One virtio device behind a virtio-mmio register window.
@@ -148,6 +154,7 @@ impl MmioTransport {
         self.status | broken
     }
 
+    /// The state a snapshot stores; see `persist.rs`.
     pub fn state(&self) -> MmioState {
         MmioState {
             device_type: self.device.device_type(),
@@ -159,19 +166,8 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             config_generation: self.config_generation,
             activated: self.activated,
-            queues: self
-                .queues
-                .iter()
-                .map(|q| QueueConfigState {
-                    max_size: q.max_size(),
-                    size: q.size(),
-                    ready: q.ready(),
-                    desc_table: q.desc_table(),
-                    avail_ring: q.avail_ring(),
-                    used_ring: q.used_ring(),
-                })
-                .collect(),
-            device: self.device.state(),
+            queues: self.queue_config_states(),
+            device: self.device.save_device(),
         }
     }
 
@@ -425,5 +421,8 @@ impl Drop for MmioTransport {
     }
 }
 
+mod persist;
 #[cfg(test)]
 mod tests;
+
+pub use persist::MmioHost;

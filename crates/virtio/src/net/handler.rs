@@ -208,6 +208,10 @@ impl NetHandler {
 }
 
 impl QueueHandler for NetHandler {
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        vec![self.rx.state(), self.tx.state()]
+    }
+
     fn process_queue(&mut self, index: usize) -> bool {
         match index {
             _ if self.broken => false,

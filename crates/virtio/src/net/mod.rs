@@ -13,6 +13,7 @@
 
 mod config;
 mod handler;
+mod persist;
 mod tap;
 #[cfg(test)]
 mod tests;
@@ -25,9 +26,10 @@ use thiserror::Error;
 use vmm_sys_util::epoll::EventSet;
 
 pub use config::NetConfig;
+pub use persist::NetHost;
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{ActivateContext, ActivateError, SavedDevice, VirtioDevice};
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterHandle};
 use crate::worker::Worker;
 use crate::{device_type, features as common};
@@ -216,11 +218,12 @@ impl VirtioDevice for Net {
         self.acked_features = 0;
     }
 
-    fn state(&self) -> DeviceState {
-        DeviceState::Net(NetState {
-            tap: self.tap_name.clone(),
-            mac: self.mac,
-            acked_features: self.acked_features,
-        })
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.worker.as_ref().map(|w| w.queue_states())
+    }
+
+    fn save_device(&self) -> SavedDevice {
+        use vmr_hypervisor::Persist;
+        SavedDevice::new(persist::KIND, &self.save())
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue, Writer};
 
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{ActivateContext, ActivateError, SavedDevice, VirtioDevice};
 use crate::queue::Drained;
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features, GuestMemory, Interrupt};
@@ -59,6 +59,10 @@ impl RngHandler {
 }
 
 impl QueueHandler for RngHandler {
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        vec![self.queue.state()]
+    }
+
     fn process_queue(&mut self, _index: usize) -> bool {
         if self.broken {
             return false;
@@ -144,10 +148,16 @@ impl VirtioDevice for Rng {
         self.acked_features = 0;
     }
 
-    fn state(&self) -> DeviceState {
-        DeviceState::Rng(RngState { acked_features: self.acked_features })
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.worker.as_ref().map(|w| w.queue_states())
+    }
+
+    fn save_device(&self) -> SavedDevice {
+        use vmr_hypervisor::Persist;
+        SavedDevice::new(persist::KIND, &self.save())
     }
 }
 
+mod persist;
 #[cfg(test)]
 mod tests;

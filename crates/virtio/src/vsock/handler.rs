@@ -163,6 +163,10 @@ impl VsockHandler {
 }
 
 impl QueueHandler for VsockHandler {
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        vec![self.rx.state(), self.tx.state(), self._event.state()]
+    }
+
     fn process_queue(&mut self, _index: usize) -> bool {
         self.run(false)
     }

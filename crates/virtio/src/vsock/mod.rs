@@ -24,6 +24,7 @@ mod conn;
 pub(crate) mod handler;
 pub(crate) mod muxer;
 pub mod packet;
+mod persist;
 #[cfg(test)]
 mod tests;
 
@@ -38,8 +39,9 @@ use vmm_sys_util::epoll::EventSet;
 pub use config::VsockConfig;
 pub use conn::{BUF_ALLOC, TO_GUEST_CAP};
 pub use muxer::{CONNECT_TIMEOUT, MAX_CONNECTIONS, MAX_PAYLOAD, MAX_PENDING_CONTROL};
+pub use persist::VsockHost;
 
-use crate::device::{ActivateContext, ActivateError, DeviceState, VirtioDevice};
+use crate::device::{ActivateContext, ActivateError, SavedDevice, VirtioDevice};
 use crate::worker::Worker;
 use crate::{device_type, features};
 use handler::VsockHandler;
@@ -194,11 +196,12 @@ impl VirtioDevice for Vsock {
         self.acked_features = 0;
     }
 
-    fn state(&self) -> DeviceState {
-        DeviceState::Vsock(VsockState {
-            cid: self.cid,
-            socket: self.socket_path.clone(),
-            acked_features: self.acked_features,
-        })
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.worker.as_ref().map(|w| w.queue_states())
+    }
+
+    fn save_device(&self) -> SavedDevice {
+        use vmr_hypervisor::Persist;
+        SavedDevice::new(persist::KIND, &self.save())
     }
 }

@@ -29,14 +29,18 @@ use crate::metrics::DeviceMetrics;
 use vmm_sys_util::eventfd::EventFd;
 use vmr_arch::{layout, MmioDeviceInfo};
 use vmr_devices::{Bus, BusError};
+use vmr_hypervisor::Persist;
 use vmr_hypervisor::{GuestMemory, HypervisorError, IoEventAddress, Vm};
-use vmr_virtio::block::{Block, BlockDeviceError, DiskSwap};
-use vmr_virtio::net::{Net, NetDeviceError};
+use vmr_virtio::block::{Block, BlockDeviceError, BlockHost, DiskSwap};
+use vmr_virtio::net::{Net, NetDeviceError, NetHost};
 use vmr_virtio::pause::WorkerGate;
 use vmr_virtio::rate_limiter::RateLimiterHandle;
 use vmr_virtio::rng::Rng;
-use vmr_virtio::vsock::{Vsock, VsockError};
-use vmr_virtio::{Interrupt, IrqTrigger, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use vmr_virtio::vsock::{Vsock, VsockError, VsockHost};
+use vmr_virtio::{
+    Interrupt, IrqTrigger, MmioHost, MmioState, MmioTransport, RestoreError, VirtioDevice, MMIO_WINDOW_SIZE,
+    QUEUE_NOTIFY_OFFSET,
+};
 
 /// Why the virtio devices could not be set up (each one line, before the guest starts).
 #[derive(Debug, Error)]
@@ -62,6 +66,14 @@ pub enum DeviceError {
         #[source]
         source: HypervisorError,
     },
+    #[error("cannot restore {name}: {source}")]
+    Restore {
+        name: String,
+        #[source]
+        source: vmr_virtio::RestoreError,
+    },
+    #[error("the snapshot has {saved} virtio devices, the configuration {configured}")]
+    SavedCount { saved: usize, configured: usize },
     #[error("cannot place {name} on the MMIO bus: {source}")]
     Bus {
         name: String,
@@ -113,6 +125,37 @@ pub enum DeviceLimiters {
 /// then network cards, vsock and rng: the order of their MMIO slots. Each device's counters
 /// are registered with the process's metrics as `disk<i>`, `net<i>`, `vsock0`.
 pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceError> {
+    open_or_restore(config, None)
+}
+
+/// Like [`open_devices`], each device restored from its saved state (in the same slot order)
+/// with its `Persist` impl: the configuration gives the host side (image path, tap, socket).
+pub fn restore_devices(config: &VirtioConfig, saved: &[MmioState]) -> Result<Vec<OpenDevice>, DeviceError> {
+    if saved.len() != config.count() {
+        return Err(DeviceError::SavedCount { saved: saved.len(), configured: config.count() });
+    }
+    open_or_restore(config, Some(saved))
+}
+
+/// Device `k`'s constructor: `new` without a snapshot, `Persist::restore` with one.
+fn make<D: Persist<Error = RestoreError>>(
+    saved: Option<&[MmioState]>,
+    k: usize,
+    kind: &str,
+    name: impl Fn() -> String,
+    host: D::Host,
+    new: impl FnOnce(D::Host) -> Result<D, DeviceError>,
+) -> Result<D, DeviceError> {
+    let Some(s) = saved.and_then(|s| s.get(k)) else { return new(host) };
+    let restore_err = |source| DeviceError::Restore { name: name(), source };
+    let state = s.device.decode::<D::State>(kind).map_err(restore_err)?;
+    D::restore(host, &state).map_err(restore_err)
+}
+
+fn open_or_restore(
+    config: &VirtioConfig,
+    saved: Option<&[MmioState]>,
+) -> Result<Vec<OpenDevice>, DeviceError> {
     let max = layout::VIRTIO_MMIO_MAX_DEVICES;
     if config.count() > max {
         return Err(DeviceError::TooMany { count: config.count(), max });
@@ -120,7 +163,11 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
     let mut devices = Vec::with_capacity(config.count());
     let registry = crate::metrics::metrics();
     for (i, disk) in config.disks.iter().enumerate() {
-        let device = Block::new(disk, i)?;
+        let host = BlockHost { config: disk.clone(), index: i };
+        let name = || format!("disk{i} ({})", disk.path.display());
+        let device: Block = make(saved, devices.len(), "virtio-blk", name, host, |h: BlockHost| {
+            Ok(Block::new(&h.config, h.index)?)
+        })?;
         registry.register_device(&format!("disk{i}"), DeviceMetrics::Block(device.metrics()));
         devices.push(OpenDevice {
             name: format!("disk{i} ({})", disk.path.display()),
@@ -130,7 +177,11 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
         });
     }
     for (i, net) in config.nets.iter().enumerate() {
-        let device = Net::new(net, i)?;
+        let host = NetHost { config: net.clone(), index: i };
+        let name = || format!("net{i} ({})", net.tap);
+        let device: Net = make(saved, devices.len(), "virtio-net", name, host, |h: NetHost| {
+            Ok(Net::new(&h.config, h.index)?)
+        })?;
         registry.register_device(&format!("net{i}"), DeviceMetrics::Net(device.metrics()));
         devices.push(OpenDevice {
             name: format!("net{i} ({})", net.tap),
@@ -143,7 +194,11 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
         });
     }
     if let Some(vsock) = &config.vsock {
-        let device = Vsock::new(vsock, 0)?;
+        let host = VsockHost { config: vsock.clone(), index: 0 };
+        let name = || format!("vsock0 (cid {})", vsock.cid);
+        let device: Vsock = make(saved, devices.len(), "virtio-vsock", name, host, |h: VsockHost| {
+            Ok(Vsock::new(&h.config, h.index)?)
+        })?;
         registry.register_device("vsock0", DeviceMetrics::Vsock(device.metrics()));
         devices.push(OpenDevice {
             name: format!("vsock0 (cid {})", vsock.cid),
@@ -155,7 +210,14 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
     if config.rng {
         devices.push(OpenDevice {
             name: "rng0".into(),
-            device: Box::new(Rng::new(0)),
+            device: Box::new(make(
+                saved,
+                devices.len(),
+                "virtio-rng",
+                || "rng0".into(),
+                0,
+                |i: usize| Ok(Rng::new(i)),
+            )?),
             disk_swap: None,
             limiters: None,
         });
@@ -166,29 +228,64 @@ pub fn open_devices(config: &VirtioConfig) -> Result<Vec<OpenDevice>, DeviceErro
 /// Puts each device behind a transport in the next virtio-mmio slot: bus window, one ioeventfd
 /// per queue on QueueNotify (datamatch = queue index), one irqfd on the slot's GSI. Returns the
 /// slots to describe in the DSDT.
+/// The transports, in slot order (a snapshot reads their state).
+pub type Transports = Vec<Arc<Mutex<MmioTransport>>>;
+
 pub fn attach_devices(
     vm: &dyn Vm,
     mem: &GuestMemory,
     mmio: &Bus,
     devices: Vec<OpenDevice>,
     gate: &Arc<WorkerGate>,
-) -> Result<Vec<MmioDeviceInfo>, DeviceError> {
-    let slots = vmr_arch::virtio_mmio_slots(devices.len())
-        .map_err(|_| DeviceError::TooMany { count: devices.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
-    for (dev, slot) in devices.into_iter().zip(&slots) {
-        attach_one(vm, mem, mmio, dev, slot, gate)?;
-    }
-    Ok(slots)
+) -> Result<Transports, DeviceError> {
+    attach_with_states(vm, mem, mmio, devices, gate, None)
 }
 
-fn attach_one(
+/// Like [`attach_devices`], each transport restored from `saved` (same order as `devices`):
+/// register file, queues, and activated devices serving again from their saved positions.
+pub fn attach_restored(
     vm: &dyn Vm,
     mem: &GuestMemory,
     mmio: &Bus,
-    dev: OpenDevice,
-    slot: &MmioDeviceInfo,
+    devices: Vec<OpenDevice>,
     gate: &Arc<WorkerGate>,
-) -> Result<(), DeviceError> {
+    saved: &[MmioState],
+) -> Result<Transports, DeviceError> {
+    attach_with_states(vm, mem, mmio, devices, gate, Some(saved))
+}
+
+fn attach_with_states(
+    vm: &dyn Vm,
+    mem: &GuestMemory,
+    mmio: &Bus,
+    devices: Vec<OpenDevice>,
+    gate: &Arc<WorkerGate>,
+    saved: Option<&[MmioState]>,
+) -> Result<Transports, DeviceError> {
+    let slots = vmr_arch::virtio_mmio_slots(devices.len())
+        .map_err(|_| DeviceError::TooMany { count: devices.len(), max: layout::VIRTIO_MMIO_MAX_DEVICES })?;
+    let mut transports = Vec::with_capacity(slots.len());
+    for (k, (dev, slot)) in devices.into_iter().zip(&slots).enumerate() {
+        let place = Placement { vm, mem, mmio, slot, gate };
+        transports.push(attach_one(&place, dev, saved.and_then(|s| s.get(k)))?);
+    }
+    Ok(transports)
+}
+
+struct Placement<'a> {
+    vm: &'a dyn Vm,
+    mem: &'a GuestMemory,
+    mmio: &'a Bus,
+    slot: &'a MmioDeviceInfo,
+    gate: &'a Arc<WorkerGate>,
+}
+
+fn attach_one(
+    place: &Placement<'_>,
+    dev: OpenDevice,
+    saved: Option<&MmioState>,
+) -> Result<Arc<Mutex<MmioTransport>>, DeviceError> {
+    let Placement { vm, mem, mmio, slot, gate } = *place;
     let OpenDevice { name, device, .. } = dev;
     let transport_err = |source| DeviceError::Transport { name: name.clone(), source };
     let register_err =
@@ -196,17 +293,28 @@ fn attach_one(
     let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(transport_err)?;
     vm.register_irqfd(&irqfd, slot.irq).map_err(|e| register_err("interrupt (irqfd)", e))?;
     let interrupt = Arc::new(Interrupt::new(IrqTrigger::EventFd(irqfd)));
-    let mut transport = MmioTransport::new(mem.clone(), device, interrupt).map_err(transport_err)?;
-    transport.set_pause_gate(gate.clone());
+    let transport = match saved {
+        None => {
+            let mut t = MmioTransport::new(mem.clone(), device, interrupt).map_err(transport_err)?;
+            t.set_pause_gate(gate.clone());
+            t
+        }
+        Some(state) => {
+            let host = MmioHost { mem: mem.clone(), device, interrupt, gate: gate.clone() };
+            MmioTransport::restore(host, state)
+                .map_err(|source| DeviceError::Restore { name: name.clone(), source })?
+        }
+    };
     let notify = IoEventAddress::Mmio(slot.addr.0 + QUEUE_NOTIFY_OFFSET);
     for (queue, evt) in transport.queue_evts().iter().enumerate() {
         vm.register_ioevent(evt, notify, Some(queue as u64))
             .map_err(|e| register_err("queue notification (ioeventfd)", e))?;
     }
-    mmio.insert(Arc::new(Mutex::new(transport)), slot.addr.0, MMIO_WINDOW_SIZE)
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(transport.clone(), slot.addr.0, MMIO_WINDOW_SIZE)
         .map_err(|source| DeviceError::Bus { name: name.clone(), source })?;
     tracing::info!("virtio-mmio: {name} at {:#x}, irq {}", slot.addr.0, slot.irq);
-    Ok(())
+    Ok(transport)
 }
 
 #[cfg(test)]
