@@ -78,6 +78,31 @@ enum Command {
     Daemon(crate::manage::DaemonArgs),
     #[command(flatten)]
     Manage(crate::manage::Verb),
+    /// Restore a VM from a snapshot (`vmr ctl snapshot create`, `PUT /snapshot/create`) and
+    /// run it with its serial console on this terminal. Exit codes as for `vmr run`.
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The snapshot's state file.
+    #[arg(long, value_name = "FILE")]
+    snapshot: PathBuf,
+    /// The snapshot's memory file (mapped privately: the file is never written).
+    #[arg(long, value_name = "FILE")]
+    mem: PathBuf,
+    /// Run the guest at once; otherwise it waits paused for `vmr ctl resume` (needs --api-sock).
+    #[arg(long)]
+    resume: bool,
+    /// Serve Firecracker's API for the restored VM on a Unix socket (it must not exist).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Execution backend: auto, kvm or emu (KVM cannot restore snapshots yet).
+    #[arg(long, default_value = "auto", value_name = "BACKEND")]
+    accel: Accel,
+    /// Seccomp filters on every vmr thread: on (default) or off.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    seccomp: String,
 }
 
 #[derive(Subcommand)]
@@ -197,6 +222,7 @@ pub fn main() -> i32 {
         Some(Command::Ctl(args)) => crate::ctl::run(args),
         Some(Command::Daemon(args)) => crate::manage::daemon(args),
         Some(Command::Manage(verb)) => crate::manage::run(verb, cli.connect),
+        Some(Command::Restore(args)) => restore(args),
         None => service(cli.service),
     };
     match result {
@@ -248,6 +274,30 @@ fn run(args: RunArgs) -> Result<i32, Box<dyn Error>> {
     if args.metrics_path.is_some() {
         vmr_vmm::metrics::metrics().flush()?;
     }
+    report_end(&reason);
+    Ok(reason.exit_code())
+}
+
+/// `vmr restore`: a VMM whose first request is the snapshot load.
+fn restore(args: RestoreArgs) -> Result<i32, Box<dyn Error>> {
+    if !args.resume && args.api_sock.is_none() {
+        return Err("without --resume the restored VM waits paused: give --api-sock to resume it".into());
+    }
+    vmr_vmm::seccomp::set_enabled(args.seccomp == "on");
+    vmr_vmm::confine()?;
+    let mut vmm = Vmm::new(args.accel, None)?;
+    let load = vmr_vmm::api::schema::SnapshotLoadParams {
+        snapshot_path: args.snapshot.display().to_string(),
+        mem_file_path: Some(args.mem.display().to_string()),
+        resume_vm: args.resume,
+        ..Default::default()
+    };
+    vmm.handle_request(vmr_vmm::api::VmmRequest::LoadSnapshot(load))?;
+    let _server = match &args.api_sock {
+        Some(sock) => Some(ApiServer::start(sock, vmm.handle())?),
+        None => None,
+    };
+    let reason = vmm.run()?;
     report_end(&reason);
     Ok(reason.exit_code())
 }

@@ -40,6 +40,38 @@ enum CtlAction {
     Counters,
     /// Give drive ID a new backing file; the guest sees the new size.
     SetDrive { id: String, file: PathBuf },
+    /// Snapshots: create one of a paused VM, or load one into a vmr not started yet.
+    #[command(subcommand)]
+    Snapshot(SnapshotAction),
+}
+
+#[derive(Subcommand)]
+enum SnapshotAction {
+    /// Write the state and memory files of the paused VM (`PUT /snapshot/create`).
+    Create {
+        /// The state file to write.
+        #[arg(long, value_name = "FILE")]
+        snapshot: PathBuf,
+        /// The memory file to write (sparse: pages never written take no disk space).
+        #[arg(long, value_name = "FILE")]
+        mem: PathBuf,
+        /// Full (default) or Diff.
+        #[arg(long = "type", default_value = "Full", value_name = "Full|Diff", value_parser = ["Full", "Diff"])]
+        snapshot_type: String,
+    },
+    /// Restore a snapshot into a vmr started with --api-sock and not configured yet
+    /// (`PUT /snapshot/load`).
+    Load {
+        /// The state file.
+        #[arg(long, value_name = "FILE")]
+        snapshot: PathBuf,
+        /// The memory file (mapped privately: the file is never written).
+        #[arg(long, value_name = "FILE")]
+        mem: PathBuf,
+        /// Run the guest at once (otherwise it waits paused for `vmr ctl resume`).
+        #[arg(long)]
+        resume: bool,
+    },
 }
 
 /// Runs one `vmr ctl` command; exit code 0 when the API accepted it.
@@ -63,6 +95,23 @@ pub fn run(args: CtlArgs) -> Result<i32, Box<dyn Error>> {
         CtlAction::SetDrive { id, file } => {
             let body = serde_json::json!({ "drive_id": id, "path_on_host": file.display().to_string() });
             (send("PATCH", &format!("/drives/{id}"), Some(body.to_string()))?, "drive updated")
+        }
+        CtlAction::Snapshot(SnapshotAction::Create { snapshot, mem, snapshot_type }) => {
+            let body = serde_json::json!({
+                "snapshot_path": snapshot.display().to_string(),
+                "mem_file_path": mem.display().to_string(),
+                "snapshot_type": snapshot_type,
+            });
+            (send("PUT", "/snapshot/create", Some(body.to_string()))?, "snapshot created")
+        }
+        CtlAction::Snapshot(SnapshotAction::Load { snapshot, mem, resume }) => {
+            let body = serde_json::json!({
+                "snapshot_path": snapshot.display().to_string(),
+                "mem_backend": { "backend_type": "File", "backend_path": mem.display().to_string() },
+                "resume_vm": resume,
+            });
+            let done = if *resume { "snapshot loaded, VM running" } else { "snapshot loaded, VM paused" };
+            (send("PUT", "/snapshot/load", Some(body.to_string()))?, done)
         }
     };
     finish(&args, &reply, done)

@@ -66,6 +66,16 @@ impl Interrupt {
         self.needs_reset.load(Ordering::SeqCst)
     }
 
+    /// Raises the interrupt again if a bit is pending (after a restore: the interrupt
+    /// controller may have been saved before it took the last edge; a spurious one is harmless,
+    /// the driver finds nothing new and returns).
+    pub fn resignal(&self) {
+        let bits = self.status();
+        if bits != 0 {
+            self.raise(bits);
+        }
+    }
+
     /// Loads a saved InterruptStatus (snapshot restore; only the two defined bits).
     pub(crate) fn restore_status(&self, bits: u32) {
         self.status.store(bits & (INT_VRING | INT_CONFIG), Ordering::SeqCst);

@@ -124,9 +124,20 @@ struct RunContext {
 }
 
 /// Runs one batch of token `t` (a queue, then the extra fds) with the published positions
-/// locked, and publishes the positions it leaves.
-fn batch<H: QueueHandler>(handler: &mut H, nq: usize, t: usize, published: &Published) -> bool {
+/// locked, and publishes the positions it leaves. None starts once the VM is paused (the work
+/// is left for after the resume): a snapshot that waited for the batch in progress then reads
+/// guest memory no device writes.
+fn batch<H: QueueHandler>(
+    handler: &mut H,
+    nq: usize,
+    t: usize,
+    published: &Published,
+    gate: &WorkerGate,
+) -> bool {
     let mut positions = lock(published);
+    if gate.is_paused() {
+        return true;
+    }
     let again = if t < nq { handler.process_queue(t) } else { handler.process_fd(t - nq) };
     *positions = handler.queue_states();
     again
@@ -140,7 +151,7 @@ fn run<H: QueueHandler>(ctx: RunContext, mut handler: H, gate: &WorkerGate) -> H
     }
     // Buffers the driver made available before activation are served without a notification.
     // `again[t]`: token t (queue, then extra fd) had work left after its budget.
-    let mut again: Vec<bool> = (0..nq).map(|i| batch(&mut handler, nq, i, &published)).collect();
+    let mut again: Vec<bool> = (0..nq).map(|i| batch(&mut handler, nq, i, &published, gate)).collect();
     let mut events = vec![EpollEvent::default(); 16];
     loop {
         // Poll without sleeping while work is left, so a stop request is still seen.
@@ -171,12 +182,12 @@ fn run<H: QueueHandler>(ctx: RunContext, mut handler: H, gate: &WorkerGate) -> H
             if let Some(evt) = queue_evts.get(t) {
                 let _ = evt.read();
             }
-            again[t] = batch(&mut handler, nq, t, &published);
+            again[t] = batch(&mut handler, nq, t, &published, gate);
             handled[t] = true;
         }
         for t in 0..again.len() {
             if again[t] && !handled[t] {
-                again[t] = batch(&mut handler, nq, t, &published);
+                again[t] = batch(&mut handler, nq, t, &published, gate);
             }
         }
     }

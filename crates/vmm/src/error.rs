@@ -39,6 +39,8 @@ pub enum VmmError {
     NoBackend,
     #[error("{0}")]
     Api(String),
+    #[error("{0}")]
+    Snapshot(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }

@@ -16,6 +16,7 @@ mod machine;
 pub mod metrics;
 mod pause;
 pub mod seccomp;
+pub mod snapshot;
 pub mod stats;
 mod vcpu;
 mod vmm;

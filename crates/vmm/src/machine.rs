@@ -153,10 +153,13 @@ pub struct Machine {
     handles: DeviceHandles,
 }
 
-/// The legacy devices the VMM itself acts on after boot.
+/// The legacy devices the VMM itself acts on after boot (and saves in a snapshot).
 #[derive(Clone)]
-struct LegacyDevices {
-    i8042: Arc<Mutex<vmr_devices::i8042::I8042>>,
+pub(crate) struct LegacyDevices {
+    pub(crate) serial: Arc<Mutex<vmr_devices::serial::Serial>>,
+    pub(crate) i8042: Arc<Mutex<vmr_devices::i8042::I8042>>,
+    pub(crate) cmos: Arc<Mutex<vmr_devices::cmos::Cmos>>,
+    pub(crate) acpi: Arc<Mutex<vmr_devices::acpi::AcpiPm>>,
     power_button: Arc<vmr_devices::acpi::PowerButton>,
 }
 
@@ -172,12 +175,15 @@ struct DeviceHandles {
     net_limiters: Vec<(RateLimiterHandle, RateLimiterHandle)>,
     /// Where the virtio workers park while the VM is paused.
     workers: Arc<vmr_virtio::pause::WorkerGate>,
+    /// The virtio-mmio transports in slot order.
+    transports: crate::devices::Transports,
 }
 
 /// A machine whose vCPU threads run (or are parked at the pause gate).
 pub struct RunningMachine {
-    _memory: GuestMemory,
-    _vm: Arc<dyn Vm>,
+    memory: GuestMemory,
+    vm: Arc<dyn Vm>,
+    vcpus: Vec<vcpu::SharedVcpu>,
     stop: Arc<AtomicBool>,
     gate: Arc<PauseGate>,
     kickers: Vec<Arc<dyn VcpuKicker>>,
@@ -214,6 +220,39 @@ impl RunningMachine {
 
     pub fn is_paused(&self) -> bool {
         self.gate.is_closed()
+    }
+
+    /// The whole machine state of a paused machine (memory apart): devices first (a device
+    /// worker in the middle of a batch is waited for, and none starts another while paused),
+    /// then the interrupt controllers and vCPUs.
+    pub fn save_state(&self, config: &VmConfig) -> Result<crate::snapshot::MachineState, VmmError> {
+        use vmr_hypervisor::Persist;
+        let virtio = self.handles.transports.iter().map(|t| lock(t).state()).collect();
+        let l = &self.handles.legacy;
+        let legacy = crate::snapshot::LegacyState {
+            serial: lock(&l.serial).save(),
+            i8042: lock(&l.i8042).save(),
+            cmos: lock(&l.cmos).save(),
+            acpi: lock(&l.acpi).save(),
+        };
+        let irqchip = self.vm.irqchip_state()?;
+        let vcpus = self.vcpus.iter().map(|v| vcpu::lock(v).save_state()).collect::<Result<Vec<_>, _>>()?;
+        let memory = crate::snapshot::memory::layout(&self.memory);
+        Ok(crate::snapshot::MachineState {
+            config: config.clone(),
+            drive_ids: Vec::new(),
+            net_ids: Vec::new(),
+            memory,
+            vcpus,
+            irqchip,
+            legacy,
+            virtio,
+        })
+    }
+
+    /// Guest memory (a snapshot writes it out while the machine is paused).
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
     }
 
     /// Types Ctrl-Alt-Del on the guest's keyboard; false if the guest has it disabled.
@@ -307,23 +346,17 @@ impl Machine {
         check_host_limits(config, hv)?;
         // Images and taps first: a missing or locked image fails before anything is built.
         let virtio = crate::devices::open_devices(&config.virtio)?;
-        let disks = virtio.iter().filter_map(|d| d.disk_swap.clone()).collect();
-        let (mut disk_limiters, mut net_limiters) = (Vec::new(), Vec::new());
-        for limiters in virtio.iter().filter_map(|d| d.limiters.clone()) {
-            match limiters {
-                DeviceLimiters::Disk(l) => disk_limiters.push(l),
-                DeviceLimiters::Net { rx, tx } => net_limiters.push((rx, tx)),
-            }
-        }
+        let (disks, disk_limiters, net_limiters) = device_handles(&virtio);
         let vm = hv.create_vm(&HvVmConfig { vcpus: config.vcpus })?;
         vm.set_memory(&memory)?;
 
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let exit = exit_requester(events.sender());
-        let (serial, legacy) = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory)?;
+        let legacy = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory, None)?;
+        let serial = legacy.serial.clone();
         let workers = Arc::new(vmr_virtio::pause::WorkerGate::default());
-        crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio, &workers)?;
+        let transports = crate::devices::attach_devices(vm.as_ref(), &memory, &mmio, virtio, &workers)?;
 
         let stats = Arc::new(ExitStats::default());
         let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio, stats: stats.clone() });
@@ -341,7 +374,47 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        let handles = DeviceHandles { legacy, disks, disk_limiters, net_limiters, workers };
+        let handles = DeviceHandles { legacy, disks, disk_limiters, net_limiters, workers, transports };
+        Ok(Machine { memory, vm, vcpus, serial, stats, handles })
+    }
+
+    /// Rebuilds a machine from a snapshot: `memory` is the mapped memory file, `state` the
+    /// rest (already decoded and checked against `config`). The devices are restored with
+    /// their `Persist` impls, the vCPUs and interrupt controllers through the backend.
+    pub fn restore(
+        config: &VmConfig,
+        state: &crate::snapshot::MachineState,
+        memory: GuestMemory,
+        hv: &dyn Hypervisor,
+        events: &EventChannel,
+    ) -> Result<Self, VmmError> {
+        check_host_limits(config, hv)?;
+        let virtio = crate::devices::restore_devices(&config.virtio, &state.virtio)?;
+        let (disks, disk_limiters, net_limiters) = device_handles(&virtio);
+        let vm = hv.create_vm(&HvVmConfig { vcpus: config.vcpus })?;
+        vm.set_memory(&memory)?;
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let exit = exit_requester(events.sender());
+        let legacy = add_legacy_devices(&pio, vm.irqchip(), exit, config.memory, Some(&state.legacy))?;
+        let serial = legacy.serial.clone();
+        let workers = Arc::new(vmr_virtio::pause::WorkerGate::default());
+        let transports =
+            crate::devices::attach_restored(vm.as_ref(), &memory, &mmio, virtio, &workers, &state.virtio)?;
+        let stats = Arc::new(ExitStats::default());
+        let ops: Arc<dyn VmOps> = Arc::new(MachineOps { pio, mmio, stats: stats.clone() });
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for (id, saved) in (0..config.vcpus).zip(&state.vcpus) {
+            let mut vcpu = vm.create_vcpu(id, ops.clone())?;
+            vcpu.restore_state(saved)?;
+            vcpus.push(vcpu);
+        }
+        // After the vCPUs: the PIC's output goes to the bootstrap processor's LAPIC.
+        vm.set_irqchip_state(&state.irqchip)?;
+        for t in &transports {
+            lock(t).resignal_interrupt();
+        }
+        let handles = DeviceHandles { legacy, disks, disk_limiters, net_limiters, workers, transports };
         Ok(Machine { memory, vm, vcpus, serial, stats, handles })
     }
 
@@ -374,19 +447,31 @@ impl Machine {
     /// Starts one thread per vCPU. The caller waits for the events that end the machine and
     /// then calls [`RunningMachine::stop`].
     pub fn start(self, events: &EventChannel) -> Result<RunningMachine, VmmError> {
+        self.start_with(events, false)
+    }
+
+    /// Like [`Machine::start`]; with `paused`, every vCPU parks at the gate before it runs
+    /// any guest instruction (a loaded snapshot that is not resumed yet).
+    pub fn start_with(self, events: &EventChannel, paused: bool) -> Result<RunningMachine, VmmError> {
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(PauseGate::default());
+        if paused {
+            self.handles.workers.pause();
+            gate.close();
+        }
         let kickers: Vec<Arc<dyn VcpuKicker>> = self.vcpus.iter().map(|v| v.kicker()).collect();
+        let vcpus: Vec<vcpu::SharedVcpu> = self.vcpus.into_iter().map(|v| Arc::new(Mutex::new(v))).collect();
         let mut running = RunningMachine {
-            _memory: self.memory,
-            _vm: self.vm,
+            memory: self.memory,
+            vm: self.vm,
+            vcpus: vcpus.clone(),
             stop: stop.clone(),
             gate: gate.clone(),
             kickers,
-            threads: Vec::with_capacity(self.vcpus.len()),
+            threads: Vec::with_capacity(vcpus.len()),
             handles: self.handles,
         };
-        for vcpu in self.vcpus {
+        for vcpu in vcpus {
             match vcpu::spawn(vcpu, stop.clone(), gate.clone(), events.sender()) {
                 Ok(handle) => running.threads.push(handle),
                 Err(e) => {
@@ -447,33 +532,75 @@ fn add_legacy_devices(
     irqchip: Arc<dyn IrqChip>,
     exit: VmExitRequester,
     memory: u64,
-) -> Result<(Arc<Mutex<vmr_devices::serial::Serial>>, LegacyDevices), VmmError> {
-    let serial = Arc::new(Mutex::new(vmr_devices::serial::Serial::new(
-        IrqLine::new(irqchip.clone(), vmr_devices::serial::COM1_IRQ),
-        Box::new(ConsoleOut),
-    )));
+    saved: Option<&crate::snapshot::LegacyState>,
+) -> Result<LegacyDevices, VmmError> {
+    use vmr_devices::{acpi, cmos, i8042, serial as com};
+    use vmr_hypervisor::Persist;
+    let serial_irq = IrqLine::new(irqchip.clone(), com::COM1_IRQ);
+    let kbd_irq = IrqLine::new(irqchip.clone(), i8042::I8042_IRQ);
+    let below_4g = memory.min(vmr_arch::layout::MMIO_HOLE_START);
+    let restore_err = |e: &dyn std::fmt::Display| VmmError::Snapshot(format!("serial port state: {e}"));
+    let (serial, kbd, rtc, pm) = match saved {
+        None => (
+            com::Serial::new(serial_irq, Box::new(ConsoleOut)),
+            i8042::I8042::new(exit.clone(), kbd_irq),
+            cmos::Cmos::new(below_4g, memory - below_4g),
+            acpi::AcpiPm::new(exit.clone()),
+        ),
+        Some(s) => (
+            com::Serial::restore(com::SerialHost { irq: serial_irq, out: Box::new(ConsoleOut) }, &s.serial)
+                .map_err(|e| restore_err(&e))?,
+            match i8042::I8042::restore(i8042::I8042Host { exit: exit.clone(), irq: kbd_irq }, &s.i8042) {
+                Ok(k) => k,
+                Err(never) => match never {},
+            },
+            match cmos::Cmos::restore(Box::new(cmos::host_clock), &s.cmos) {
+                Ok(c) => c,
+                Err(never) => match never {},
+            },
+            match acpi::AcpiPm::restore(exit.clone(), &s.acpi) {
+                Ok(a) => a,
+                Err(never) => match never {},
+            },
+        ),
+    };
     let place = |name: &'static str, dev: Arc<Mutex<dyn BusDevice>>, base: u16, len: u16| {
         pio.insert(dev, u64::from(base), u64::from(len)).map_err(|source| VmmError::Device { name, source })
     };
-    use vmr_devices::{acpi, cmos, i8042, serial as com};
+    let serial = Arc::new(Mutex::new(serial));
     place("serial", serial.clone(), com::COM1_PORT, com::SERIAL_PORT_LEN)?;
-    let kbd = Arc::new(Mutex::new(i8042::I8042::new(
-        exit.clone(),
-        IrqLine::new(irqchip.clone(), i8042::I8042_IRQ),
-    )));
+    let kbd = Arc::new(Mutex::new(kbd));
     place("i8042", kbd.clone(), i8042::I8042_PORT, i8042::I8042_PORT_LEN)?;
-    let below_4g = memory.min(vmr_arch::layout::MMIO_HOLE_START);
-    let rtc = cmos::Cmos::new(below_4g, memory - below_4g);
-    place("cmos", Arc::new(Mutex::new(rtc)), cmos::CMOS_PORT, cmos::CMOS_PORT_LEN)?;
-    place(
-        "acpi",
-        Arc::new(Mutex::new(acpi::AcpiPm::new(exit.clone()))),
-        acpi::ACPI_PM_PORT,
-        acpi::ACPI_PM_PORT_LEN,
-    )?;
+    let rtc = Arc::new(Mutex::new(rtc));
+    place("cmos", rtc.clone(), cmos::CMOS_PORT, cmos::CMOS_PORT_LEN)?;
+    let pm = Arc::new(Mutex::new(pm));
+    place("acpi", pm.clone(), acpi::ACPI_PM_PORT, acpi::ACPI_PM_PORT_LEN)?;
     place("reset control", Arc::new(Mutex::new(acpi::ResetControl::new(exit))), acpi::RESET_CONTROL_PORT, 1)?;
     let power_button = acpi::PowerButton::new(IrqLine::new(irqchip, vmr_arch::layout::POWER_BUTTON_IRQ));
-    Ok((serial, LegacyDevices { i8042: kbd, power_button: Arc::new(power_button) }))
+    Ok(LegacyDevices { serial, i8042: kbd, cmos: rtc, acpi: pm, power_button: Arc::new(power_button) })
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type Handles = (
+    Vec<Arc<vmr_virtio::block::DiskSwap>>,
+    Vec<RateLimiterHandle>,
+    Vec<(RateLimiterHandle, RateLimiterHandle)>,
+);
+
+/// The disk swap handles and the rate limiter handles of opened devices, in config order.
+fn device_handles(virtio: &[crate::devices::OpenDevice]) -> Handles {
+    let disks = virtio.iter().filter_map(|d| d.disk_swap.clone()).collect();
+    let (mut disk_limiters, mut net_limiters) = (Vec::new(), Vec::new());
+    for limiters in virtio.iter().filter_map(|d| d.limiters.clone()) {
+        match limiters {
+            DeviceLimiters::Disk(l) => disk_limiters.push(l),
+            DeviceLimiters::Net { rx, tx } => net_limiters.push((rx, tx)),
+        }
+    }
+    (disks, disk_limiters, net_limiters)
 }
 
 fn check_host_limits(config: &VmConfig, hv: &dyn Hypervisor) -> Result<(), VmmError> {

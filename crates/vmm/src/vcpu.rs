@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
 use vmr_hypervisor::{Regs, SpecialRegs, Vcpu, VcpuExit};
@@ -14,35 +14,46 @@ use crate::VmmError;
 /// Spawns the thread that runs `vcpu` until `stop` is set (and the vCPU kicked) or the guest
 /// does something that ends the machine. Between runs the thread passes `gate`, where it parks
 /// while the machine is paused.
+/// A vCPU shared between its thread (which holds the lock only inside `run`) and the VMM,
+/// which reads and writes its state while the machine is paused (snapshots).
+pub type SharedVcpu = Arc<Mutex<Box<dyn Vcpu>>>;
+
+pub fn lock(vcpu: &SharedVcpu) -> MutexGuard<'_, Box<dyn Vcpu>> {
+    vcpu.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn spawn(
-    mut vcpu: Box<dyn Vcpu>,
+    vcpu: SharedVcpu,
     stop: Arc<AtomicBool>,
     gate: Arc<PauseGate>,
     events: Sender<VmEvent>,
 ) -> Result<JoinHandle<()>, VmmError> {
-    let id = vcpu.id();
+    let id = lock(&vcpu).id();
     thread::Builder::new()
         .name(format!("vmr-vcpu{id}"))
         .spawn(move || {
             crate::seccomp::apply_for_thread(crate::seccomp::Role::Vcpu);
-            run_loop(vcpu.as_mut(), &stop, &gate, &events)
+            run_loop(&vcpu, &stop, &gate, &events)
         })
         .map_err(|source| VmmError::Thread { what: "vCPU", source })
 }
 
-fn run_loop(vcpu: &mut dyn Vcpu, stop: &AtomicBool, gate: &PauseGate, events: &Sender<VmEvent>) {
-    let id = vcpu.id();
+fn run_loop(shared: &SharedVcpu, stop: &AtomicBool, gate: &PauseGate, events: &Sender<VmEvent>) {
+    let id = lock(shared).id();
     let counters = &crate::metrics::metrics().vcpu;
     loop {
         if stop.load(Ordering::Acquire) {
             return;
         }
+        // Parked at the gate without the lock: the VMM may read or replace the state meanwhile.
         if gate.pass(stop) {
-            if let Err(e) = vcpu.resumed_after_pause() {
+            if let Err(e) = lock(shared).resumed_after_pause() {
                 tracing::warn!("vCPU {id}: telling the guest it was paused failed: {e}");
             }
             continue;
         }
+        let mut guard = lock(shared);
+        let vcpu: &mut dyn Vcpu = guard.as_mut();
         let exit = vcpu.run();
         match &exit {
             Ok(VcpuExit::Interrupted) => counters.exit_interrupted.inc(),

@@ -59,7 +59,8 @@ pub struct Cmos {
     clock: Clock,
 }
 
-fn host_clock() -> i64 {
+/// Wall-clock seconds since the epoch (the RTC's default time source).
+pub fn host_clock() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),

@@ -51,6 +51,11 @@ impl MmioTransport {
             .collect()
     }
 
+    /// See [`Interrupt::resignal`].
+    pub fn resignal_interrupt(&self) {
+        self.interrupt.resignal();
+    }
+
     /// Rebuilds a transport from [`MmioTransport::state`]; an activated device starts serving
     /// its queues from the saved positions.
     pub fn restore(host: MmioHost, state: &MmioState) -> Result<Self, RestoreError> {

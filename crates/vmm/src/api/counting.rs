@@ -31,6 +31,8 @@ fn counters(request: &VmmRequest) -> (&'static Counter, Option<&'static Counter>
         R::PutMetrics(_) => (&put.metrics_count, Some(&put.metrics_fails)),
         R::Action(_) => (&put.actions_count, Some(&put.actions_fails)),
         R::Pause | R::Resume => (&patch.vm_count, Some(&patch.vm_fails)),
+        R::CreateSnapshot(_) => (&put.snapshot_create_count, Some(&put.snapshot_create_fails)),
+        R::LoadSnapshot(_) => (&put.snapshot_load_count, Some(&put.snapshot_load_fails)),
     }
 }
 

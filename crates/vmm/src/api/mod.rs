@@ -38,6 +38,10 @@ pub enum VmmRequest {
     Action(ActionType),
     Pause,
     Resume,
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// A successful answer.

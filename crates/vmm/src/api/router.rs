@@ -30,6 +30,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/metrics"),
     ("PUT", "/actions"),
     ("PATCH", "/vm"),
+    ("PUT", "/snapshot/create"),
+    ("PUT", "/snapshot/load"),
     // vmr extensions (`x-vmr-extension` in the OpenAPI document).
     ("GET", "/vmr/counters"),
 ];
@@ -40,7 +42,6 @@ pub const NOT_SERVED: &[(&str, &str)] = &[
     ("/balloon", "the balloon device (/balloon)"),
     ("/pmem", "virtio-pmem (/pmem)"),
     ("/hotplug", "memory hotplug (/hotplug)"),
-    ("/snapshot", "snapshots (/snapshot)"),
     ("/cpu-config", "custom CPU templates (/cpu-config)"),
     ("/serial", "the serial output file (/serial)"),
 ];
@@ -90,6 +91,8 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<VmmRequest, ApiErr
         ("PUT", ["logger"]) => R::PutLogger(json(body)?),
         ("PUT", ["metrics"]) => R::PutMetrics(json(body)?),
         ("PUT", ["actions"]) => R::Action(json::<InstanceActionInfo>(body)?.action_type),
+        ("PUT", ["snapshot", "create"]) => R::CreateSnapshot(json(body)?),
+        ("PUT", ["snapshot", "load"]) => R::LoadSnapshot(json(body)?),
         ("PATCH", ["vm"]) => match json::<VmStateUpdate>(body)?.state {
             VmStateRequest::Paused => R::Pause,
             VmStateRequest::Resumed => R::Resume,
@@ -195,7 +198,8 @@ mod tests {
         assert_eq!(err("DELETE", "/", ""), "Invalid request method and/or path: DELETE /");
         assert!(err("GET", "/nope", "").contains("GET /nope"));
         assert!(err("PUT", "/mmds", "{}").contains("not served by vmr"));
-        assert!(err("PUT", "/snapshot/create", "{}").contains("snapshots"));
+        assert!(err("PUT", "/snapshot/create", "{}").contains("snapshot_path"));
+        assert!(err("PUT", "/snapshot/load", r#"{"snapshot_path":"s","x":1}"#).contains("unknown field"));
         assert!(err("PUT", "/actions", r#"{"action_type":"Explode"}"#).contains("unknown variant"));
         for (_, body) in [render(&Err(ApiError::BadBody("a\nb".into())))] {
             assert_eq!(body.unwrap(), r#"{"fault_message":"a b"}"#);

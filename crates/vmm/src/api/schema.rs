@@ -254,3 +254,77 @@ pub struct FullVmConfig {
 pub struct ApiErrorBody {
     pub fault_message: String,
 }
+
+/// `PUT /snapshot/create`'s `snapshot_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    #[default]
+    Full,
+    Diff,
+}
+
+/// `PUT /snapshot/create` (the VM must be paused).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateParams {
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+    #[serde(default)]
+    pub snapshot_type: SnapshotType,
+    /// Accepted and ignored, as Firecracker 1.x does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `PUT /snapshot/load`'s `mem_backend.backend_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemBackendType {
+    File,
+    Uffd,
+}
+
+/// `PUT /snapshot/load`'s `mem_backend`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    pub backend_type: MemBackendType,
+    pub backend_path: String,
+}
+
+/// One entry of `PUT /snapshot/load`'s `network_overrides`: the card keeps its guest side
+/// (MAC, features, queues) and moves to another tap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// `PUT /snapshot/load`'s `vsock_override`: another host socket path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    pub uds_path: String,
+}
+
+/// `PUT /snapshot/load` (before the VM is configured or started).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadParams {
+    pub snapshot_path: String,
+    /// The older way to name the memory file (`mem_backend` File).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_file_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_backend: Option<MemBackend>,
+    #[serde(default)]
+    pub enable_diff_snapshots: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    #[serde(default)]
+    pub resume_vm: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
+}

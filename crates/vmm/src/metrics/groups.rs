@@ -41,6 +41,10 @@ metric_group!(
         metrics_fails,
         network_count,
         network_fails,
+        snapshot_create_count,
+        snapshot_create_fails,
+        snapshot_load_count,
+        snapshot_load_fails,
         vsock_count,
         vsock_fails,
     }

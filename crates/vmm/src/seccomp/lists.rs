@@ -203,6 +203,10 @@ pub(super) const MAIN: List = syscalls!(
     SYS_pipe2,
     SYS_fsync,
     SYS_fdatasync,
+    // A snapshot's state file is written under a temporary name and renamed into place.
+    SYS_rename,
+    SYS_renameat,
+    SYS_renameat2,
 );
 
 /// The lists a role's filter allows (COMMON always; the ioctl rule of vCPUs is separate).

@@ -225,6 +225,8 @@ impl Vmm {
             R::Action(action) => self.action(action),
             R::Pause => self.pause(),
             R::Resume => self.resume(),
+            R::CreateSnapshot(p) => self.create_snapshot(p),
+            R::LoadSnapshot(p) => self.load_snapshot(p),
         }
     }
 
@@ -756,5 +758,6 @@ fn not_attached(what: &str, id: &str) -> ApiError {
     ApiError::InvalidValue(format!("{what} {id} is not attached to the running VM"))
 }
 
+mod snapshot;
 #[cfg(test)]
 mod tests;
