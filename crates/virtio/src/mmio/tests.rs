@@ -179,3 +179,71 @@ fn driver_ok_after_an_invalid_queue_size_needs_reset() {
     assert_ne!(h.rd(0x70) & status::DEVICE_NEEDS_RESET, 0);
     assert!(!h.transport.state().activated);
 }
+
+fn restore_host(h: &Harness) -> (MmioHost, EventFd) {
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let interrupt = Arc::new(Interrupt::new(crate::IrqTrigger::EventFd(irqfd.try_clone().unwrap())));
+    let host =
+        MmioHost { mem: h.mem.clone(), device: Box::new(Rng::new(1)), interrupt, gate: Default::default() };
+    (host, irqfd)
+}
+
+#[test]
+fn a_restored_transport_serves_on_from_the_saved_queue_positions() {
+    let mut h = rng();
+    h.init_default();
+    h.add_chain(0, &[(DATA, 64, F_WRITE)]);
+    h.kick();
+    assert!(h.wait_used(1));
+    let state = h.transport.state();
+    assert!(state.activated);
+    assert_eq!((state.queues[0].next_avail, state.queues[0].next_used), (1, 1));
+    assert_eq!(state.device.kind, "virtio-rng");
+    // The old process goes away (its worker stops); the rings stay in guest memory.
+    h.wr(0x70, 0);
+    let (host, irqfd) = restore_host(&h);
+    let mut restored = MmioTransport::restore(host, &state).unwrap();
+    let rd = |t: &mut MmioTransport, off: u64| {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    };
+    assert_eq!(rd(&mut restored, 0x70) & status::DRIVER_OK, status::DRIVER_OK);
+    // The next request is served at ring position 1, not from the start.
+    h.add_chain(1, &[(DATA + 0x100, 32, F_WRITE)]);
+    restored.write(0x50, &0u32.to_le_bytes());
+    assert!(h.wait_used(2), "the restored device did not serve the new request");
+    assert_eq!(h.used(1), (1, 32));
+    assert!(irqfd.read().unwrap() >= 1);
+    assert_eq!(restored.state().queues[0].next_used, 2);
+}
+
+#[test]
+fn hostile_transport_states_are_refused_in_one_line() {
+    let mut h = rng();
+    h.init_default();
+    let good = h.transport.state();
+    h.wr(0x70, 0);
+    let refuse = |h: &Harness, edit: &dyn Fn(&mut MmioState)| {
+        let mut s = good.clone();
+        edit(&mut s);
+        let (host, _irqfd) = restore_host(h);
+        let err = MmioTransport::restore(host, &s).err().expect("hostile state accepted").to_string();
+        assert!(!err.contains('\n'), "{err}");
+        err
+    };
+    // Queue positions further apart than the ring is long.
+    assert!(refuse(&h, &|s| s.queues[0].next_avail = 40).contains("past the next used"));
+    // Rings outside guest memory.
+    assert!(refuse(&h, &|s| s.queues[0].used_ring = u64::MAX - 0xfff).contains("not inside guest memory"));
+    // A size that is not a power of two, or above the maximum.
+    assert!(refuse(&h, &|s| s.queues[0].size = 12).contains("size 12"));
+    assert!(refuse(&h, &|s| s.queues[0].size = 512).contains("size 512"));
+    // Queues the device does not have, of sizes it does not offer.
+    assert!(refuse(&h, &|s| s.queues.push(s.queues[0])).contains("2 queues"));
+    assert!(refuse(&h, &|s| s.queues[0].max_size = 1024).contains("maximum size"));
+    // Another device type, features never offered, activated without DRIVER_OK.
+    assert!(refuse(&h, &|s| s.device_type = 2).contains("device type"));
+    assert!(refuse(&h, &|s| s.driver_features |= 1 << 50).contains("does not offer"));
+    assert!(refuse(&h, &|s| s.status = 0).contains("activated with status"));
+}

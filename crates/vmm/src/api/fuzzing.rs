@@ -22,7 +22,12 @@ pub fn request(data: &[u8]) {
     let (method, path) = line.split_once(' ').unwrap_or((&line, "/"));
     let result = match router::parse(method, path, body) {
         // Booting a VM and creating log files are not what this target explores.
-        Ok(VmmRequest::Action(ActionType::InstanceStart)) | Ok(VmmRequest::PutLogger(_)) => return,
+        // Loading a snapshot boots one too (and reads files the input names).
+        Ok(
+            VmmRequest::Action(ActionType::InstanceStart)
+            | VmmRequest::PutLogger(_)
+            | VmmRequest::LoadSnapshot(_),
+        ) => return,
         Ok(request) => VMM.with(|cell| {
             let mut slot = cell.borrow_mut();
             let vmm = slot.get_or_insert_with(|| Vmm::new(crate::Accel::Emu, None).expect("VMM"));

@@ -66,6 +66,8 @@ pub enum FormatError {
     Missing(&'static str),
     #[error("section '{tag}': {error}")]
     Payload { tag: String, error: String },
+    #[error("reserved header field is {0:#x}, not 0 (a newer format?)")]
+    Reserved(u64),
     #[error("{0} bytes after the last section")]
     Trailing(u64),
 }
@@ -149,7 +151,10 @@ pub fn decode(data: &[u8]) -> Result<Vec<Section>, FormatError> {
     let count = c.u32("the header")?;
     let stored = c.u32("the header")?;
     let len = c.u64("the header")?;
-    c.u64("the header")?;
+    let reserved = c.u64("the header")?;
+    if reserved != 0 {
+        return Err(FormatError::Reserved(reserved));
+    }
     if len > MAX_BODY {
         return Err(FormatError::TooLarge(len));
     }

@@ -17,6 +17,7 @@
 //! memory (queue rings inside RAM, positions within the ring).
 
 pub mod format;
+pub mod fuzzing;
 pub mod memory;
 #[cfg(test)]
 mod tests;
