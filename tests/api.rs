@@ -590,9 +590,21 @@ fn bad_input_gets_the_right_status_and_the_vm_keeps_running() {
     vm.refused("PATCH", "/vm", Some(r#"{"state":"Stopped"}"#), 400, "unknown variant");
     vm.refused("GET", "/nothing/here", None, 400, "Invalid request method and/or path");
     vm.refused("DELETE", "/", None, 400, "Invalid request method and/or path");
-    for path in ["/mmds", "/balloon", "/snapshot/create", "/hotplug/memory", "/pmem/p0"] {
+    for path in ["/mmds", "/balloon", "/hotplug/memory", "/pmem/p0"] {
         vm.refused("PUT", path, Some("{}"), 400, "not served by vmr");
     }
+    // Snapshots: only of a paused VM, loaded only into a VMM that has not started one.
+    let snap = r#"{"snapshot_path":"/nonexistent/s","mem_file_path":"/nonexistent/m"}"#;
+    vm.refused("PUT", "/snapshot/create", Some(snap), 400, "pause it first");
+    vm.refused("PUT", "/snapshot/create", Some("{}"), 400, "snapshot_path");
+    vm.refused("PUT", "/snapshot/load", Some(snap), 400, "after the VM has started");
+    vm.refused(
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_path":"s","mem_file_path":"m","snapshot_type":"Diff"}"#),
+        400,
+        "not supported yet",
+    );
     vm.refused("PUT", "/metrics", Some(r#"{"metrics_path":"/tmp/m"}"#), 400, "after the VM has started");
     vm.refused("PUT", "/actions", Some(r#"{"action_type":"FlushMetrics"}"#), 400, "metrics");
     let big = format!(r#"{{"kernel_image_path":"{}"}}"#, "k".repeat(60_000));
