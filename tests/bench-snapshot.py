@@ -21,8 +21,22 @@ import argparse, json, os, select, socket, statistics, subprocess, tempfile, tim
 MARKER = "vmr-guest: init reached"
 
 
+def connect(sock_path, timeout=20):
+    """The socket file appears at bind(), a moment before listen(): retry until served."""
+    end = time.time() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(sock_path)
+            return s
+        except (ConnectionRefusedError, FileNotFoundError):
+            s.close()
+            assert time.time() < end, sock_path
+            time.sleep(0.002)
+
+
 def http(sock_path, method, path, body=None):
-    s = socket.socket(socket.AF_UNIX); s.connect(sock_path)
+    s = connect(sock_path)
     data = json.dumps(body).encode() if body is not None else b""
     s.sendall(b"%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
               % (method.encode(), path.encode(), len(data), data))
@@ -91,6 +105,7 @@ def vmr_restore(vmr, snap, mem, d, i):
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     c = Console(p)
     wait_path(sock)
+    http(sock, "GET", "/")  # the server answers: the timing starts at the request itself
     t0 = time.perf_counter()
     http(sock, "PUT", "/snapshot/load", {"snapshot_path": snap, "resume_vm": True,
                                          "mem_backend": {"backend_type": "File", "backend_path": mem}})
