@@ -3,8 +3,9 @@
 //! (halted, waiting for SIPI, interrupt shadow) and CPUID.
 //!
 //! Restore order (the traps Firecracker documents for KVM apply to the model too): segment and
-//! control registers first (they set the mode), then the general registers, FPU, LAPIC, and the
-//! MSRs after the LAPIC (IA32_TSC_DEADLINE arms the LAPIC timer), the TSC last.
+//! control registers first (they set the mode), then the general registers, FPU, the TSC (the
+//! LAPIC's TSC-deadline timer is relative to it), the LAPIC, and the MSRs after the LAPIC
+//! (IA32_TSC_DEADLINE arms the LAPIC timer); the timer service looks at the deadlines last.
 
 use std::sync::atomic::Ordering;
 
@@ -73,12 +74,9 @@ impl EmuVcpu {
                 c.cpuid = s.cpuid.clone();
             }
         }
-        if let Some(lapic) = &s.lapic {
-            self.set_lapic(lapic)?;
-        }
-        // APIC base is in the special registers (already loaded), the deadline arms the timer.
-        let msrs: Vec<MsrEntry> = s.msrs.iter().copied().filter(|m| m.index != IA32_APIC_BASE).collect();
-        self.set_msrs(&msrs)?;
+        // The TSC before the LAPIC: a TSC-deadline timer is an absolute TSC value, turned into
+        // VM-clock time with the offset the LAPIC holds; loaded with a stale offset, the timer
+        // service would sleep until the wrong time.
         if let Some(tsc) = s.tsc {
             let c = &mut self.engine.cpu;
             c.tsc_offset = match &self.core {
@@ -86,7 +84,17 @@ impl EmuVcpu {
                 None => tsc.value.wrapping_sub(c.tsc_origin.elapsed().as_nanos() as u64),
             };
         }
+        self.sync_tsc_offset();
+        if let Some(lapic) = &s.lapic {
+            self.set_lapic(lapic)?;
+        }
+        // APIC base is in the special registers (already loaded), the deadline arms the timer.
+        let msrs: Vec<MsrEntry> = s.msrs.iter().copied().filter(|m| m.index != IA32_APIC_BASE).collect();
+        self.set_msrs(&msrs)?;
         self.restore_events(&s.events);
+        if let Some(k) = &self.core {
+            k.timers_changed();
+        }
         Ok(())
     }
 
