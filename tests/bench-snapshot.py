@@ -21,7 +21,7 @@ import argparse, json, os, select, socket, statistics, subprocess, tempfile, tim
 MARKER = "vmr-guest: init reached"
 
 
-def connect(sock_path, timeout=20):
+def connect(sock_path, timeout=60):
     """The socket file appears at bind(), a moment before listen(): retry until served."""
     end = time.time() + timeout
     while True:
@@ -100,9 +100,11 @@ def vmr_snapshot(vmr, image, mib, d):
 
 
 def vmr_restore(vmr, snap, mem, d, i):
-    sock = os.path.join(d, f"r{i}.sock")
+    # A killed vmr leaves its socket behind: a fresh name each time.
+    sock = os.path.join(d, f"r{os.path.basename(snap)}-{i}.sock")
+    err = open(os.path.join(d, f"r{i}.err"), "wb")
     p = subprocess.Popen([vmr, "--accel", "emu", "--api-sock", sock], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.PIPE, stderr=err)
     c = Console(p)
     wait_path(sock)
     http(sock, "GET", "/")  # the server answers: the timing starts at the request itself
@@ -113,7 +115,7 @@ def vmr_restore(vmr, snap, mem, d, i):
     ok = c.wait(lambda l: l.startswith("VMR-COUNT="), 30)
     t2 = time.perf_counter()
     p.kill(); p.wait()
-    assert ok, "the restored guest printed nothing"
+    assert ok, "the restored guest printed nothing: " + open(err.name).read()
     return (t1 - t0) * 1e3, (t2 - t0) * 1e3
 
 
@@ -158,7 +160,7 @@ def qemu_snapshot(image, mib, d):
 
 
 def qemu_restore(image, mib, mig, d, i):
-    qmp = os.path.join(d, f"qr{i}.qmp")
+    qmp = os.path.join(d, f"qr{mib}-{i}.qmp")
     p = subprocess.Popen(qemu_args(image, mib, qmp) + ["-incoming", "defer"], stdin=subprocess.PIPE,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_path(qmp)
