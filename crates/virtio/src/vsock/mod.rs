@@ -94,6 +94,9 @@ pub struct Vsock {
     index: usize,
     queue_sizes: [u16; 3],
     metrics: std::sync::Arc<crate::metrics::VsockMetrics>,
+    /// Restored from a snapshot: the next activation tells the guest its connections are gone
+    /// (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET), as Firecracker does.
+    reset_pending: bool,
 }
 
 impl Vsock {
@@ -111,6 +114,7 @@ impl Vsock {
             index,
             queue_sizes: [QUEUE_SIZE; 3],
             metrics: Default::default(),
+            reset_pending: false,
         })
     }
 
@@ -158,6 +162,10 @@ impl VirtioDevice for Vsock {
             return Err(ActivateError::QueueCount { expected: 3, got: 0 });
         };
         drop(queues);
+        let mut event = event;
+        if std::mem::take(&mut self.reset_pending) {
+            persist::send_transport_reset(&mut event, &ctx.mem, &ctx.interrupt);
+        }
         let handler = VsockHandler {
             mem: ctx.mem,
             interrupt: ctx.interrupt,

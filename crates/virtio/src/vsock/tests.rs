@@ -564,3 +564,26 @@ fn silent_clients_and_unanswered_requests_time_out() {
     g.send(g.hdr(5, req.src_port, OP_RESPONSE), &[]);
     assert_eq!(g.recv().0.op, OP_RST);
 }
+
+#[test]
+fn a_restored_device_tells_the_guest_its_connections_were_reset() {
+    use vmr_hypervisor::Persist;
+    let dir = tempfile::tempdir().unwrap();
+    let config = VsockConfig { cid: CID, socket: dir.path().join("r.sock") };
+    let state = VsockState { cid: CID, socket: config.socket.clone(), acked_features: 0 };
+    let host = VsockHost { config: config.clone(), index: 0 };
+    let wrong = VsockHost { config: VsockConfig { cid: 9, ..config.clone() }, index: 0 };
+    assert!(Vsock::restore(wrong, &state).err().unwrap().to_string().contains("CID is 3"));
+    let dev = Vsock::restore(host, &state).unwrap();
+    let mut h = Harness::new(Box::new(dev), QSIZE);
+    let st = h.negotiate(crate::features::VERSION_1);
+    h.setup_queue();
+    // The driver posts an event buffer before DRIVER_OK, as Linux does.
+    h.select(2);
+    h.add_chain(0, &[(DATA, 8, F_WRITE)]);
+    h.write_mem(DATA, &[0xff; 8]);
+    h.wr(0x70, st | status::DRIVER_OK);
+    assert!(h.wait_used(1), "no event");
+    assert_eq!(h.used(0), (0, 4));
+    assert_eq!(h.read_mem(DATA, 4), [0, 0, 0, 0], "TRANSPORT_RESET is event id 0");
+}
