@@ -121,7 +121,7 @@ def vmr_restore(vmr, snap, mem, d, i):
 
 class Qmp:
     def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX); self.s.connect(path)
+        self.s = connect(path)
         self.f = self.s.makefile("rwb")
         self.f.readline()
         self.cmd("qmp_capabilities")
