@@ -1,4 +1,4 @@
-//! Snapshots of the default Debian guest on the software CPU (issue 11), end to end: booted
+//! Snapshots of the default Debian guest (2 vCPUs) on the software CPU (issue 11), end to end: booted
 //! through the API, the guest starts a counter on its console and writes a file of random
 //! data to its RAM-backed root (with its checksum); the VM is paused, snapshotted and the VMM
 //! killed. A corrupted copy of the snapshot is refused with one line. The snapshot restored in a
@@ -118,7 +118,7 @@ fn default_guest_snapshot_restores_in_a_new_process_and_goes_on() {
 
     let mut a = Vmr::spawn(&["--accel", "emu", "--api-sock", sock.to_str().unwrap()]);
     wait_socket(&sock);
-    put(&sock, "PUT", "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":256}"#.into());
+    put(&sock, "PUT", "/machine-config", r#"{"vcpu_count":2,"mem_size_mib":256}"#.into());
     let boot = serde_json::json!({"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": cmdline});
     put(&sock, "PUT", "/boot-source", boot.to_string());
     let drive = serde_json::json!({"drive_id":"data","path_on_host":disk,"is_root_device":false});
