@@ -6,29 +6,8 @@ use tower::ServiceExt;
 
 use super::*;
 
-/// (METHOD, path) pairs of the OpenAPI document (paths indented by two under `paths:`,
-/// methods by four).
 fn documented_routes() -> Vec<(String, String)> {
-    let doc = include_str!("../../../docs/api/vmrd.yaml");
-    let mut routes = Vec::new();
-    let (mut in_paths, mut path) = (false, String::new());
-    for line in doc.lines() {
-        if !line.starts_with(' ') {
-            in_paths = line == "paths:";
-            continue;
-        }
-        if !in_paths {
-            continue;
-        }
-        if let Some(p) = line.strip_prefix("  /") {
-            path = format!("/{}", p.trim_end_matches(':'));
-        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
-            if ["get", "put", "patch", "post", "delete"].contains(&m) {
-                routes.push((m.to_uppercase(), path.clone()));
-            }
-        }
-    }
-    routes
+    vmr_vmm::api::openapi_routes(include_str!("../../../docs/api/vmrd.yaml"))
 }
 
 async fn status_and_body(router: &Router, method: &str, path: &str) -> (StatusCode, String) {

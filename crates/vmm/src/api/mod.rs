@@ -140,3 +140,28 @@ impl VmmHandle {
         rx.recv().unwrap_or(Err(ApiError::Gone))
     }
 }
+
+/// (METHOD, path) pairs of an OpenAPI document in the layout of docs/api/*.yaml: paths are the
+/// keys indented by two spaces under `paths:`, methods the keys indented by four under them.
+/// The tests that check a router against its document (vmr's and vmrd's) read it with this.
+pub fn openapi_routes(doc: &str) -> Vec<(String, String)> {
+    let mut routes = Vec::new();
+    let (mut in_paths, mut path) = (false, String::new());
+    for line in doc.lines() {
+        if !line.starts_with(' ') {
+            in_paths = line == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /") {
+            path = format!("/{}", p.trim_end_matches(':'));
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+            if ["get", "put", "patch", "post", "delete"].contains(&m) {
+                routes.push((m.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    routes
+}

@@ -206,30 +206,8 @@ mod tests {
         }
     }
 
-    /// (METHOD, path) pairs of the OpenAPI document: paths are the keys indented by two spaces
-    /// under `paths:`, methods the keys indented by four under them.
     fn documented_routes() -> Vec<(String, String)> {
-        let doc = include_str!("../../../../docs/api/vmr.yaml");
-        let mut routes = Vec::new();
-        let mut in_paths = false;
-        let mut path = String::new();
-        for line in doc.lines() {
-            if !line.starts_with(' ') {
-                in_paths = line == "paths:";
-                continue;
-            }
-            if !in_paths {
-                continue;
-            }
-            if let Some(p) = line.strip_prefix("  /") {
-                path = format!("/{}", p.trim_end_matches(':'));
-            } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
-                if ["get", "put", "patch", "post", "delete"].contains(&m) {
-                    routes.push((m.to_uppercase(), path.clone()));
-                }
-            }
-        }
-        routes
+        crate::api::openapi_routes(include_str!("../../../../docs/api/vmr.yaml"))
     }
 
     #[test]
