@@ -176,3 +176,31 @@ fn vsock_carries_data_host_to_guest_and_guest_to_host() {
 fn cache_none_disks_work_or_are_refused_in_one_line() {
     expect_pass("disk-cache-none");
 }
+
+#[test]
+fn the_api_drives_a_kvm_guest_as_firecracker_clients_do() {
+    expect_pass("api");
+}
+
+/// Every scenario in tests/lab/scenarios reports PASS, those without a test of their own above
+/// included: a new scenario cannot fail unnoticed.
+#[test]
+fn every_lab_scenario_passes() {
+    let Some(lab) = lab() else { return };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/lab/scenarios");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".sh")?.get(3..)?.to_string())
+        })
+        .collect();
+    names.sort();
+    for name in names {
+        match lab.results.get(&name) {
+            Some((verdict, _)) if verdict == "PASS" => {}
+            Some((verdict, detail)) => panic!("lab scenario {name}: {verdict} {detail}"),
+            None => panic!("lab scenario {name} reported nothing; lab output:\n{}", lab.output),
+        }
+    }
+}
