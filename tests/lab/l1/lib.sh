@@ -54,3 +54,14 @@ expect_clean_boot() {
     has "VMR-LAB done" || fail "init marker but the test did not finish (rc=$RC)"
     [ "$RC" = 0 ] || fail "exit code $RC after poweroff (want 0)"
 }
+
+# need_tun: /dev/net/tun in L1 (for the tap scenarios), else the scenario fails. L1 runs the same
+# generic kernel as L2: tun.ko is taken from the L2 initramfs.
+need_tun() {
+    if [ ! -c /dev/net/tun ]; then
+        (cd "$LAB_OUT" && zcat "$LAB_L2/initramfs.cpio.gz" | cpio -id lib/modules/tun.ko 2>/dev/null)
+        insmod "$LAB_OUT/lib/modules/tun.ko" 2>/dev/null
+        i=0; while [ ! -c /dev/net/tun ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+    fi
+    [ -c /dev/net/tun ] || fail "no /dev/net/tun in L1"
+}

@@ -7,12 +7,7 @@
 # placeholder drive PATCHed after start) and `vmr ctl ctrl-alt-del` (guest restart: exit 2, as
 # Firecracker).
 [ "$LAB_VMM" = qemu ] && skip "drives vmr's API"
-if [ ! -c /dev/net/tun ]; then
-    (cd "$LAB_OUT" && zcat "$LAB_L2/initramfs.cpio.gz" | cpio -id lib/modules/tun.ko 2>/dev/null)
-    insmod "$LAB_OUT/lib/modules/tun.ko" 2>/dev/null
-    i=0; while [ ! -c /dev/net/tun ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
-fi
-[ -c /dev/net/tun ] || fail "no /dev/net/tun in L1"
+need_tun
 
 SOCK=$LAB_OUT/api.sock
 pid=""

@@ -1,13 +1,7 @@
 # virtio-net on a tap inside L1: vmr creates tap vmrtap0, L1 gives it 10.0.2.1/24, the guest
 # 10.0.2.2/24; ping from the guest, then TCP both ways with busybox nc.
 [ "$LAB_VMM" = qemu ] && skip "uses vmr's --net"
-if [ ! -c /dev/net/tun ]; then
-    # L1 runs the same generic kernel: take tun.ko from the L2 initramfs.
-    (cd "$LAB_OUT" && zcat "$LAB_L2/initramfs.cpio.gz" | cpio -id lib/modules/tun.ko 2>/dev/null)
-    insmod "$LAB_OUT/lib/modules/tun.ko" 2>/dev/null
-    i=0; while [ ! -c /dev/net/tun ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
-fi
-[ -c /dev/net/tun ] || fail "no /dev/net/tun in L1"
+need_tun
 nc -l -p 7001 > "$LAB_OUT/from-guest" &
 listener=$!
 BOOTS=1; OUT=$LAB_OUT/serial.1.log
