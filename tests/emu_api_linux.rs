@@ -9,6 +9,8 @@
 //! Slow by nature (an interpreter booting a distribution kernel): one boot serves every check
 //! of the first test.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -91,13 +93,7 @@ fn count(line: &str) -> Option<u64> {
 #[test]
 fn default_guest_through_the_api_pauses_resumes_sees_a_drive_swap_and_powers_off_on_the_button() {
     let vmr = env!("CARGO_BIN_EXE_vmr");
-    let pull = Command::new(vmr).args(["image", "pull"]).output().expect("vmr image pull");
-    assert!(pull.status.success(), "vmr image pull failed");
-    let text = String::from_utf8(pull.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect(name)
-    };
-    let (kernel, initrd, cmdline) = (field("kernel"), field("initrd"), field("cmdline"));
+    let (kernel, initrd, cmdline) = common::default_image();
 
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emu-api-linux");
     let _ = std::fs::remove_dir_all(&dir);

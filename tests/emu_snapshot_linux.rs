@@ -5,6 +5,8 @@
 //! new process, paused, then resumed: the counter goes on from where it stopped, the guest
 //! finds its data intact, and its disk still reads and writes (checked on the host).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -101,13 +103,7 @@ fn wait_socket(sock: &Path) {
 #[test]
 fn default_guest_snapshot_restores_in_a_new_process_and_goes_on() {
     let vmr = env!("CARGO_BIN_EXE_vmr");
-    let pull = Command::new(vmr).args(["image", "pull"]).output().expect("vmr image pull");
-    assert!(pull.status.success(), "vmr image pull failed");
-    let text = String::from_utf8(pull.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect(name)
-    };
-    let (kernel, initrd, cmdline) = (field("kernel"), field("initrd"), field("cmdline"));
+    let (kernel, initrd, cmdline) = common::default_image();
 
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emu-snapshot-linux");
     let _ = std::fs::remove_dir_all(&dir);

@@ -112,3 +112,16 @@ pub fn ticking_kernel(path: &Path, spin: u32) {
     code.extend_from_slice(&[0x49, 0x75, 0xfd, 0xeb, 0xef]); // dec ecx; jnz; jmp back to out
     tiny_pvh_kernel_with(path, &code, &[]);
 }
+
+/// The default guest (`vmr image pull`, built or found in the cache): kernel, initrd and its
+/// command line.
+pub fn default_image() -> (String, String, String) {
+    let pull =
+        Command::new(env!("CARGO_BIN_EXE_vmr")).args(["image", "pull"]).output().expect("vmr image pull");
+    assert!(pull.status.success(), "vmr image pull failed");
+    let text = String::from_utf8(pull.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect(name)
+    };
+    (field("kernel"), field("initrd"), field("cmdline"))
+}
