@@ -24,8 +24,10 @@ pub(crate) trait QueueHandler: Send + 'static {
     fn process_fd(&mut self, _index: usize) -> bool {
         false
     }
-    /// Positions of the handler's queues (ring addresses, next available and used index).
-    fn queue_states(&self) -> Vec<QueueState>;
+    /// Positions of the handler's queues (ring addresses, next available and used index),
+    /// written over `out`: called after every batch, so it reuses the published vector rather
+    /// than allocating on each queue notification.
+    fn queue_states(&self, out: &mut Vec<QueueState>);
 }
 
 /// The queue positions a worker published after its last batch. The worker holds the lock for
@@ -82,7 +84,9 @@ impl<H: QueueHandler> Worker<H> {
         }
         epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_TOKEN))?;
         let thread_stop = stop.try_clone()?;
-        let published: Published = Arc::new(Mutex::new(handler.queue_states()));
+        let mut initial = Vec::new();
+        handler.queue_states(&mut initial);
+        let published: Published = Arc::new(Mutex::new(initial));
         let thread_published = published.clone();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             vmr_hypervisor::thread_hooks::thread_started();
@@ -139,7 +143,7 @@ fn batch<H: QueueHandler>(
         return true;
     }
     let again = if t < nq { handler.process_queue(t) } else { handler.process_fd(t - nq) };
-    *positions = handler.queue_states();
+    handler.queue_states(&mut positions);
     again
 }
 
@@ -205,8 +209,9 @@ mod tests {
             let _ = self.0.send(index);
             false
         }
-        fn queue_states(&self) -> Vec<QueueState> {
-            vec![QueueState { next_avail: self.1 as u16, ..Default::default() }]
+        fn queue_states(&self, out: &mut Vec<QueueState>) {
+            out.clear();
+            out.push(QueueState { next_avail: self.1 as u16, ..Default::default() });
         }
     }
 
@@ -237,8 +242,8 @@ mod tests {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             true // always more work, like a guest that never stops feeding the queue
         }
-        fn queue_states(&self) -> Vec<QueueState> {
-            Vec::new()
+        fn queue_states(&self, out: &mut Vec<QueueState>) {
+            out.clear();
         }
     }
 

@@ -116,8 +116,9 @@ impl QueueHandler for BlockHandler {
         self.process_queue(0)
     }
 
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        vec![self.queue.state()]
+    fn queue_states(&self, out: &mut Vec<virtio_queue::QueueState>) {
+        out.clear();
+        out.push(self.queue.state());
     }
 }
 

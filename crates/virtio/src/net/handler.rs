@@ -208,8 +208,9 @@ impl NetHandler {
 }
 
 impl QueueHandler for NetHandler {
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        vec![self.rx.state(), self.tx.state()]
+    fn queue_states(&self, out: &mut Vec<virtio_queue::QueueState>) {
+        out.clear();
+        out.extend([self.rx.state(), self.tx.state()]);
     }
 
     fn process_queue(&mut self, index: usize) -> bool {

@@ -59,8 +59,9 @@ impl RngHandler {
 }
 
 impl QueueHandler for RngHandler {
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        vec![self.queue.state()]
+    fn queue_states(&self, out: &mut Vec<virtio_queue::QueueState>) {
+        out.clear();
+        out.push(self.queue.state());
     }
 
     fn process_queue(&mut self, _index: usize) -> bool {

@@ -163,8 +163,9 @@ impl VsockHandler {
 }
 
 impl QueueHandler for VsockHandler {
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        vec![self.rx.state(), self.tx.state(), self._event.state()]
+    fn queue_states(&self, out: &mut Vec<virtio_queue::QueueState>) {
+        out.clear();
+        out.extend([self.rx.state(), self.tx.state(), self._event.state()]);
     }
 
     fn process_queue(&mut self, _index: usize) -> bool {
