@@ -149,9 +149,8 @@ fn read_u64(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
-/// Checks an ELF's headers against the file and the memory; returns the start and end of its
-/// segments.
-fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<(u64, u64)> {
+/// Checks an ELF's headers against the file and the memory; returns the end of its segments.
+fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<u64> {
     let truncated = |what: String| ArchError::TruncatedKernel { path: path.into(), format: "ELF", what };
     let unsupported =
         |reason: &str| ArchError::UnsupportedKernel { path: path.into(), reason: reason.into() };
@@ -171,7 +170,7 @@ fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<
     if table_end.is_none_or(|end| end > file_len) {
         return Err(truncated("the program header table lies past the end of the file".into()));
     }
-    let (mut kernel_start, mut kernel_end) = (u64::MAX, 0u64);
+    let mut kernel_end = 0u64;
     for i in 0..phnum {
         let ph = (phoff + i * 56) as usize;
         let field = |off: usize| read_u64(image, ph + off).unwrap_or(0);
@@ -188,7 +187,6 @@ fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<
         let end =
             paddr.checked_add(memsz.max(filesz)).ok_or_else(|| unsupported("segment address overflows"))?;
         kernel_end = kernel_end.max(end);
-        kernel_start = kernel_start.min(paddr);
     }
     if kernel_end == 0 {
         return Err(unsupported("the ELF has no loadable segment"));
@@ -196,11 +194,11 @@ fn check_elf(image: &[u8], file_len: u64, path: &Path, mem_size: u64) -> Result<
     if kernel_end > low_ram_end(mem_size) {
         return Err(ArchError::MemoryTooSmallForKernel { mem_mib: mem_size / MIB, needed_end: kernel_end });
     }
-    Ok((kernel_start, kernel_end))
+    Ok(kernel_end)
 }
 
 fn load_elf(mem: &GuestMemory, mem_size: u64, path: &Path, kernel: KernelFile) -> Result<LoadedKernel> {
-    let (_, kernel_end) = check_elf(kernel.head, kernel.len, path, mem_size)?;
+    let kernel_end = check_elf(kernel.head, kernel.len, path, mem_size)?;
     // Half of a vmlinux's segments are zero pages: they stay untouched (see `sparse`).
     let mut reader = SparseReader::new(kernel.file);
     let result = Elf::load(mem, None, &mut reader, Some(GuestAddress(HIMEM_START)))
