@@ -31,6 +31,7 @@ pub use error::{ArchError, Result};
 pub use layout::{create_guest_memory, guest_memory_regions, E820Entry, E820Type};
 pub use loader::{BootProtocol, InitrdInfo, KernelFormat, LoadedKernel};
 pub use regs::{boot_msrs, boot_vcpu_state, setup_lapic_lint};
+pub use sparse::is_zero;
 
 /// Most vCPUs the tables describe (8-bit xAPIC ids, one id for the IOAPIC).
 pub const MAX_VCPUS: u32 = 254;

@@ -48,8 +48,9 @@ impl Seek for SparseReader<'_> {
     }
 }
 
-/// Whether `bytes` are all zero, 64 bytes at a time (the loop the compiler vectorises).
-fn is_zero(bytes: &[u8]) -> bool {
+/// Whether `bytes` are all zero, 64 bytes at a time (the loop the compiler vectorises). Also
+/// what the snapshot writer uses to leave zero pages as holes.
+pub fn is_zero(bytes: &[u8]) -> bool {
     let mut blocks = bytes.chunks_exact(64);
     for block in &mut blocks {
         let any = block

@@ -75,19 +75,12 @@ pub fn save(mem: &GuestMemory, path: &Path) -> Result<u64, SnapshotError> {
     Ok(written)
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    let words = page.chunks_exact(8);
-    let tail = words.remainder();
-    words.map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).all(|w| w == 0)
-        && tail.iter().all(|&b| b == 0)
-}
-
 fn write_sparse(file: &File, bytes: &[u8], base: u64, path: &Path) -> Result<u64, SnapshotError> {
     let mut written = 0u64;
     let mut run: Option<usize> = None;
     let pages = bytes.len().div_ceil(PAGE);
     for p in 0..=pages {
-        let zero = p == pages || is_zero(&bytes[p * PAGE..((p + 1) * PAGE).min(bytes.len())]);
+        let zero = p == pages || vmr_arch::is_zero(&bytes[p * PAGE..((p + 1) * PAGE).min(bytes.len())]);
         match (zero, run) {
             (false, None) => run = Some(p),
             (true, Some(start)) => {
